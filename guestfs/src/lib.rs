@@ -1,3 +1,6 @@
 //! Guest filesystems inside disk images: partition tables, LVM2 and ext2/3/4, behind one
-//! path-level API. Nothing is implemented yet; the guest read and write issues fill this crate.
+//! path-level API.
+//!
+//! Each module owns one layer; every layer is a [`vdisk_block::BlockDevice`] over the one
+//! below (a partition is a window on a disk, an LV a list of windows on PVs).
 #![warn(missing_docs)]
