@@ -1,0 +1,94 @@
+//! Small helpers shared by the parsers: big-endian fields and bounds checks.
+
+use vdisk_block::{BlockDevice, Error, Result};
+
+/// The big-endian `u32` at `at`, or 0 when `buf` is too short (callers check lengths first;
+/// this never panics on hostile bytes).
+pub(crate) fn be32(buf: &[u8], at: usize) -> u32 {
+    at.checked_add(4)
+        .and_then(|end| buf.get(at..end))
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_be_bytes)
+}
+
+/// The big-endian `u64` at `at`, or 0 when `buf` is too short.
+pub(crate) fn be64(buf: &[u8], at: usize) -> u64 {
+    at.checked_add(8)
+        .and_then(|end| buf.get(at..end))
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// The big-endian `u16` at `at`, or 0 when `buf` is too short.
+pub(crate) fn be16(buf: &[u8], at: usize) -> u16 {
+    at.checked_add(2)
+        .and_then(|end| buf.get(at..end))
+        .and_then(|b| <[u8; 2]>::try_from(b).ok())
+        .map_or(0, u16::from_be_bytes)
+}
+
+/// Whether `offset` is a multiple of `align` (a power of two).
+pub(crate) fn align_ok(offset: u64, align: u64) -> bool {
+    offset & (align - 1) == 0
+}
+
+/// Checks that a table of `len` bytes at `offset` is cluster aligned and lies inside a file of
+/// `file_size` bytes.
+pub(crate) fn table_in_file(
+    offset: u64,
+    len: u64,
+    cluster_size: u64,
+    file_size: u64,
+    what: &str,
+) -> Result<()> {
+    if !align_ok(offset, cluster_size) {
+        return Err(Error::corrupt_at(
+            offset,
+            format!("{what} offset {offset:#x} is not cluster aligned"),
+        ));
+    }
+    in_file(offset, len, file_size, what)
+}
+
+/// Checks that `len` bytes at `offset` lie inside a file of `file_size` bytes.
+pub(crate) fn in_file(offset: u64, len: u64, file_size: u64, what: &str) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= file_size => Ok(()),
+        _ => Err(Error::corrupt_at(
+            offset,
+            format!("{what} lies beyond the end of the file"),
+        )),
+    }
+}
+
+/// Reads `len` bytes at `offset` of `dev`, after checking they lie inside it. `len` must
+/// already be bounded by a named limit.
+pub(crate) fn read_vec(dev: &dyn BlockDevice, offset: u64, len: u64, what: &str) -> Result<Vec<u8>> {
+    in_file(offset, len, dev.size(), what)?;
+    let n = usize::try_from(len).map_err(|_| Error::corrupt_at(offset, format!("{what} is too large")))?;
+    let mut buf = vec![0u8; n];
+    dev.read_at(&mut buf, offset)?;
+    Ok(buf)
+}
+
+/// Reads into `buf` from `offset` of `dev`; bytes past the end of `dev` read as zeros, as
+/// qemu's block layer does for data clusters beyond the end of the file.
+pub(crate) fn read_zero_padded(dev: &dyn BlockDevice, buf: &mut [u8], offset: u64) -> Result<()> {
+    let avail = dev.size().saturating_sub(offset);
+    let n = usize::try_from(avail).unwrap_or(usize::MAX).min(buf.len());
+    let (head, tail) = buf.split_at_mut(n);
+    if !head.is_empty() {
+        dev.read_at(head, offset)?;
+    }
+    tail.fill(0);
+    Ok(())
+}
+
+/// A name stored in the image as bytes, as a `String`; names that are not UTF-8 are refused
+/// because a lossy conversion would name a different file.
+pub(crate) fn utf8_name(bytes: &[u8], offset: u64, what: &str) -> Result<String> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        let _ = offset;
+        Error::unsupported(format!("the {what} is not valid UTF-8"))
+    })
+}
