@@ -4,3 +4,9 @@
 //! Each module owns one layer; every layer is a [`vdisk_block::BlockDevice`] over the one
 //! below (a partition is a window on a disk, an LV a list of windows on PVs).
 #![warn(missing_docs)]
+pub mod detect;
+pub mod devices;
+pub mod lvm;
+pub mod partition;
+pub mod ext4;
+pub mod fs;

@@ -1,0 +1,489 @@
+//! The path-level API every guest filesystem offers, and that both the FUSE adapter and the
+//! FUSE-less commands (`ls`, `cat`, `copy-out`) use.
+//!
+//! Files are named by inode number ([`Ino`]) as FUSE names them; names are bytes, never
+//! assumed to be UTF-8. [`FileSystem::resolve`] turns a guest path into an inode, following
+//! symlinks *inside the guest tree*: an absolute target restarts at the guest root and `..`
+//! never climbs above it, so no guest path can name a host file.
+//!
+//! Errors that mean "no such file", "not a directory" and the like carry the errno FUSE should
+//! return ([`errno`] picks it for any error).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use vdisk_guestfs::fs::{Ext4Fs, FileSystem};
+//! # fn dev() -> Arc<dyn vdisk_block::BlockDevice> { unimplemented!() }
+//! let fs = Ext4Fs::open(dev()).unwrap();
+//! let ino = fs.resolve(b"/etc/hostname", true).unwrap();
+//! let mut buf = vec![0u8; 4096];
+//! let n = fs.read(ino, 0, &mut buf).unwrap();
+//! print!("{}", String::from_utf8_lossy(&buf[..n]));
+//! ```
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use vdisk_block::{Error, Result};
+
+use crate::ext4::{self, dir_entry::ft, inode};
+
+/// An inode number.
+pub type Ino = u64;
+
+/// The ext4 engine, seen through the path-level API.
+pub type Ext4Fs = ext4::Ext4;
+
+/// Symlinks followed while resolving one path before giving up with ELOOP (Linux's
+/// MAXSYMLINKS).
+pub const MAX_SYMLINK_FOLLOWS: u32 = 40;
+/// The longest path [`FileSystem::resolve`] accepts (PATH_MAX).
+pub const MAX_PATH_LEN: usize = 4096;
+/// Entries [`FileSystem::readdir_all`] collects before refusing: a bound on memory for
+/// hostile directories (ext4's own limit with large_dir is far higher).
+pub const MAX_READDIR_ALL_ENTRIES: usize = 10_000_000;
+
+/// Linux errno values the API reports.
+pub mod errno {
+    /// No such file or directory.
+    pub const ENOENT: i32 = 2;
+    /// Input/output error.
+    pub const EIO: i32 = 5;
+    /// Is a directory.
+    pub const EISDIR: i32 = 21;
+    /// Not a directory.
+    pub const ENOTDIR: i32 = 20;
+    /// Invalid argument.
+    pub const EINVAL: i32 = 22;
+    /// File name too long.
+    pub const ENAMETOOLONG: i32 = 36;
+    /// Too many levels of symbolic links.
+    pub const ELOOP: i32 = 40;
+    /// No data available (no such attribute).
+    pub const ENODATA: i32 = 61;
+    /// Operation not supported.
+    pub const EOPNOTSUPP: i32 = 95;
+    /// Structure needs cleaning (corrupt filesystem), as ext4 reports EFSCORRUPTED.
+    pub const EUCLEAN: i32 = 117;
+    /// Resource temporarily unavailable.
+    pub const EAGAIN: i32 = 11;
+}
+
+/// An error carrying `code` as its errno, from operation `op`.
+pub fn errno_error(op: &'static str, code: i32) -> Error {
+    Error::io(op, None, io::Error::from_raw_os_error(code))
+}
+
+/// The errno a FUSE reply should carry for `e`.
+pub fn errno(e: &Error) -> i32 {
+    match e {
+        Error::Io { source, .. } => source.raw_os_error().unwrap_or(errno::EIO),
+        Error::Corrupt { .. } => errno::EUCLEAN,
+        Error::Unsupported { .. } => errno::EOPNOTSUPP,
+        Error::InvalidArgument { .. } => errno::EINVAL,
+        Error::Locked { .. } => errno::EAGAIN,
+        _ => errno::EIO,
+    }
+}
+
+/// The kind of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Character device.
+    CharDev,
+    /// Block device.
+    BlockDev,
+    /// Named pipe.
+    Fifo,
+    /// Unix socket.
+    Socket,
+}
+
+impl FileKind {
+    /// The kind named by the type bits of a mode, if they name one.
+    pub fn from_mode(mode: u32) -> Option<FileKind> {
+        Some(match (mode & 0o170000) as u16 {
+            inode::S_IFREG => FileKind::File,
+            inode::S_IFDIR => FileKind::Dir,
+            inode::S_IFLNK => FileKind::Symlink,
+            inode::S_IFCHR => FileKind::CharDev,
+            inode::S_IFBLK => FileKind::BlockDev,
+            inode::S_IFIFO => FileKind::Fifo,
+            inode::S_IFSOCK => FileKind::Socket,
+            _ => return None,
+        })
+    }
+
+    fn from_dirent(t: u8) -> Option<FileKind> {
+        Some(match t {
+            ft::REG_FILE => FileKind::File,
+            ft::DIR => FileKind::Dir,
+            ft::SYMLINK => FileKind::Symlink,
+            ft::CHRDEV => FileKind::CharDev,
+            ft::BLKDEV => FileKind::BlockDev,
+            ft::FIFO => FileKind::Fifo,
+            ft::SOCK => FileKind::Socket,
+            _ => return None,
+        })
+    }
+}
+
+/// A point in time: seconds since the epoch (negative before 1970) and nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp {
+    /// Seconds since 1970-01-01 00:00:00 UTC.
+    pub secs: i64,
+    /// Nanoseconds, below 1e9.
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    /// As a `SystemTime` (for FUSE replies).
+    pub fn to_system_time(self) -> std::time::SystemTime {
+        use std::time::{Duration, UNIX_EPOCH};
+        let n = Duration::from_nanos(u64::from(self.nanos));
+        if self.secs >= 0 {
+            UNIX_EPOCH + Duration::from_secs(self.secs as u64) + n
+        } else {
+            UNIX_EPOCH - Duration::from_secs(self.secs.unsigned_abs()) + n
+        }
+    }
+}
+
+impl From<inode::InodeTime> for Timestamp {
+    fn from(t: inode::InodeTime) -> Self {
+        Timestamp {
+            secs: t.secs,
+            nanos: t.nanos,
+        }
+    }
+}
+
+/// What stat reports about a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: Ino,
+    /// Size in bytes.
+    pub size: u64,
+    /// Space used, in 512-byte units.
+    pub blocks: u64,
+    /// The file's kind.
+    pub kind: FileKind,
+    /// The whole mode: type bits and permission bits (st_mode).
+    pub mode: u32,
+    /// Hard link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Last access.
+    pub atime: Timestamp,
+    /// Last modification of the data.
+    pub mtime: Timestamp,
+    /// Last change of the inode.
+    pub ctime: Timestamp,
+    /// Creation, when the filesystem records it.
+    pub crtime: Option<Timestamp>,
+    /// Device number of a device file, as glibc's makedev(major, minor) encodes it.
+    pub rdev: u64,
+    /// Preferred I/O size (the filesystem block size).
+    pub blksize: u32,
+}
+
+impl Attr {
+    /// The permission bits (mode & 0o7777).
+    pub fn perm(&self) -> u16 {
+        (self.mode & 0o7777) as u16
+    }
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The name, as stored.
+    pub name: OsString,
+    /// The inode it names.
+    pub ino: Ino,
+    /// The kind of file it names.
+    pub kind: FileKind,
+    /// The cookie that resumes a listing after this entry (FUSE's readdir offset).
+    pub next_offset: u64,
+}
+
+/// What statfs reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatFs {
+    /// Block size.
+    pub block_size: u32,
+    /// Total blocks.
+    pub blocks: u64,
+    /// Free blocks.
+    pub blocks_free: u64,
+    /// Free blocks available to unprivileged users.
+    pub blocks_available: u64,
+    /// Total inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub files_free: u64,
+    /// Longest name.
+    pub name_max: u32,
+}
+
+/// A guest filesystem, read through inode numbers and byte names. `Send + Sync`: FUSE serves
+/// it from many threads.
+pub trait FileSystem: Send + Sync {
+    /// The root directory's inode number.
+    fn root_ino(&self) -> Ino;
+
+    /// The inode named `name` in directory `parent`, or None.
+    fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Option<Ino>>;
+
+    /// The attributes of `ino`.
+    fn getattr(&self, ino: Ino) -> Result<Attr>;
+
+    /// Lists directory `ino` from cookie `offset` (0 = start), calling `f` per entry ("." and
+    /// ".." included) until it returns false.
+    fn readdir(&self, ino: Ino, offset: u64, f: &mut dyn FnMut(DirEntry) -> bool) -> Result<()>;
+
+    /// Reads bytes of file `ino` at `offset` into `buf`; returns the count (short at EOF).
+    fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize>;
+
+    /// The target of symlink `ino`.
+    fn readlink(&self, ino: Ino) -> Result<OsString>;
+
+    /// The names of the extended attributes of `ino`.
+    fn listxattr(&self, ino: Ino) -> Result<Vec<OsString>>;
+
+    /// The value of attribute `name` of `ino`, or None when it has none by that name.
+    fn getxattr(&self, ino: Ino, name: &OsStr) -> Result<Option<Vec<u8>>>;
+
+    /// Filesystem-wide counts.
+    fn statfs(&self) -> Result<StatFs>;
+
+    /// Every entry of directory `ino` ("." and ".." included), up to
+    /// [`MAX_READDIR_ALL_ENTRIES`].
+    fn readdir_all(&self, ino: Ino) -> Result<Vec<DirEntry>> {
+        let mut v = Vec::new();
+        let mut over = false;
+        self.readdir(ino, 0, &mut |e| {
+            if v.len() >= MAX_READDIR_ALL_ENTRIES {
+                over = true;
+                return false;
+            }
+            v.push(e);
+            true
+        })?;
+        if over {
+            return Err(Error::unsupported(format!(
+                "directory {ino} has more than {MAX_READDIR_ALL_ENTRIES} entries"
+            )));
+        }
+        Ok(v)
+    }
+
+    /// Resolves guest path `path` (absolute, or relative to the root) to an inode, following
+    /// symlinks inside the guest tree; the last component's symlink is followed only when
+    /// `follow_last`. `..` at the root stays at the root.
+    fn resolve(&self, path: &[u8], follow_last: bool) -> Result<Ino> {
+        if path.len() > MAX_PATH_LEN {
+            return Err(errno_error("resolve", errno::ENAMETOOLONG));
+        }
+        let root = self.root_ino();
+        // The directories from the root to where we are: ".." pops, never past the root.
+        let mut stack: Vec<Ino> = vec![root];
+        // Components still to walk, last first.
+        let mut todo: Vec<Vec<u8>> = components(path);
+        let mut follows = 0u32;
+        while let Some(name) = todo.pop() {
+            let cur = *stack.last().unwrap_or(&root);
+            if name == b"." {
+                continue;
+            }
+            if name == b".." {
+                if stack.len() > 1 {
+                    stack.pop();
+                }
+                continue;
+            }
+            if self.getattr(cur)?.kind != FileKind::Dir {
+                return Err(errno_error("resolve", errno::ENOTDIR));
+            }
+            let ino = self
+                .lookup(cur, OsStr::from_bytes(&name))?
+                .ok_or_else(|| errno_error("resolve", errno::ENOENT))?;
+            let attr = self.getattr(ino)?;
+            let last = todo.is_empty();
+            if attr.kind == FileKind::Symlink && (!last || follow_last) {
+                follows += 1;
+                if follows > MAX_SYMLINK_FOLLOWS {
+                    return Err(errno_error("resolve", errno::ELOOP));
+                }
+                let target = self.readlink(ino)?.into_vec();
+                if target.is_empty() {
+                    return Err(errno_error("resolve", errno::ENOENT));
+                }
+                if target.first() == Some(&b'/') {
+                    stack.truncate(1);
+                }
+                // The target's components come before what remains.
+                todo.extend(components(&target));
+                continue;
+            }
+            stack.push(ino);
+        }
+        Ok(*stack.last().unwrap_or(&root))
+    }
+}
+
+/// The non-empty components of `path`, last first (so `pop` yields them in order).
+fn components(path: &[u8]) -> Vec<Vec<u8>> {
+    path.split(|&c| c == b'/')
+        .filter(|c| !c.is_empty())
+        .rev()
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+fn ino32(ino: Ino) -> Result<u32> {
+    u32::try_from(ino).map_err(|_| Error::invalid(format!("inode number {ino} is out of range")))
+}
+
+impl FileSystem for ext4::Ext4 {
+    fn root_ino(&self) -> Ino {
+        Ino::from(inode::EXT4_ROOT_INO)
+    }
+
+    fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Option<Ino>> {
+        let dir = self.live_inode(ino32(parent)?)?;
+        if !dir.is_dir() {
+            return Err(errno_error("lookup", errno::ENOTDIR));
+        }
+        Ok(ext4::Ext4::lookup(self, &dir, name.as_bytes())?.map(Ino::from))
+    }
+
+    fn getattr(&self, ino: Ino) -> Result<Attr> {
+        let i = self.live_inode(ino32(ino)?)?;
+        let mode = u32::from(i.i_mode);
+        let kind = FileKind::from_mode(mode).ok_or_else(|| {
+            Error::corrupt(format!("inode {ino}: mode {mode:#o} has no file type"))
+        })?;
+        let rdev = if matches!(kind, FileKind::CharDev | FileKind::BlockDev) {
+            let (major, minor) = i.device_number();
+            makedev(major, minor)
+        } else {
+            0
+        };
+        Ok(Attr {
+            ino,
+            size: i.i_size,
+            blocks: i.sectors(self.superblock()),
+            kind,
+            mode,
+            nlink: u32::from(i.i_links_count),
+            uid: i.i_uid,
+            gid: i.i_gid,
+            atime: i.i_atime.into(),
+            mtime: i.i_mtime.into(),
+            ctime: i.i_ctime.into(),
+            crtime: i.i_crtime.map(Into::into),
+            rdev,
+            blksize: self.superblock().block_size,
+        })
+    }
+
+    fn readdir(&self, ino: Ino, offset: u64, f: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
+        let dir = self.live_inode(ino32(ino)?)?;
+        if !dir.is_dir() {
+            return Err(errno_error("readdir", errno::ENOTDIR));
+        }
+        let mut err = None;
+        self.dir_walk(&dir, offset, &mut |e, next| {
+            let kind = match FileKind::from_dirent(e.file_type) {
+                Some(k) => k,
+                // No filetype feature (or an unknown code): ask the inode.
+                None => match self.getattr(Ino::from(e.inode)) {
+                    Ok(a) => a.kind,
+                    Err(x) => {
+                        err = Some(x);
+                        return false;
+                    }
+                },
+            };
+            f(DirEntry {
+                name: OsString::from_vec(e.name),
+                ino: Ino::from(e.inode),
+                kind,
+                next_offset: next,
+            })
+        })?;
+        err.map_or(Ok(()), Err)
+    }
+
+    fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let i = self.live_inode(ino32(ino)?)?;
+        if i.is_dir() {
+            return Err(errno_error("read", errno::EISDIR));
+        }
+        ext4::Ext4::read(self, &i, offset, buf)
+    }
+
+    fn readlink(&self, ino: Ino) -> Result<OsString> {
+        let i = self.live_inode(ino32(ino)?)?;
+        if !i.is_symlink() {
+            return Err(errno_error("readlink", errno::EINVAL));
+        }
+        Ok(OsString::from_vec(self.symlink_target(&i)?))
+    }
+
+    fn listxattr(&self, ino: Ino) -> Result<Vec<OsString>> {
+        let i = self.live_inode(ino32(ino)?)?;
+        Ok(self
+            .xattr_entries(&i)?
+            .iter()
+            .filter(|e| !e.is_system_data())
+            .filter_map(|e| e.full_name())
+            .map(OsString::from_vec)
+            .collect())
+    }
+
+    fn getxattr(&self, ino: Ino, name: &OsStr) -> Result<Option<Vec<u8>>> {
+        let i = self.live_inode(ino32(ino)?)?;
+        let want = name.as_bytes();
+        for e in self.xattr_entries(&i)? {
+            if e.is_system_data() {
+                continue;
+            }
+            if e.full_name().as_deref() == Some(want) {
+                return self.xattr_value(&e).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    fn statfs(&self) -> Result<StatFs> {
+        let sb = self.superblock();
+        Ok(StatFs {
+            block_size: sb.block_size,
+            blocks: sb.s_blocks_count,
+            blocks_free: sb.s_free_blocks_count,
+            blocks_available: sb.s_free_blocks_count.saturating_sub(sb.s_r_blocks_count),
+            files: u64::from(sb.s_inodes_count),
+            files_free: u64::from(sb.s_free_inodes_count),
+            name_max: ext4::dir_entry::EXT4_NAME_LEN as u32,
+        })
+    }
+}
+
+/// glibc's `makedev`.
+fn makedev(major: u32, minor: u32) -> u64 {
+    let (ma, mi) = (u64::from(major), u64::from(minor));
+    ((ma & 0xffff_f000) << 32) | ((ma & 0xfff) << 8) | ((mi & 0xffff_ff00) << 12) | (mi & 0xff)
+}
