@@ -140,11 +140,20 @@ fn info(fs_type: FsType, label: Option<String>, uuid: Option<String>) -> Option<
     })
 }
 
+/// One signature check: `Ok(None)` when its format is not there.
+type Probe = fn(&dyn BlockDevice) -> Result<Option<FsInfo>>;
+
 /// Detects the filesystem or volume on `dev`; `Ok(None)` when nothing known is there.
 /// Errors are I/O errors of the device; unrecognised or damaged signatures are "nothing".
 pub fn detect(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
-    let probes: [fn(&dyn BlockDevice) -> Result<Option<FsInfo>>; 8] = [
-        probe_lvm2, probe_luks, probe_xfs, probe_btrfs, probe_ext, probe_swap, probe_ntfs,
+    let probes: [Probe; 8] = [
+        probe_lvm2,
+        probe_luks,
+        probe_xfs,
+        probe_btrfs,
+        probe_ext,
+        probe_swap,
+        probe_ntfs,
         probe_vfat,
     ];
     for p in probes {
@@ -164,9 +173,8 @@ fn probe_lvm2(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
             uuid: Some(h.uuid_dashed()),
             version: Some("LVM2 001".into()),
         }),
-        Ok(None) | Err(vdisk_block::Error::Corrupt { .. } | vdisk_block::Error::Unsupported { .. }) => {
-            None
-        }
+        Ok(None)
+        | Err(vdisk_block::Error::Corrupt { .. } | vdisk_block::Error::Unsupported { .. }) => None,
         Err(e) => return Err(e),
     })
 }
@@ -182,7 +190,11 @@ fn probe_luks(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
     Ok(Some(FsInfo {
         fs_type: FsType::CryptoLuks,
         // Only LUKS2 headers have a label.
-        label: if version == 2 { label_from(&b[24..72]) } else { None },
+        label: if version == 2 {
+            label_from(&b[24..72])
+        } else {
+            None
+        },
         uuid: label_from(&b[168..208]),
         version: Some(version.to_string()),
     }))
@@ -206,7 +218,11 @@ fn probe_xfs(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
     {
         return Ok(None);
     }
-    Ok(info(FsType::Xfs, label_from(&b[108..120]), format_uuid(&b[32..48])))
+    Ok(info(
+        FsType::Xfs,
+        label_from(&b[108..120]),
+        format_uuid(&b[32..48]),
+    ))
 }
 
 fn probe_btrfs(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
@@ -216,7 +232,11 @@ fn probe_btrfs(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
     if &b[0x40..0x48] != b"_BHRfS_M" {
         return Ok(None);
     }
-    Ok(info(FsType::Btrfs, label_from(&b[0x12b..0x22b]), format_uuid(&b[0x20..0x30])))
+    Ok(info(
+        FsType::Btrfs,
+        label_from(&b[0x12b..0x22b]),
+        format_uuid(&b[0x20..0x30]),
+    ))
 }
 
 // ext2/3/4 feature bits (libblkid ext.c).
@@ -229,7 +249,8 @@ const RO_COMPAT_SPARSE_SUPER: u32 = 0x0001;
 const RO_COMPAT_LARGE_FILE: u32 = 0x0002;
 const RO_COMPAT_BTREE_DIR: u32 = 0x0004;
 /// ro_compat features ext2 and ext3 drivers understand.
-const EXT3_RO_COMPAT_SUPP: u32 = RO_COMPAT_SPARSE_SUPER | RO_COMPAT_LARGE_FILE | RO_COMPAT_BTREE_DIR;
+const EXT3_RO_COMPAT_SUPP: u32 =
+    RO_COMPAT_SPARSE_SUPER | RO_COMPAT_LARGE_FILE | RO_COMPAT_BTREE_DIR;
 /// incompat features ext2 drivers understand.
 const EXT2_INCOMPAT_SUPP: u32 = INCOMPAT_FILETYPE | INCOMPAT_META_BG;
 /// incompat features ext3 drivers understand.
@@ -261,7 +282,11 @@ fn probe_ext(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
     } else {
         FsType::Ext2
     };
-    Ok(info(fs_type, label_from(&sb[120..136]), format_uuid(&sb[104..120])))
+    Ok(info(
+        fs_type,
+        label_from(&sb[120..136]),
+        format_uuid(&sb[104..120]),
+    ))
 }
 
 fn probe_swap(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
@@ -334,11 +359,20 @@ fn probe_vfat(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
         return Ok(None);
     }
     let fat32 = fat_length16 == 0;
-    let fat_length = if fat32 { le32(&b, 36) } else { u32::from(fat_length16) };
-    let total = if sectors16 != 0 { u32::from(sectors16) } else { sectors32 };
+    let fat_length = if fat32 {
+        le32(&b, 36)
+    } else {
+        u32::from(fat_length16)
+    };
+    let total = if sectors16 != 0 {
+        u32::from(sectors16)
+    } else {
+        sectors32
+    };
     let ss = u64::from(sector_size);
     let root_dir_sectors = (u64::from(root_entries) * 32).div_ceil(ss);
-    let data_start = u64::from(reserved) + u64::from(fats) * u64::from(fat_length) + root_dir_sectors;
+    let data_start =
+        u64::from(reserved) + u64::from(fats) * u64::from(fat_length) + root_dir_sectors;
     let clusters = u64::from(total).saturating_sub(data_start) / u64::from(cluster_sectors);
     // BS_VolID and BS_VolLab sit later in FAT32's extended BPB.
     let (serial_off, label_off) = if fat32 { (67, 71) } else { (39, 43) };
@@ -358,7 +392,10 @@ fn probe_vfat(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
         let off = (data_start + root_cluster.saturating_sub(2) * u64::from(cluster_sectors)) * ss;
         (off, u64::from(cluster_sectors) * ss)
     } else {
-        ((u64::from(reserved) + u64::from(fats) * u64::from(fat_length)) * ss, root_dir_sectors * ss)
+        (
+            (u64::from(reserved) + u64::from(fats) * u64::from(fat_length)) * ss,
+            root_dir_sectors * ss,
+        )
     };
     // At most 64 Ki entries (FAT12/16) or one cluster of at most 128 * 4 KiB (FAT32).
     let dir_label = match read(dev, root_off, usize::try_from(root_len).unwrap_or(0))? {
@@ -398,7 +435,10 @@ mod tests {
         let i = detect(&MemDevice::from_vec(v)).unwrap().unwrap();
         assert_eq!(i.fs_type, FsType::Btrfs);
         assert_eq!(i.label.as_deref(), Some("lbl"));
-        assert_eq!(i.uuid.as_deref(), Some("ab000000-0000-0000-0000-000000000000"));
+        assert_eq!(
+            i.uuid.as_deref(),
+            Some("ab000000-0000-0000-0000-000000000000")
+        );
         let mut v = vec![0u8; 4096];
         v[3..11].copy_from_slice(b"NTFS    ");
         v[0x48..0x50].copy_from_slice(&0x0123_4567_89ab_cdefu64.to_le_bytes());

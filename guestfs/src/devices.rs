@@ -95,7 +95,11 @@ pub fn drive_letters(index: usize) -> String {
 
 /// The device-mapper name of LV `lv` in VG `vg`: dashes doubled, joined by one dash.
 pub fn mapper_name(vg: &str, lv: &str) -> String {
-    format!("/dev/mapper/{}-{}", vg.replace('-', "--"), lv.replace('-', "--"))
+    format!(
+        "/dev/mapper/{}-{}",
+        vg.replace('-', "--"),
+        lv.replace('-', "--")
+    )
 }
 
 /// A set of disks with their partitions and LVM volumes, named as in a libguestfs appliance.
@@ -234,7 +238,10 @@ impl Guest {
         for name in names {
             let dev = self.open_device(&name)?;
             let found = detect(&*dev).map_err(|e| e.with_path(&name))?;
-            if found.as_ref().is_some_and(|f| f.fs_type == FsType::Lvm2Member) {
+            if found
+                .as_ref()
+                .is_some_and(|f| f.fs_type == FsType::Lvm2Member)
+            {
                 continue;
             }
             out.push(FilesystemEntry {
@@ -259,7 +266,9 @@ impl Guest {
             for vg in &self.lvm.vgs {
                 for lv in &vg.metadata.lvs {
                     if mapper_name(vg.name(), &lv.name)["/dev/mapper/".len()..] == *rest {
-                        return Ok(Arc::new(vg.open_lv(&lv.name).map_err(|e| e.with_path(name))?));
+                        return Ok(Arc::new(
+                            vg.open_lv(&lv.name).map_err(|e| e.with_path(name))?,
+                        ));
                     }
                 }
             }
@@ -292,7 +301,9 @@ impl Guest {
         if let Some((vg_name, lv_name)) = rest.split_once('/') {
             if let Some(vg) = self.lvm.vgs.iter().find(|v| v.name() == vg_name) {
                 if vg.metadata.lvs.iter().any(|l| l.name == lv_name) {
-                    return Ok(Arc::new(vg.open_lv(lv_name).map_err(|e| e.with_path(name))?));
+                    return Ok(Arc::new(
+                        vg.open_lv(lv_name).map_err(|e| e.with_path(name))?,
+                    ));
                 }
             }
         }

@@ -36,7 +36,11 @@ fn assert_same_as_sfdisk(img: &Path) {
     assert_eq!(ours.partitions.len(), theirs.len(), "{json}");
     for (p, t) in ours.partitions.iter().zip(theirs) {
         let node = t["node"].as_str().unwrap();
-        assert!(node.ends_with(&p.number.to_string()), "{node} vs {}", p.number);
+        assert!(
+            node.ends_with(&p.number.to_string()),
+            "{node} vs {}",
+            p.number
+        );
         assert_eq!(p.start / 512, t["start"].as_u64().unwrap(), "{node}");
         assert_eq!(p.size / 512, t["size"].as_u64().unwrap(), "{node}");
         match &p.info {
@@ -124,7 +128,14 @@ fn mbr_primary_extended_logical() {
     let devs: Vec<&str> = fs.iter().map(|f| f.device.as_str()).collect();
     assert_eq!(
         devs,
-        ["/dev/sda1", "/dev/sda2", "/dev/sda3", "/dev/sda5", "/dev/sda6", "/dev/sda7"]
+        [
+            "/dev/sda1",
+            "/dev/sda2",
+            "/dev/sda3",
+            "/dev/sda5",
+            "/dev/sda6",
+            "/dev/sda7"
+        ]
     );
     assert!(fs.iter().all(|f| f.fs_type == "unknown"));
 }
@@ -204,13 +215,17 @@ fn gpt_with_backup_header() {
     // Damage only the primary entry array: the backup again.
     let mut bad_array = good.clone();
     bad_array[1024 + 100] ^= 1;
-    let b = read_table(&MemDevice::from_vec(bad_array)).unwrap().unwrap();
+    let b = read_table(&MemDevice::from_vec(bad_array))
+        .unwrap()
+        .unwrap();
     assert!(b.used_backup);
     assert_eq!(b.partitions, t.partitions);
     // Both headers damaged.
     let last = good.len() - 512;
     bad[last + 40] ^= 0xff;
-    let e = read_table(&MemDevice::from_vec(bad)).unwrap_err().to_string();
+    let e = read_table(&MemDevice::from_vec(bad))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("both GPT headers are damaged")
             && e.contains("primary: at offset 0x200: GPT header: header CRC32"),
@@ -278,11 +293,7 @@ fn lvm_linear_out_of_order_striped_and_two_disks() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a.img"), tmp.path().join("b.img"));
-    sh(&format!(
-        "truncate -s 64M {} {}",
-        a.display(),
-        b.display()
-    ));
+    sh(&format!("truncate -s 64M {} {}", a.display(), b.display()));
     let (la, lb) = (Loop::new(&a, 0, None), Loop::new(&b, 0, None));
     // 64 MiB - 1 MiB pe_start = 15 extents of 4 MiB on each PV.
     let pvs = pv_section("pv0", PV0, 131072, 15) + &pv_section("pv1", PV1, 131072, 15);
@@ -293,9 +304,11 @@ fn lvm_linear_out_of_order_striped_and_two_disks() {
     ) + &lv_section(
         "str",
         'S',
-        &["segment1 {\nstart_extent = 0\nextent_count = 4\ntype = \"striped\"\n\
+        &[
+            "segment1 {\nstart_extent = 0\nextent_count = 4\ntype = \"striped\"\n\
            stripe_count = 2\nstripe_size = 128\nstripes = [\n\"pv0\", 7,\n\"pv1\", 0\n]\n}\n"
-            .to_string()],
+                .to_string(),
+        ],
     ) + &lv_section(
         "span-lv",
         'P',
@@ -314,7 +327,11 @@ fn lvm_linear_out_of_order_striped_and_two_disks() {
     let tags = [("lin", 1u8), ("str", 2), ("span-lv", 3)];
     for (lv, seg_start, seg_size, stripe_size, ranges) in &segs {
         let tag = tags.iter().find(|t| t.0 == lv).unwrap().1;
-        let chunk = if ranges.len() == 1 { *seg_size } else { *stripe_size };
+        let chunk = if ranges.len() == 1 {
+            *seg_size
+        } else {
+            *stripe_size
+        };
         for sector in 0..seg_size / 512 {
             let off = sector * 512;
             let (c, within) = (off / chunk, off % chunk);
@@ -406,4 +423,324 @@ fn pe_start_of(m: &std::collections::HashMap<String, u64>) -> u64 {
     let v: Vec<u64> = m.values().copied().collect();
     assert!(v.iter().all(|&x| x == v[0]));
     v[0]
+}
+
+/// The layout of a CentOS 7 install: sda1 = /boot (ext4, 1 MiB aligned), sda2 = LVM PV with
+/// VG `centos` holding `root` (ext4) and `swap`, plus an LV with a dash in its name.
+#[test]
+fn centos7_layout() {
+    if !have(&[
+        "sfdisk",
+        "pvcreate",
+        "vgcfgrestore",
+        "mkfs.ext4",
+        "mkswap",
+        "blkid",
+    ]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = |n: &str| tmp.path().join(n);
+    let img = d("centos.img");
+    make_image(
+        &img,
+        80 * MIB,
+        "label: dos\nstart=2048, size=16MiB, type=83, bootable\ntype=8e",
+    );
+    let table = read_table(&*FileDev::open(&img)).unwrap().unwrap();
+    let (p2_start, p2_size) = (table.partitions[1].start, table.partitions[1].size);
+    let lp = Loop::new(&img, p2_start, Some(p2_size));
+    let pe_count = (p2_size - MIB) / (4 * MIB);
+    let lvs = lv_section("root", 'R', &[linear(1, 0, 8, "pv0", 4)])
+        + &lv_section("swap", 'W', &[linear(1, 0, 2, "pv0", 0)])
+        + &lv_section("my-data", 'D', &[linear(1, 0, 1, "pv0", 2)]);
+    let meta = d("centos.meta");
+    std::fs::write(
+        &meta,
+        vg_text(
+            "centos",
+            &pv_section("pv0", PV0, p2_size / 512, pe_count),
+            &lvs,
+        ),
+    )
+    .unwrap();
+    let env = LvmEnv::new(tmp.path(), &[&lp]);
+    env.restore(&meta, "centos", &[(&lp, PV0)]);
+    let pe_start = env.pe_starts()[&lp.0];
+    let segs = env.segments("centos");
+    drop(lp);
+    let lv_off = |name: &str| {
+        let s = segs.iter().find(|s| s.0 == name).unwrap();
+        p2_start + pe_start + s.4[0].1 * 4 * MIB
+    };
+    // Filesystems built separately, then placed at the partition's and the LVs' offsets.
+    sh(&format!(
+        "cd {t}; truncate -s 16M boot.fs root.fs; truncate -s 8M swap.fs
+         mkfs.ext4 -q -F -L boot boot.fs; mkfs.ext4 -q -F -L root root.fs; mkswap -L swap swap.fs >/dev/null
+         dd if=boot.fs of=centos.img bs=1M seek=1 conv=notrunc status=none
+         dd if=root.fs of=centos.img bs=1024 seek={r} conv=notrunc status=none
+         dd if=swap.fs of=centos.img bs=1024 seek={s} conv=notrunc status=none",
+        t = tmp.path().display(),
+        r = lv_off("root") / 1024,
+        s = lv_off("swap") / 1024,
+    ));
+    let g = Guest::new(vec![FileDev::open(&img)]).unwrap();
+    assert_eq!(g.list_partitions(), ["/dev/sda1", "/dev/sda2"]);
+    assert_eq!(g.list_pvs(), ["/dev/sda2"]);
+    assert_eq!(
+        g.list_lvs(),
+        [
+            "/dev/centos/my-data",
+            "/dev/centos/root",
+            "/dev/centos/swap"
+        ]
+    );
+    let root = g.open_device("/dev/centos/root").unwrap();
+    let mapper = g.open_device("/dev/mapper/centos-root").unwrap();
+    assert_eq!(root.size(), 32 * MIB);
+    let (mut x, mut y) = (vec![0u8; 8192], vec![0u8; 8192]);
+    root.read_at(&mut x, 0).unwrap();
+    mapper.read_at(&mut y, 0).unwrap();
+    assert_eq!(x, y);
+    assert!(g.open_device("/dev/mapper/centos-my--data").is_ok());
+    assert!(g.open_device("/dev/mapper/centos-my-data").is_err());
+    let fs = g.list_filesystems().unwrap();
+    let row = |dev: &str| fs.iter().find(|f| f.device == dev).unwrap().clone();
+    for (dev, file, ty) in [
+        ("/dev/sda1", "boot.fs", "ext4"),
+        ("/dev/centos/root", "root.fs", "ext4"),
+        ("/dev/centos/swap", "swap.fs", "swap"),
+    ] {
+        let b = blkid(&d(file));
+        let r = row(dev);
+        assert_eq!(r.fs_type, ty, "{dev}");
+        assert_eq!(Some(&r.fs_type), b.get("TYPE"), "{dev}");
+        assert_eq!(r.label.as_ref(), b.get("LABEL"), "{dev}");
+        assert_eq!(r.uuid.as_ref(), b.get("UUID"), "{dev}");
+    }
+    assert_eq!(row("/dev/centos/my-data").fs_type, "unknown");
+    assert_eq!(row("/dev/centos/swap").size, 8 * MIB);
+    assert!(
+        fs.iter().all(|f| f.device != "/dev/sda2"),
+        "PVs are not filesystems"
+    );
+    // The PV itself is detected as blkid sees it.
+    let pv = detect(&*g.open_device("/dev/sda2").unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(pv.fs_type, FsType::Lvm2Member);
+    assert_eq!(pv.uuid.as_deref(), Some(PV0));
+    sh(&format!(
+        // blkid ignores files under 2 MiB.
+        "dd if={} of={} bs=1M skip=17 count=4 status=none",
+        img.display(),
+        d("pvhead").display()
+    ));
+    let b = blkid(&d("pvhead"));
+    assert_eq!(b.get("TYPE").map(String::as_str), Some("LVM2_member"));
+    assert_eq!(b.get("UUID").map(String::as_str), Some(PV0));
+}
+
+/// Detection against `blkid -p -o export` for each filesystem the tools here can make.
+#[test]
+fn detection_matches_blkid() {
+    if !have(&["blkid", "mkfs.ext4", "mkfs.vfat", "mkswap"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cases = vec![
+        ("ext2", "truncate -s 8M f; mkfs.ext2 -q -F -L e2lab f"),
+        ("ext3", "truncate -s 8M f; mkfs.ext3 -q -F -L e3lab f"),
+        ("ext4", "truncate -s 8M f; mkfs.ext4 -q -F -L e4lab f"),
+        (
+            "ext4-centos7",
+            "truncate -s 8M f; mkfs.ext4 -q -F -O ^metadata_csum,^64bit -b 1024 f",
+        ),
+        ("fat12", "truncate -s 2M f; mkfs.vfat -F 12 -n FAT12LAB f"),
+        ("fat16", "truncate -s 16M f; mkfs.vfat -F 16 -n FAT16LAB f"),
+        (
+            "fat32",
+            "truncate -s 40M f; mkfs.vfat -F 32 -s 1 -n FAT32LAB f",
+        ),
+        ("fat-nolabel", "truncate -s 4M f; mkfs.vfat f"),
+        ("swap", "truncate -s 4M f; mkswap -L swlab f"),
+        ("swap-nolabel", "truncate -s 4M f; mkswap f"),
+    ];
+    if have(&["mkfs.xfs"]) {
+        cases.push((
+            "xfs",
+            "truncate -s 20M f; TEST_DIR=/tmp TEST_DEV=x QA_CHECK_FS=1 mkfs.xfs -q -L xlab f",
+        ));
+    }
+    if have(&["mkfs.btrfs"]) {
+        cases.push(("btrfs", "truncate -s 128M f; mkfs.btrfs -q -L blab f"));
+    }
+    if have(&["mkfs.ntfs"]) {
+        cases.push(("ntfs", "truncate -s 8M f; mkfs.ntfs -q -F -f -L nlab f"));
+    }
+    for (name, script) in cases {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        sh(&format!("cd {}; {{ {script}; }} >/dev/null", dir.display()));
+        let f = dir.join("f");
+        let b = blkid(&f);
+        let ours = detect(&*FileDev::open(&f)).unwrap().unwrap();
+        assert_eq!(
+            Some(ours.fs_type.as_str()),
+            b.get("TYPE").map(String::as_str),
+            "{name}"
+        );
+        assert_eq!(ours.uuid.as_ref(), b.get("UUID"), "{name}");
+        if ours.fs_type != FsType::Ntfs {
+            assert_eq!(ours.label.as_ref(), b.get("LABEL"), "{name}");
+        }
+        if ours.fs_type == FsType::Vfat {
+            assert_eq!(ours.version.as_ref(), b.get("VERSION"), "{name}");
+        }
+        // A whole disk with a filesystem and no table is listed as itself.
+        let g = Guest::new(vec![FileDev::open(&f)]).unwrap();
+        let fs = g.list_filesystems().unwrap();
+        assert_eq!(fs.len(), 1, "{name}");
+        assert_eq!(fs[0].device, "/dev/sda");
+        assert_eq!(fs[0].fs_type, ours.fs_type.as_str());
+    }
+}
+
+fn synth_vg(lvs: &str) -> String {
+    vg_text("vgs", &pv_section("pv0", PV0, 65536, 7), lvs)
+}
+
+/// Hostile LVM metadata: clear errors, no panic.
+#[test]
+fn lvm_malformed() {
+    let open = |text: &str| -> Result<Guest, String> {
+        let pv = synth_pv(32 << 20, PV0, text);
+        Guest::new(vec![Arc::new(MemDevice::from_vec(pv))]).map_err(|e| e.to_string())
+    };
+    // A sane one first, so the synthetic PV is known to be right.
+    let g = open(&synth_vg(&lv_section(
+        "ok",
+        'O',
+        &[linear(1, 0, 7, "pv0", 0)],
+    )))
+    .unwrap();
+    assert_eq!(g.open_device("/dev/vgs/ok").unwrap().size(), 28 * MIB);
+    // Absurd extent counts.
+    let g = open(&synth_vg(&lv_section(
+        "huge",
+        'H',
+        &[linear(1, 0, 1 << 40, "pv0", 0)],
+    )))
+    .unwrap();
+    let e = g.open_device("/dev/vgs/huge").err().unwrap().to_string();
+    assert!(e.contains("lie past its 7 extents"), "{e}");
+    let g = open(&synth_vg(&lv_section(
+        "wrap",
+        'H',
+        &[linear(1, 0, 2, "pv0", u64::MAX >> 1)],
+    )))
+    .unwrap();
+    let e = g.open_device("/dev/vgs/wrap").err().unwrap().to_string();
+    assert!(e.contains("lie past its 7 extents"), "{e}");
+    // A PV whose pe_count claims more than the device holds.
+    let big = vg_text(
+        "vgs",
+        &pv_section("pv0", PV0, 65536, 1 << 30),
+        &lv_section("far", 'F', &[linear(1, 0, 4, "pv0", 100)]),
+    );
+    let e = open(&big)
+        .unwrap()
+        .open_device("/dev/vgs/far")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("reach past the end of its device"), "{e}");
+    // A segment gap and an unknown segment type.
+    let g = open(&synth_vg(&lv_section(
+        "gap",
+        'G',
+        &[linear(1, 0, 1, "pv0", 0), linear(2, 3, 1, "pv0", 1)],
+    )))
+    .unwrap();
+    let e = g.open_device("/dev/vgs/gap").err().unwrap().to_string();
+    assert!(e.contains("segment2 starts at extent 3"), "{e}");
+    let thin = "segment1 {\nstart_extent = 0\nextent_count = 1\ntype = \"thin\"\n}\n";
+    let g = open(&synth_vg(&lv_section("t", 'T', &[thin.into()]))).unwrap();
+    let e = g.open_device("/dev/vgs/t").err().unwrap().to_string();
+    assert!(e.contains("segment type \"thin\""), "{e}");
+    // A stripe on a PV the VG does not list.
+    let e = open(&synth_vg(&lv_section(
+        "x",
+        'X',
+        &[linear(1, 0, 1, "pv9", 0)],
+    )))
+    .unwrap_err();
+    assert!(
+        e.contains("stripe on pv9, which the VG does not list"),
+        "{e}"
+    );
+    // Syntax garbage, deep nesting, a bad checksum.
+    let e = open("vgs { id = \"x\" seqno = [1, 2").unwrap_err();
+    assert!(e.contains("/dev/sda: LVM metadata: syntax error"), "{e}");
+    let e = open(&"a{".repeat(10_000)).unwrap_err();
+    assert!(e.contains("syntax error"), "{e}");
+    let mut pv = synth_pv(8 << 20, PV0, &synth_vg(""));
+    pv[4096 + 600] ^= 1;
+    let e = Guest::new(vec![Arc::new(MemDevice::from_vec(pv))])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("LVM metadata checksum is"), "{e}");
+}
+
+/// Corrupting the metadata text that real lvm2 wrote is caught by its checksum; the newest
+/// copy (highest seqno) wins when two PVs carry different copies.
+#[test]
+fn lvm_real_checksum_and_newest_seqno() {
+    if !have(&["pvcreate", "vgcfgrestore", "losetup"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a.img"), tmp.path().join("b.img"));
+    sh(&format!("truncate -s 16M {} {}", a.display(), b.display()));
+    let (la, lb) = (Loop::new(&a, 0, None), Loop::new(&b, 0, None));
+    let pvs = pv_section("pv0", PV0, 32768, 3) + &pv_section("pv1", PV1, 32768, 3);
+    let meta = tmp.path().join("m");
+    std::fs::write(
+        &meta,
+        vg_text(
+            "vgseq",
+            &pvs,
+            &lv_section("one", 'O', &[linear(1, 0, 1, "pv0", 0)]),
+        ),
+    )
+    .unwrap();
+    let env = LvmEnv::new(tmp.path(), &[&la, &lb]);
+    env.restore(&meta, "vgseq", &[(&la, PV0), (&lb, PV1)]);
+    // A newer copy on pv1 only: restore seqno 9 with a second LV, then put pv0's old
+    // metadata area back.
+    let old_a = std::fs::read(&a).unwrap();
+    let text = vg_text(
+        "vgseq",
+        &pvs,
+        &(lv_section("one", 'O', &[linear(1, 0, 1, "pv0", 0)])
+            + &lv_section("two", 'T', &[linear(1, 0, 1, "pv1", 1)])),
+    )
+    .replace("seqno = 3", "seqno = 9");
+    std::fs::write(&meta, text).unwrap();
+    env.run(&format!("vgcfgrestore -f {} vgseq", meta.display()));
+    drop((la, lb));
+    std::fs::write(&a, &old_a).unwrap();
+    let g = Guest::new(vec![FileDev::open(&a), FileDev::open(&b)]).unwrap();
+    // vgcfgrestore writes the file's seqno plus one.
+    assert_eq!(g.volume_groups()[0].metadata.seqno, 10);
+    assert_eq!(g.list_lvs(), ["/dev/vgseq/one", "/dev/vgseq/two"]);
+    // Flip one byte of the text lvm2 wrote on pv1.
+    let mut bytes = std::fs::read(&b).unwrap();
+    let pos = bytes.windows(10).position(|w| w == b"seqno = 10").unwrap();
+    bytes[pos + 8] = b'2';
+    let e = Guest::new(vec![Arc::new(MemDevice::from_vec(bytes))])
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("/dev/sda: at offset"), "{e}");
+    assert!(e.contains("LVM metadata checksum is"), "{e}");
 }

@@ -136,7 +136,10 @@ pub fn read_pv_header(dev: &dyn BlockDevice) -> Result<Option<PvHeader>> {
         }
         let uuid_bytes = &s[off..off + 32];
         if !uuid_bytes.iter().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(Error::corrupt_at(at, "LVM PV header: the PV UUID is not alphanumeric"));
+            return Err(Error::corrupt_at(
+                at,
+                "LVM PV header: the PV UUID is not alphanumeric",
+            ));
         }
         let pv_uuid = String::from_utf8_lossy(uuid_bytes).into_owned();
         let device_size = le64(&s, off + 32);
@@ -197,7 +200,10 @@ pub fn read_metadata_text(dev: &dyn BlockDevice, mda: DiskLocn) -> Result<Option
     let mut h = [0u8; 512];
     dev.read_at(&mut h, at)?;
     if &h[4..20] != MDA_MAGIC {
-        return Err(Error::corrupt_at(at, "LVM metadata area header has the wrong magic"));
+        return Err(Error::corrupt_at(
+            at,
+            "LVM metadata area header has the wrong magic",
+        ));
     }
     let crc = calc_crc(INITIAL_CRC, &h[4..]);
     if crc != le32(&h, 0) {
@@ -238,7 +244,9 @@ pub fn read_metadata_text(dev: &dyn BlockDevice, mda: DiskLocn) -> Result<Option
     if r_off < MDA_HEADER_SIZE || r_off >= size || r_size == 0 {
         return Err(Error::corrupt_at(
             at,
-            format!("LVM metadata of {r_size} bytes at {r_off} does not fit its area of {size} bytes"),
+            format!(
+                "LVM metadata of {r_size} bytes at {r_off} does not fit its area of {size} bytes"
+            ),
         ));
     }
     let ring = size - MDA_HEADER_SIZE;
@@ -283,9 +291,9 @@ mod tests {
         // lvm2's calc_crc, nibble-table version, written out as the reference.
         fn reference(initial: u32, buf: &[u8]) -> u32 {
             const TAB: [u32; 16] = [
-                0x00000000, 0x1db71064, 0x3b6e20c8, 0x26d930ac, 0x76dc4190, 0x6b6b51f4,
-                0x4db26158, 0x5005713c, 0xedb88320, 0xf00f9344, 0xd6d6a3e8, 0xcb61b38c,
-                0x9b64c2b0, 0x86d3d2d4, 0xa00ae278, 0xbdbdf21c,
+                0x00000000, 0x1db71064, 0x3b6e20c8, 0x26d930ac, 0x76dc4190, 0x6b6b51f4, 0x4db26158,
+                0x5005713c, 0xedb88320, 0xf00f9344, 0xd6d6a3e8, 0xcb61b38c, 0x9b64c2b0, 0x86d3d2d4,
+                0xa00ae278, 0xbdbdf21c,
             ];
             let mut crc = initial;
             for &b in buf {

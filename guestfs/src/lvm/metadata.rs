@@ -90,7 +90,9 @@ impl Section {
     pub fn int(&self, key: &str, ctx: &str) -> Result<i64> {
         match self.value(key) {
             Some(Value::Int(i)) => Ok(*i),
-            Some(_) => Err(Error::corrupt(format!("LVM metadata: {ctx}: {key} is not an integer"))),
+            Some(_) => Err(Error::corrupt(format!(
+                "LVM metadata: {ctx}: {key} is not an integer"
+            ))),
             None => Err(Error::corrupt(format!("LVM metadata: {ctx}: no {key}"))),
         }
     }
@@ -106,7 +108,9 @@ impl Section {
     pub fn str(&self, key: &str, ctx: &str) -> Result<&str> {
         match self.value(key) {
             Some(Value::Str(s)) => Ok(s),
-            Some(_) => Err(Error::corrupt(format!("LVM metadata: {ctx}: {key} is not a string"))),
+            Some(_) => Err(Error::corrupt(format!(
+                "LVM metadata: {ctx}: {key} is not a string"
+            ))),
             None => Err(Error::corrupt(format!("LVM metadata: {ctx}: no {key}"))),
         }
     }
@@ -129,7 +133,9 @@ impl Section {
     pub fn list(&self, key: &str, ctx: &str) -> Result<&[Value]> {
         match self.value(key) {
             Some(Value::List(l)) => Ok(l),
-            Some(_) => Err(Error::corrupt(format!("LVM metadata: {ctx}: {key} is not a list"))),
+            Some(_) => Err(Error::corrupt(format!(
+                "LVM metadata: {ctx}: {key} is not a list"
+            ))),
             None => Err(Error::corrupt(format!("LVM metadata: {ctx}: no {key}"))),
         }
     }
@@ -152,12 +158,8 @@ fn ident(i: &str) -> IResult<&str, &str> {
 }
 
 fn number(i: &str) -> IResult<&str, Value> {
-    let (rest, text) = recognize((
-        opt(char('-')),
-        digit1,
-        opt(pair(char('.'), digit1)),
-    ))
-    .parse(i)?;
+    let (rest, text) =
+        recognize((opt(char('-')), digit1, opt(pair(char('.'), digit1)))).parse(i)?;
     let v = if text.contains('.') {
         text.parse::<f64>().ok().map(Value::Float)
     } else {
@@ -273,7 +275,7 @@ fn items(mut i: &str, depth: usize) -> IResult<&str, Section> {
 /// Parses a whole metadata text into its top-level section.
 pub fn parse_tree(text: &str) -> Result<Section> {
     match items(text, 0) {
-        Ok((rest, sec)) if rest.is_empty() => Ok(sec),
+        Ok(("", sec)) => Ok(sec),
         Ok((rest, _)) => Err(syntax_error(text, rest)),
         Err(nom::Err::Error(e) | nom::Err::Failure(e)) => Err(syntax_error(text, e.input)),
         Err(nom::Err::Incomplete(_)) => Err(Error::corrupt("LVM metadata: text ends too early")),
@@ -387,7 +389,8 @@ fn valid_name(n: &str) -> bool {
         && !n.starts_with('-')
         && n != "."
         && n != ".."
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || "+_.-".contains(c))
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+_.-".contains(c))
 }
 
 impl VgMetadata {
@@ -404,7 +407,9 @@ impl VgMetadata {
     /// Reads a VG from its section.
     pub fn from_section(name: &str, vg: &Section) -> Result<VgMetadata> {
         if !valid_name(name) {
-            return Err(Error::corrupt(format!("LVM metadata: invalid VG name {name:?}")));
+            return Err(Error::corrupt(format!(
+                "LVM metadata: invalid VG name {name:?}"
+            )));
         }
         let ctx = format!("VG {name}");
         let extent_sectors = vg.uint("extent_size", &ctx)?;
@@ -417,7 +422,9 @@ impl VgMetadata {
         let extent_size = extent_sectors * 512;
         let format = vg.str("format", &ctx).unwrap_or("lvm2");
         if format != "lvm2" {
-            return Err(Error::unsupported(format!("LVM metadata: {ctx}: format {format:?}")));
+            return Err(Error::unsupported(format!(
+                "LVM metadata: {ctx}: format {format:?}"
+            )));
         }
         let mut pvs = Vec::new();
         if let Some(list) = vg.section("physical_volumes") {
@@ -450,7 +457,11 @@ impl VgMetadata {
                 lvs.push(LvMeta {
                     name: lv_name.to_string(),
                     id: lv.str("id", &lctx).unwrap_or("").to_string(),
-                    status: lv.str_list("status").into_iter().map(str::to_string).collect(),
+                    status: lv
+                        .str_list("status")
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect(),
                     segments,
                 });
             }
@@ -467,8 +478,11 @@ impl VgMetadata {
 }
 
 fn vg_sectors(n: u64, key: &str, ctx: &str) -> Result<u64> {
-    n.checked_mul(512)
-        .ok_or_else(|| Error::corrupt(format!("LVM metadata: {ctx}: {key} = {n} sectors overflows")))
+    n.checked_mul(512).ok_or_else(|| {
+        Error::corrupt(format!(
+            "LVM metadata: {ctx}: {key} = {n} sectors overflows"
+        ))
+    })
 }
 
 fn parse_segment(name: &str, seg: &Section, ctx: &str, pvs: &[PvMeta]) -> Result<Segment> {
@@ -498,7 +512,9 @@ fn parse_segment(name: &str, seg: &Section, ctx: &str, pvs: &[PvMeta]) -> Result
                 ))
             })?;
             let start_extent = u64::try_from(*pe).map_err(|_| {
-                Error::corrupt(format!("LVM metadata: {ctx}: negative extent {pe} on {pv_name}"))
+                Error::corrupt(format!(
+                    "LVM metadata: {ctx}: negative extent {pe} on {pv_name}"
+                ))
             })?;
             stripes.push(StripeArea { pv, start_extent });
         }
@@ -596,7 +612,9 @@ description = "a \"quoted\" \\ text"
 
     #[test]
     fn errors() {
-        let e = VgMetadata::parse("vg0 {\nid = \"x\"\nseqno = \n}").unwrap_err().to_string();
+        let e = VgMetadata::parse("vg0 {\nid = \"x\"\nseqno = \n}")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("syntax error on line 4 near \"}\""), "{e}");
         let deep = "a {".repeat(100);
         let e = VgMetadata::parse(&deep).unwrap_err().to_string();
@@ -605,7 +623,9 @@ description = "a \"quoted\" \\ text"
             .unwrap_err()
             .to_string();
         assert!(e.contains("extent size of 0 sectors"), "{e}");
-        let e = VgMetadata::parse("vg0 { x = 99999999999999999999999 }").unwrap_err().to_string();
+        let e = VgMetadata::parse("vg0 { x = 99999999999999999999999 }")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("syntax error"), "{e}");
     }
 }

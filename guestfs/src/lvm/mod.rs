@@ -90,7 +90,10 @@ impl VolumeGroup {
             .iter()
             .find(|l| l.name == name)
             .ok_or_else(|| {
-                Error::invalid(format!("VG {} has no LV named {name:?}", self.metadata.name))
+                Error::invalid(format!(
+                    "VG {} has no LV named {name:?}",
+                    self.metadata.name
+                ))
             })?;
         LogicalVolume::new(&self.metadata, lv, &self.pv_devices)
     }

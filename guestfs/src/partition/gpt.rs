@@ -106,7 +106,10 @@ impl GptHeader {
     pub fn parse(sector: &[u8; 512], lba: u64, disk_lbas: u64) -> Result<GptHeader> {
         let at = lba.saturating_mul(SECTOR_SIZE);
         if &sector[..8] != SIGNATURE {
-            return Err(Error::corrupt_at(at, "no GPT header signature \"EFI PART\""));
+            return Err(Error::corrupt_at(
+                at,
+                "no GPT header signature \"EFI PART\"",
+            ));
         }
         let h = GptHeader {
             revision: le32(sector, 8),
@@ -136,7 +139,10 @@ impl GptHeader {
             ));
         }
         if h.my_lba != lba {
-            return bad(format!("it says it is at LBA {}, but it was read at {lba}", h.my_lba));
+            return bad(format!(
+                "it says it is at LBA {}, but it was read at {lba}",
+                h.my_lba
+            ));
         }
         if h.first_usable_lba > h.last_usable_lba || h.last_usable_lba >= disk_lbas {
             return bad(format!(
@@ -147,9 +153,11 @@ impl GptHeader {
         let n = h.number_of_partition_entries;
         let sz = h.size_of_partition_entry;
         if n > MAX_ENTRIES {
-            return bad(format!("{n} partition entries (at most {MAX_ENTRIES} are read)"));
+            return bad(format!(
+                "{n} partition entries (at most {MAX_ENTRIES} are read)"
+            ));
         }
-        if sz < 128 || sz > MAX_ENTRY_SIZE || !sz.is_power_of_two() {
+        if !(128..=MAX_ENTRY_SIZE).contains(&sz) || !sz.is_power_of_two() {
             return bad(format!(
                 "partition entry size {sz} is not 128 times a power of two up to {MAX_ENTRY_SIZE}"
             ));
@@ -232,9 +240,7 @@ pub fn read(disk: &dyn BlockDevice) -> Result<PartitionTable> {
         let number = u32::try_from(i + 1).unwrap_or(u32::MAX);
         let first = le64(e, 32);
         let last_lba = le64(e, 40);
-        if first > last_lba
-            || first < header.first_usable_lba
-            || last_lba > header.last_usable_lba
+        if first > last_lba || first < header.first_usable_lba || last_lba > header.last_usable_lba
         {
             return Err(Error::corrupt(format!(
                 "GPT partition {number} (LBAs {first}..={last_lba}) lies outside the usable \
@@ -260,7 +266,12 @@ pub fn read(disk: &dyn BlockDevice) -> Result<PartitionTable> {
             },
         });
     }
-    check_overlaps(partitions.iter().map(|p| (p.number, p.start, p.size)).collect())?;
+    check_overlaps(
+        partitions
+            .iter()
+            .map(|p| (p.number, p.start, p.size))
+            .collect(),
+    )?;
     Ok(PartitionTable {
         kind: TableKind::Gpt,
         partitions,

@@ -10,8 +10,8 @@ use std::collections::HashSet;
 
 use vdisk_block::{BlockDevice, Error, Result};
 
+use super::SECTOR_SIZE;
 use super::{check_overlaps, MbrRole, Partition, PartitionInfo, PartitionTable, TableKind};
-use super::{SECTOR_SIZE};
 
 /// At most this many logical partitions are read from an EBR chain. Linux gives a disk at most
 /// 256 partition minors (DISK_MAX_PARTS); 128 logicals is far beyond any real table and bounds
@@ -167,7 +167,12 @@ pub fn read(disk: &dyn BlockDevice, mbr: &Mbr) -> Result<PartitionTable> {
     )?;
     if let Some((ext_start, ext_count)) = extended {
         let logicals = read_logicals(disk, ext_start, ext_count)?;
-        check_overlaps(logicals.iter().map(|p| (p.number, p.start, p.size)).collect())?;
+        check_overlaps(
+            logicals
+                .iter()
+                .map(|p| (p.number, p.start, p.size))
+                .collect(),
+        )?;
         partitions.extend(logicals);
     }
     Ok(PartitionTable {
@@ -309,7 +314,10 @@ mod tests {
             entry(&mut v[..512], 1, 0x83, 100, 100);
         });
         let e = super::super::read_table(&d).unwrap_err().to_string();
-        assert!(e.contains("partition 1 (bytes 32768..83968) overlaps partition 2"), "{e}");
+        assert!(
+            e.contains("partition 1 (bytes 32768..83968) overlaps partition 2"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub fn have(tools: &[&str]) -> bool {
     true
 }
 
+/// One row of `lvs --segments`: (lv, seg_start bytes, seg_size bytes, stripe_size bytes,
+/// [(pv device, first extent)]).
+pub type LvSegment = (String, u64, u64, u64, Vec<(String, u64)>);
+
 /// A file opened read-write as a device.
 pub struct FileDev {
     file: File,
@@ -169,7 +173,7 @@ impl LvmEnv {
 
     /// LV segments: (lv, seg_start bytes, seg_size bytes, stripe_size bytes, [(pv dev, first
     /// extent)]).
-    pub fn segments(&self, vg: &str) -> Vec<(String, u64, u64, u64, Vec<(String, u64)>)> {
+    pub fn segments(&self, vg: &str) -> Vec<LvSegment> {
         let out = self.run(&format!(
             "lvs --segments --noheadings --units b --nosuffix --separator ';' \
              -o lv_name,seg_start,seg_size,stripe_size,seg_pe_ranges {vg}"
