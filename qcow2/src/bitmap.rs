@@ -46,7 +46,8 @@ impl Bitmap {
     /// "A bitmap's granularity is how many bytes of the image accounts for one bit of the
     /// bitmap."
     pub fn granularity(&self) -> u64 {
-        1u64.checked_shl(u32::from(self.granularity_bits)).unwrap_or(0)
+        1u64.checked_shl(u32::from(self.granularity_bits))
+            .unwrap_or(0)
     }
 
     /// The flag names qemu-img prints ("in-use", "auto").
@@ -74,7 +75,12 @@ pub fn read_directory(file: &dyn BlockDevice, ext: &BitmapsExtension) -> Result<
     let mut out = Vec::new();
     for _ in 0..ext.nb_bitmaps {
         let here = ext.bitmap_directory_offset.saturating_add(at as u64);
-        let short = || Error::corrupt_at(here, "bitmap directory entry crosses the end of the directory");
+        let short = || {
+            Error::corrupt_at(
+                here,
+                "bitmap directory entry crosses the end of the directory",
+            )
+        };
         let head = at
             .checked_add(ENTRY_HEADER)
             .and_then(|e| dir.get(at..e))
@@ -82,7 +88,10 @@ pub fn read_directory(file: &dyn BlockDevice, ext: &BitmapsExtension) -> Result<
         let name_size = be16(head, 18);
         let extra_data_size = be32(head, 20);
         if name_size == 0 || name_size > MAX_BITMAP_NAME {
-            return Err(Error::corrupt_at(here, format!("bitmap name size {name_size} is invalid")));
+            return Err(Error::corrupt_at(
+                here,
+                format!("bitmap name size {name_size} is invalid"),
+            ));
         }
         if extra_data_size > MAX_BITMAP_EXTRA_DATA {
             return Err(Error::corrupt_at(

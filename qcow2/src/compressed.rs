@@ -70,7 +70,11 @@ fn inflate(input: &[u8], out: &mut [u8]) -> Result<(), Bad> {
     let in_pos = usize::try_from(d.total_in()).map_err(|_| Bad::Invalid)?;
     let mut extra = [0u8; 1];
     let before = d.total_out();
-    match d.decompress(input.get(in_pos..).unwrap_or(&[]), &mut extra, FlushDecompress::None) {
+    match d.decompress(
+        input.get(in_pos..).unwrap_or(&[]),
+        &mut extra,
+        FlushDecompress::None,
+    ) {
         Ok(_) if d.total_out() > before => Err(Bad::Long),
         // A stream that has ended, or bytes after it that are not deflate (the next compressed
         // cluster may share the last sector), are fine: the cluster is complete.
@@ -133,15 +137,24 @@ mod tests {
     fn deflate_bomb_is_refused() {
         let c = deflate(&vec![0u8; 1 << 20]);
         let mut out = vec![0u8; 4096];
-        assert_eq!(decompress(CompressionType::Zlib, &c, &mut out), Err(Bad::Long));
+        assert_eq!(
+            decompress(CompressionType::Zlib, &c, &mut out),
+            Err(Bad::Long)
+        );
     }
 
     #[test]
     fn deflate_short_is_refused() {
         let c = deflate(&[1u8; 100]);
         let mut out = vec![0u8; 4096];
-        assert_eq!(decompress(CompressionType::Zlib, &c, &mut out), Err(Bad::Short));
-        assert_eq!(decompress(CompressionType::Zlib, &[0xff; 16], &mut out), Err(Bad::Invalid));
+        assert_eq!(
+            decompress(CompressionType::Zlib, &c, &mut out),
+            Err(Bad::Short)
+        );
+        assert_eq!(
+            decompress(CompressionType::Zlib, &[0xff; 16], &mut out),
+            Err(Bad::Invalid)
+        );
     }
 
     #[test]
@@ -152,8 +165,14 @@ mod tests {
         decompress(CompressionType::Zstd, &c, &mut out).unwrap();
         assert_eq!(out, data);
         let mut small = vec![0u8; 4096];
-        assert_eq!(decompress(CompressionType::Zstd, &c, &mut small), Err(Bad::Long));
+        assert_eq!(
+            decompress(CompressionType::Zstd, &c, &mut small),
+            Err(Bad::Long)
+        );
         let mut big = vec![0u8; 1 << 17];
-        assert_eq!(decompress(CompressionType::Zstd, &c, &mut big), Err(Bad::Short));
+        assert_eq!(
+            decompress(CompressionType::Zstd, &c, &mut big),
+            Err(Bad::Short)
+        );
     }
 }

@@ -103,7 +103,9 @@ impl Extensions {
         } else {
             header.cluster_size()
         };
-        let area_end = usize::try_from(area_end).unwrap_or(usize::MAX).min(first.len());
+        let area_end = usize::try_from(area_end)
+            .unwrap_or(usize::MAX)
+            .min(first.len());
         let mut at = header.header_length as usize;
         // Each step advances by at least 8 bytes and stops at area_end (at most 2 MiB), so the
         // loop is bounded.
@@ -168,27 +170,42 @@ impl Extensions {
                         bitmap_directory_offset: be64(data, 16),
                     };
                     if b.nb_bitmaps == 0 {
-                        return Err(Error::corrupt_at(here, "bitmaps extension with zero bitmaps"));
+                        return Err(Error::corrupt_at(
+                            here,
+                            "bitmaps extension with zero bitmaps",
+                        ));
                     }
                     if b.nb_bitmaps > MAX_BITMAPS {
                         return Err(Error::corrupt_at(
                             here,
-                            format!("{} bitmaps are too many (at most {MAX_BITMAPS})", b.nb_bitmaps),
+                            format!(
+                                "{} bitmaps are too many (at most {MAX_BITMAPS})",
+                                b.nb_bitmaps
+                            ),
                         ));
                     }
                     if be32(data, 4) != 0 {
-                        return Err(Error::corrupt_at(here, "bitmaps extension reserved field is not zero"));
+                        return Err(Error::corrupt_at(
+                            here,
+                            "bitmaps extension reserved field is not zero",
+                        ));
                     }
                     if b.bitmap_directory_size > MAX_BITMAP_DIRECTORY_SIZE {
                         return Err(Error::corrupt_at(
                             here,
-                            format!("bitmap directory of {} bytes is too large", b.bitmap_directory_size),
+                            format!(
+                                "bitmap directory of {} bytes is too large",
+                                b.bitmap_directory_size
+                            ),
                         ));
                     }
                     if !align_ok(b.bitmap_directory_offset, header.cluster_size()) {
                         return Err(Error::corrupt_at(
                             here,
-                            format!("bitmap directory offset {:#x} is not cluster aligned", b.bitmap_directory_offset),
+                            format!(
+                                "bitmap directory offset {:#x} is not cluster aligned",
+                                b.bitmap_directory_offset
+                            ),
                         ));
                     }
                     ext.bitmaps = Some(b);

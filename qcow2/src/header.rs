@@ -191,13 +191,17 @@ impl Header {
         {
             return Err(Error::corrupt_at(
                 100,
-                format!("header_length {header_length} is too small for a version {version} header"),
+                format!(
+                    "header_length {header_length} is too small for a version {version} header"
+                ),
             ));
         }
         // Copy the known part; fields past header_length read as zero, which the spec defines
         // as "not present".
         let mut raw = [0u8; KNOWN_HEADER_BYTES];
-        let known = (header_length as usize).min(KNOWN_HEADER_BYTES).min(buf.len());
+        let known = (header_length as usize)
+            .min(KNOWN_HEADER_BYTES)
+            .min(buf.len());
         raw[..known].copy_from_slice(&buf[..known]);
 
         let cluster_bits = be32(&raw, 20);
@@ -232,12 +236,19 @@ impl Header {
             if version == 2 {
                 (0, 0, 0, 4)
             } else {
-                (be64(&raw, 72), be64(&raw, 80), be64(&raw, 88), be32(&raw, 96))
+                (
+                    be64(&raw, 72),
+                    be64(&raw, 80),
+                    be64(&raw, 88),
+                    be32(&raw, 96),
+                )
             };
         if refcount_order > MAX_REFCOUNT_ORDER {
             return Err(Error::corrupt_at(
                 96,
-                format!("refcount_order {refcount_order} is above the maximum of {MAX_REFCOUNT_ORDER}"),
+                format!(
+                    "refcount_order {refcount_order} is above the maximum of {MAX_REFCOUNT_ORDER}"
+                ),
             ));
         }
 
@@ -281,7 +292,9 @@ impl Header {
                 ));
             }
             match backing_file_offset.checked_add(u64::from(backing_file_size)) {
-                Some(end) if backing_file_offset >= u64::from(header_length) && end <= cluster_size.min(file_size) => {}
+                Some(end)
+                    if backing_file_offset >= u64::from(header_length)
+                        && end <= cluster_size.min(file_size) => {}
                 _ => {
                     return Err(Error::corrupt_at(
                         8,
@@ -298,10 +311,16 @@ impl Header {
         if l1_bytes > MAX_L1_BYTES {
             return Err(Error::corrupt_at(
                 36,
-                format!("active L1 table of {l1_size} entries is too large (at most {} entries)", MAX_L1_BYTES / 8),
+                format!(
+                    "active L1 table of {l1_size} entries is too large (at most {} entries)",
+                    MAX_L1_BYTES / 8
+                ),
             ));
         }
-        let l2_bits = l2_bits(cluster_bits, incompatible_features & incompatible::EXTENDED_L2 != 0);
+        let l2_bits = l2_bits(
+            cluster_bits,
+            incompatible_features & incompatible::EXTENDED_L2 != 0,
+        );
         let needed = l1_entries_for(size, cluster_bits, l2_bits);
         if needed > u64::from(l1_size) {
             return Err(Error::corrupt_at(
@@ -310,7 +329,13 @@ impl Header {
             ));
         }
         if l1_size > 0 {
-            table_in_file(l1_table_offset, l1_bytes, cluster_size, file_size, "L1 table")?;
+            table_in_file(
+                l1_table_offset,
+                l1_bytes,
+                cluster_size,
+                file_size,
+                "L1 table",
+            )?;
         }
 
         let refcount_table_offset = be64(&raw, 48);

@@ -141,7 +141,10 @@ impl Geometry {
             let sectors = ((entry >> self.csize_shift) & self.csize_mask) + 1;
             // sectors <= cluster_size / 256, so this is at most 2 * cluster_size.
             let size = sectors * COMPRESSED_SECTOR - (offset % COMPRESSED_SECTOR);
-            return Ok((Run::Compressed(CompressedDescriptor { offset, size }), cluster_size));
+            return Ok((
+                Run::Compressed(CompressedDescriptor { offset, size }),
+                cluster_size,
+            ));
         }
 
         let host = entry & L2E_OFFSET_MASK;
@@ -174,7 +177,12 @@ impl Geometry {
                 return Ok((Run::Unallocated, cluster_size));
             }
             check_aligned(host)?;
-            return Ok((Run::Data { host: host + in_cluster }, cluster_size));
+            return Ok((
+                Run::Data {
+                    host: host + in_cluster,
+                },
+                cluster_size,
+            ));
         }
 
         let bitmap = *table
@@ -199,7 +207,12 @@ impl Geometry {
                 ));
             }
             check_aligned(host)?;
-            return Ok((Run::Data { host: host + in_cluster }, unit_end));
+            return Ok((
+                Run::Data {
+                    host: host + in_cluster,
+                },
+                unit_end,
+            ));
         }
         if zero {
             check_aligned(host)?;

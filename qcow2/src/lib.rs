@@ -54,8 +54,8 @@
 //! img[40..48].copy_from_slice(&512u64.to_be_bytes()); // l1_table_offset
 //! img[96..100].copy_from_slice(&4u32.to_be_bytes()); // refcount_order
 //! img[100..104].copy_from_slice(&104u32.to_be_bytes()); // header_length
-//! img[512..520].copy_from_slice(&(1024u64 | 1 << 63).to_be_bytes()); // L1[0] -> L2
-//! img[1024..1032].copy_from_slice(&(1536u64 | 1 << 63).to_be_bytes()); // L2[0] -> data
+//! img[512..520].copy_from_slice(&(1024u64 | (1 << 63)).to_be_bytes()); // L1[0] -> L2
+//! img[1024..1032].copy_from_slice(&(1536u64 | (1 << 63)).to_be_bytes()); // L2[0] -> data
 //! img[1536..1541].copy_from_slice(b"hello");
 //!
 //! let q = Qcow2::open(Arc::new(MemDevice::from_vec(img))).unwrap();
@@ -181,10 +181,14 @@ impl Qcow2 {
             // Header::parse checked that the name lies inside `first`.
             let start = header.backing_file_offset as usize;
             let end = start + header.backing_file_size as usize;
-            let bytes = first
-                .get(start..end)
-                .ok_or_else(|| Error::corrupt_at(8, "the backing file name lies beyond the end of the file"))?;
-            Some(util::utf8_name(bytes, header.backing_file_offset, "backing file name")?)
+            let bytes = first.get(start..end).ok_or_else(|| {
+                Error::corrupt_at(8, "the backing file name lies beyond the end of the file")
+            })?;
+            Some(util::utf8_name(
+                bytes,
+                header.backing_file_offset,
+                "backing file name",
+            )?)
         } else {
             None
         };

@@ -29,7 +29,7 @@ fn deflate(data: &[u8]) -> Vec<u8> {
 fn compressed_entry(offset: u64, bytes: usize) -> u64 {
     // cluster_bits 9: x = 62 - (9 - 8) = 61.
     let sectors = ((offset as usize + bytes - 1) / 512 - offset as usize / 512) as u64;
-    1 << 62 | sectors << 61 | offset
+    (1 << 62) | (sectors << 61) | offset
 }
 
 /// A version 3 image with 512-byte clusters and 2 KiB of guest data:
@@ -55,11 +55,15 @@ fn golden() -> Vec<u8> {
     img[169] = 5;
     img[170..170 + 13].copy_from_slice(b"teleportation");
     // L1 -> L2 at cluster 2.
-    put64(&mut img, CS, 2 * CS as u64 | 1 << 63);
-    put64(&mut img, 2 * CS, DATA as u64 | 1 << 63);
+    put64(&mut img, CS, (2 * CS as u64) | (1 << 63));
+    put64(&mut img, 2 * CS, (DATA as u64) | (1 << 63));
     let z = deflate(&[b'z'; CS]);
     img[COMPRESSED..COMPRESSED + z.len()].copy_from_slice(&z);
-    put64(&mut img, 2 * CS + 8, compressed_entry(COMPRESSED as u64, z.len()));
+    put64(
+        &mut img,
+        2 * CS + 8,
+        compressed_entry(COMPRESSED as u64, z.len()),
+    );
     put64(&mut img, 2 * CS + 16, 1);
     img[DATA..DATA + 5].copy_from_slice(b"hello");
     img
@@ -86,11 +90,15 @@ fn golden_reads_and_maps() {
     assert!(buf[5..CS].iter().all(|&b| b == 0));
     assert!(buf[CS..2 * CS].iter().all(|&b| b == b'z'));
     assert!(buf[2 * CS..].iter().all(|&b| b == 0));
-    let kinds: Vec<_> = (0..5).map(|i| q.map(i * CS as u64, 1 << 20).unwrap().kind).collect();
+    let kinds: Vec<_> = (0..5)
+        .map(|i| q.map(i * CS as u64, 1 << 20).unwrap().kind)
+        .collect();
     assert_eq!(
         kinds,
         [
-            MapKind::Data { host_offset: DATA as u64 },
+            MapKind::Data {
+                host_offset: DATA as u64
+            },
             MapKind::Compressed,
             MapKind::Zero { host_offset: None },
             MapKind::Unallocated,
@@ -143,7 +151,7 @@ fn unknown_incompatible_bit_is_named() {
     assert!(matches!(e, Error::Unsupported { .. }));
     assert_eq!(e.to_string(), "Unsupported qcow2 feature(s): teleportation");
     let mut img = golden();
-    put64(&mut img, 72, 1 << 5 | 1 << 40);
+    put64(&mut img, 72, (1 << 5) | (1 << 40));
     assert_eq!(
         message(img),
         "Unsupported qcow2 feature(s): teleportation, unknown incompatible feature bit 40"
@@ -213,7 +221,7 @@ fn huge_snapshot_count() {
 #[test]
 fn l2_table_past_eof_is_reported_on_read() {
     let mut img = golden();
-    put64(&mut img, CS, 0x50000 | 1 << 63);
+    put64(&mut img, CS, 0x50000 | (1 << 63));
     let q = open(img).unwrap();
     let mut buf = [0u8; 1];
     assert_eq!(
@@ -229,7 +237,11 @@ fn compressed_cluster_bomb() {
     let bomb = deflate(&vec![0u8; 1 << 16]);
     assert!(bomb.len() <= 2 * CS, "bomb must fit the descriptor");
     img[COMPRESSED..COMPRESSED + bomb.len()].copy_from_slice(&bomb);
-    put64(&mut img, 2 * CS + 8, compressed_entry(COMPRESSED as u64, bomb.len()));
+    put64(
+        &mut img,
+        2 * CS + 8,
+        compressed_entry(COMPRESSED as u64, bomb.len()),
+    );
     let q = open(img).unwrap();
     let mut buf = [0u8; 16];
     assert_eq!(
@@ -326,6 +338,33 @@ fn any_bytes_never_panic() {
                     off = m.end();
                 }
             }
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..Default::default() })]
+
+    /// Random multi-byte corruption anywhere in the image never panics or hangs.
+    #[test]
+    fn random_corruption_never_panics(
+        patches in proptest::collection::vec((0..6 * CS, proptest::prelude::any::<u8>()), 1..12)
+    ) {
+        let mut img = golden();
+        for (at, v) in patches {
+            img[at] = v;
+        }
+        if let Ok(q) = open(img) {
+            let mut buf = vec![0u8; q.size().min(1 << 16) as usize];
+            let _ = q.read_at(&mut buf, 0);
+            let mut off = 0;
+            for _ in 0..64 {
+                match q.map(off, u64::MAX) {
+                    Ok(m) if m.kind != MapKind::Eof => off = m.end(),
+                    _ => break,
+                }
+            }
+            let _ = q.info();
         }
     }
 }

@@ -63,9 +63,15 @@ pub(crate) fn in_file(offset: u64, len: u64, file_size: u64, what: &str) -> Resu
 
 /// Reads `len` bytes at `offset` of `dev`, after checking they lie inside it. `len` must
 /// already be bounded by a named limit.
-pub(crate) fn read_vec(dev: &dyn BlockDevice, offset: u64, len: u64, what: &str) -> Result<Vec<u8>> {
+pub(crate) fn read_vec(
+    dev: &dyn BlockDevice,
+    offset: u64,
+    len: u64,
+    what: &str,
+) -> Result<Vec<u8>> {
     in_file(offset, len, dev.size(), what)?;
-    let n = usize::try_from(len).map_err(|_| Error::corrupt_at(offset, format!("{what} is too large")))?;
+    let n = usize::try_from(len)
+        .map_err(|_| Error::corrupt_at(offset, format!("{what} is too large")))?;
     let mut buf = vec![0u8; n];
     dev.read_at(&mut buf, offset)?;
     Ok(buf)

@@ -39,7 +39,16 @@ fn build(dir: &Path, name: &str, opts: &str, cs: u64) -> std::path::PathBuf {
     if !opts.is_empty() {
         o = format!("{o},{opts}");
     }
-    qemu_img(&["create", "-q", "-f", "qcow2", "-o", &o, p.to_str().unwrap(), &size.to_string()]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &o,
+        p.to_str().unwrap(),
+        &size.to_string(),
+    ]);
     let mut w = workload(cs, size);
     if opts.contains("preallocation") {
         // qemu writes compressed clusters only where nothing is allocated yet.
@@ -64,7 +73,10 @@ fn cluster_sizes_and_versions() {
         check_image(&p, &format!("{opts} cluster_size={cs}"));
         let q = open_chain(&p);
         assert_eq!(q.header().cluster_bits, cs.trailing_zeros());
-        assert_eq!(q.info().compat, if opts.is_empty() { "1.1" } else { "0.10" });
+        assert_eq!(
+            q.info().compat,
+            if opts.is_empty() { "1.1" } else { "0.10" }
+        );
     }
 }
 
@@ -112,12 +124,34 @@ fn converted_compressed_images() {
     }
     let raw = dir.path().join("src.raw");
     std::fs::write(&raw, &src).unwrap();
-    for (ctype, cs) in [("zlib", 65536), ("zstd", 65536), ("zlib", 512), ("zstd", 4096), ("zstd", 2 << 20), ("zlib", 2 << 20)] {
+    for (ctype, cs) in [
+        ("zlib", 65536),
+        ("zstd", 65536),
+        ("zlib", 512),
+        ("zstd", 4096),
+        ("zstd", 2 << 20),
+        ("zlib", 2 << 20),
+    ] {
         let p = dir.path().join(format!("{ctype}{cs}.qcow2"));
         let o = format!("compression_type={ctype},cluster_size={cs}");
-        qemu_img(&["convert", "-c", "-f", "raw", "-O", "qcow2", "-o", &o, raw.to_str().unwrap(), p.to_str().unwrap()]);
+        qemu_img(&[
+            "convert",
+            "-c",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-o",
+            &o,
+            raw.to_str().unwrap(),
+            p.to_str().unwrap(),
+        ]);
         let q = open_chain(&p);
-        let want = if ctype == "zstd" { CompressionType::Zstd } else { CompressionType::Zlib };
+        let want = if ctype == "zstd" {
+            CompressionType::Zstd
+        } else {
+            CompressionType::Zlib
+        };
         assert_eq!(q.info().compression_type, want);
         let ours = read_all(&q);
         assert_same(&ours, &src, &format!("{ctype} {cs}"));
@@ -131,9 +165,22 @@ fn external_data_file() {
     for (i, raw) in [false, true].into_iter().enumerate() {
         let data = dir.path().join(format!("data{i}.raw"));
         let p = dir.path().join(format!("ext{i}.qcow2"));
-        let o = format!("data_file={},data_file_raw={},cluster_size=4096", data.display(), if raw { "on" } else { "off" });
+        let o = format!(
+            "data_file={},data_file_raw={},cluster_size=4096",
+            data.display(),
+            if raw { "on" } else { "off" }
+        );
         let size = 4096 * 20 + 1536;
-        qemu_img(&["create", "-q", "-f", "qcow2", "-o", &o, p.to_str().unwrap(), &size.to_string()]);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &o,
+            p.to_str().unwrap(),
+            &size.to_string(),
+        ]);
         let mut w = workload(4096, size);
         w.retain(|c| !c.starts_with("write -c")); // no compressed clusters in external data files
         qemu_io(&p, &w);
@@ -159,10 +206,33 @@ fn backing_chains() {
     let d = dir.path();
     // qcow2 base of 1 MiB and raw base of 1 MiB, overlays larger and smaller.
     let base_q = d.join("base.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", base_q.to_str().unwrap(), "1M"]);
-    qemu_io(&base_q, &["write -c -P 0xb2 256k 4k".into(), "write -P 0xb1 0 256k".into(), "write -P 0xb1 260k 764k".into(), "write -z 64k 64k".into()]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=4096",
+        base_q.to_str().unwrap(),
+        "1M",
+    ]);
+    qemu_io(
+        &base_q,
+        &[
+            "write -c -P 0xb2 256k 4k".into(),
+            "write -P 0xb1 0 256k".into(),
+            "write -P 0xb1 260k 764k".into(),
+            "write -z 64k 64k".into(),
+        ],
+    );
     let base_r = d.join("base.raw");
-    std::fs::write(&base_r, (0..1 << 20).map(|i| (i / 4096) as u8 | 1).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(
+        &base_r,
+        (0..1 << 20)
+            .map(|i| (i / 4096) as u8 | 1)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
     for (i, (base, fmt, size, opts)) in [
         (&base_q, "qcow2", "2M", "cluster_size=4096"),
         (&base_q, "qcow2", "640k", "cluster_size=65536"),
@@ -174,13 +244,29 @@ fn backing_chains() {
     .enumerate()
     {
         let top = d.join(format!("top{i}.qcow2"));
-        qemu_img(&["create", "-q", "-f", "qcow2", "-b", base.to_str().unwrap(), "-F", fmt, "-o", opts, top.to_str().unwrap(), size]);
-        qemu_io(&top, &[
-            "write -P 0x71 4k 8k".into(),
-            "write -z 100k 60k".into(),
-            "write -P 0x72 200k 3k".into(),
-            "discard 0 4k".into(),
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            base.to_str().unwrap(),
+            "-F",
+            fmt,
+            "-o",
+            opts,
+            top.to_str().unwrap(),
+            size,
         ]);
+        qemu_io(
+            &top,
+            &[
+                "write -P 0x71 4k 8k".into(),
+                "write -z 100k 60k".into(),
+                "write -P 0x72 200k 3k".into(),
+                "discard 0 4k".into(),
+            ],
+        );
         let what = format!("overlay {size} {opts} over {fmt}");
         check_image(&top, &what);
         let q = open_chain(&top);
@@ -193,10 +279,29 @@ fn backing_chains() {
 fn internal_snapshots() {
     let dir = tmpdir();
     let p = dir.path().join("snap.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", p.to_str().unwrap(), "256k"]);
-    qemu_io(&p, &["write -c -P 0x09 64k 4k".into(), "write -P 0x01 0 64k".into(), "write -P 0x01 68k 188k".into()]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=4096",
+        p.to_str().unwrap(),
+        "256k",
+    ]);
+    qemu_io(
+        &p,
+        &[
+            "write -c -P 0x09 64k 4k".into(),
+            "write -P 0x01 0 64k".into(),
+            "write -P 0x01 68k 188k".into(),
+        ],
+    );
     qemu_img(&["snapshot", "-c", "first", p.to_str().unwrap()]);
-    qemu_io(&p, &["write -P 0x02 8k 8k".into(), "write -z 32k 32k".into()]);
+    qemu_io(
+        &p,
+        &["write -P 0x02 8k 8k".into(), "write -z 32k 32k".into()],
+    );
     qemu_img(&["snapshot", "-c", "second", p.to_str().unwrap()]);
     qemu_img(&["resize", p.to_str().unwrap(), "384k"]);
     qemu_io(&p, &["write -P 0x03 300k 4k".into(), "discard 0 4k".into()]);
@@ -205,16 +310,31 @@ fn internal_snapshots() {
     let sn = q.snapshots();
     assert_eq!(sn.len(), 2);
     assert_eq!((sn[0].id_str.as_str(), sn[0].name.as_str()), ("1", "first"));
-    assert_eq!((sn[1].id_str.as_str(), sn[1].name.as_str()), ("2", "second"));
+    assert_eq!(
+        (sn[1].id_str.as_str(), sn[1].name.as_str()),
+        ("2", "second")
+    );
     assert_eq!(sn[0].disk_size, 256 << 10);
     assert_eq!(q.size(), 384 << 10);
     assert_same(&read_all(&q), &qemu_raw(&p, &[]), "current state");
 
-    for spec in ["first", "1", "snapshot.name=first", "snapshot.id=1", "snapshot.id=1,snapshot.name=first", "2", "second"] {
+    for spec in [
+        "first",
+        "1",
+        "snapshot.name=first",
+        "snapshot.id=1",
+        "snapshot.id=1,snapshot.name=first",
+        "2",
+        "second",
+    ] {
         let mut q = open_chain(&p);
         q.load_snapshot(spec).unwrap();
         let ours = read_all(&q);
-        assert_eq!(ours.len(), 256 << 10, "{spec}: the snapshot's own disk size");
+        assert_eq!(
+            ours.len(),
+            256 << 10,
+            "{spec}: the snapshot's own disk size"
+        );
         // qemu-img convert -l keeps the current virtual size; compare the snapshot's part.
         let theirs = qemu_raw(&p, &["-l", spec]);
         assert_same(&ours, &theirs[..ours.len()], spec);
@@ -222,7 +342,9 @@ fn internal_snapshots() {
     }
     let mut q = open_chain(&p);
     assert!(q.load_snapshot("third").is_err());
-    assert!(q.load_snapshot("snapshot.id=1,snapshot.name=second").is_err());
+    assert!(q
+        .load_snapshot("snapshot.id=1,snapshot.name=second")
+        .is_err());
 }
 
 #[test]
@@ -237,7 +359,16 @@ fn info_matches_qemu() {
     .enumerate()
     {
         let p = dir.path().join(format!("i{i}.qcow2"));
-        qemu_img(&["create", "-q", "-f", "qcow2", "-o", opts, p.to_str().unwrap(), "1M"]);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            opts,
+            p.to_str().unwrap(),
+            "1M",
+        ]);
         if i == 2 {
             qemu_img(&["bitmap", "--add", "-g", "128k", p.to_str().unwrap(), "bm0"]);
             qemu_img(&["bitmap", "--add", "--disable", p.to_str().unwrap(), "bm1"]);
@@ -262,7 +393,12 @@ fn info_matches_qemu() {
                         (
                             b["name"].as_str().unwrap().to_string(),
                             b["granularity"].as_u64().unwrap(),
-                            b["flags"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect(),
+                            b["flags"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .map(|f| f.as_str().unwrap().to_string())
+                                .collect(),
                         )
                     })
                     .collect()
@@ -271,7 +407,13 @@ fn info_matches_qemu() {
         let ours: Vec<(String, u64, Vec<String>)> = info
             .bitmaps
             .iter()
-            .map(|b| (b.name.clone(), b.granularity, b.flags.iter().map(|f| f.to_string()).collect()))
+            .map(|b| {
+                (
+                    b.name.clone(),
+                    b.granularity,
+                    b.flags.iter().map(|f| f.to_string()).collect(),
+                )
+            })
             .collect();
         assert_eq!(ours, bitmaps, "{opts}");
     }

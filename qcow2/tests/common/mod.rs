@@ -54,12 +54,18 @@ impl Image for FileDev {
     }
     fn map(&self, offset: u64, max_len: u64) -> Result<Mapping> {
         if offset >= self.size {
-            return Ok(Mapping { offset, len: 0, kind: MapKind::Eof });
+            return Ok(Mapping {
+                offset,
+                len: 0,
+                kind: MapKind::Eof,
+            });
         }
         Ok(Mapping {
             offset,
             len: max_len.min(self.size - offset),
-            kind: MapKind::Data { host_offset: offset },
+            kind: MapKind::Data {
+                host_offset: offset,
+            },
         })
     }
 }
@@ -185,8 +191,12 @@ pub fn our_map(q: &Qcow2) -> Vec<MapEntry> {
         let m = q.map(off, u64::MAX).unwrap();
         let e = match m.kind {
             MapKind::Eof => break,
-            MapKind::Data { host_offset } => (m.offset, m.len, true, false, true, false, Some(host_offset)),
-            MapKind::Zero { host_offset } => (m.offset, m.len, true, true, false, false, host_offset),
+            MapKind::Data { host_offset } => {
+                (m.offset, m.len, true, false, true, false, Some(host_offset))
+            }
+            MapKind::Zero { host_offset } => {
+                (m.offset, m.len, true, true, false, false, host_offset)
+            }
             MapKind::Unallocated => (m.offset, m.len, false, true, false, false, None),
             MapKind::Compressed => (m.offset, m.len, true, false, true, true, None),
         };
@@ -215,7 +225,13 @@ fn push_merged(out: &mut Vec<MapEntry>, e: MapEntry) {
 
 /// qemu-img map --output=json of a single image, normalised as [`our_map`] explains.
 pub fn qemu_map(path: &Path) -> Vec<MapEntry> {
-    let out = qemu_img(&["map", "--output=json", "-f", "qcow2", path.to_str().unwrap()]);
+    let out = qemu_img(&[
+        "map",
+        "--output=json",
+        "-f",
+        "qcow2",
+        path.to_str().unwrap(),
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let mut res = Vec::new();
     for e in v.as_array().unwrap() {
@@ -238,7 +254,10 @@ pub fn qemu_map(path: &Path) -> Vec<MapEntry> {
 
 /// A scratch directory for one test.
 pub fn tmpdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("vdisk-qcow2-").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("vdisk-qcow2-")
+        .tempdir()
+        .unwrap()
 }
 
 /// Compares our bytes and map of the image at `path` with qemu's.
