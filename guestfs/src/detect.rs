@@ -327,9 +327,81 @@ fn probe_ntfs(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
         return Ok(None);
     }
     let serial = u64::from_le_bytes(b[0x48..0x50].try_into().unwrap_or([0; 8]));
-    // The label lives in the $Volume MFT record; reading it needs an MFT walk we do not do.
     let uuid = (serial != 0).then(|| format!("{serial:016X}"));
-    Ok(info(FsType::Ntfs, None, uuid))
+    Ok(info(FsType::Ntfs, ntfs_label(dev, &b)?, uuid))
+}
+
+/// The NTFS MFT record number of `$Volume`, whose VOLUME_NAME attribute is the label.
+const NTFS_MFT_VOLUME: u64 = 3;
+/// The attribute type of the volume name.
+const NTFS_AT_VOLUME_NAME: u32 = 0x60;
+
+/// Reads the label from the `$Volume` MFT record (the MFT's first records are contiguous at
+/// `mft_lcn`); `None` when anything about it does not add up.
+fn ntfs_label(dev: &dyn BlockDevice, boot: &[u8]) -> Result<Option<String>> {
+    let sector_size = u64::from(le16(boot, 0x0b));
+    let cluster = sector_size * u64::from(boot[0x0d]);
+    let mft_lcn = u64::from_le_bytes(boot[0x30..0x38].try_into().unwrap_or([0; 8]));
+    // clusters_per_mft_record: negative n means 2^-n bytes.
+    let cpr = boot[0x40] as i8;
+    let record = if cpr < 0 {
+        1u64.checked_shl(u32::from(cpr.unsigned_abs())).unwrap_or(0)
+    } else {
+        cluster * u64::from(cpr.unsigned_abs())
+    };
+    if !(512..=4096).contains(&sector_size) || !(512..=65536).contains(&record) {
+        return Ok(None);
+    }
+    let Some(off) = mft_lcn
+        .checked_mul(cluster)
+        .and_then(|o| o.checked_add(NTFS_MFT_VOLUME * record))
+    else {
+        return Ok(None);
+    };
+    // record <= 64 KiB.
+    let Some(mut r) = read(dev, off, record as usize)? else {
+        return Ok(None);
+    };
+    if &r[..4] != b"FILE" {
+        return Ok(None);
+    }
+    // Undo the update sequence fixups: the last two bytes of each sector are stored in the
+    // update sequence array.
+    let usa_off = usize::from(le16(&r, 4));
+    let usa_count = usize::from(le16(&r, 6));
+    for i in 1..usa_count {
+        let end = i * sector_size as usize;
+        let src = usa_off + 2 * i;
+        if end > r.len() || src + 2 > r.len() {
+            return Ok(None);
+        }
+        let fix = [r[src], r[src + 1]];
+        r[end - 2..end].copy_from_slice(&fix);
+    }
+    let mut pos = usize::from(le16(&r, 0x14));
+    // Each attribute is at least 16 bytes long, so the record's size bounds the walk.
+    while pos + 16 <= r.len() {
+        let ty = le32(&r, pos);
+        let len = le32(&r, pos + 4) as usize;
+        if ty == 0xffff_ffff || len < 16 || pos + len > r.len() {
+            break;
+        }
+        if ty == NTFS_AT_VOLUME_NAME && r[pos + 8] == 0 {
+            let vlen = le32(&r, pos + 0x10) as usize;
+            let voff = usize::from(le16(&r, pos + 0x14));
+            let Some(v) = r.get(pos + voff..pos + voff + vlen) else {
+                return Ok(None);
+            };
+            let units: Vec<u16> = v
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            let s = String::from_utf16_lossy(&units);
+            return Ok((!s.is_empty()).then_some(s));
+        }
+        pos += len;
+    }
+    Ok(None)
 }
 
 fn probe_vfat(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
