@@ -41,7 +41,7 @@ pub enum Error {
         what: String,
     },
     /// The host refused an operation.
-    #[error("{}{op}{}: {source}", Prefix(path, &None), AtOffset(offset))]
+    #[error("{}{op}{}: {}", Prefix(path, &None), AtOffset(offset), IoText(source))]
     Io {
         /// The file the operation was on.
         path: Option<PathBuf>,
@@ -92,6 +92,19 @@ impl fmt::Display for AtOffset<'_> {
         match self.0 {
             Some(o) => write!(f, " at offset {o:#x}"),
             None => Ok(()),
+        }
+    }
+}
+
+/// An OS error's text without Rust's " (os error N)" suffix, as C tools print it.
+struct IoText<'a>(&'a io::Error);
+
+impl fmt::Display for IoText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.0.to_string();
+        match (self.0.raw_os_error(), text.rfind(" (os error ")) {
+            (Some(_), Some(i)) => f.write_str(&text[..i]),
+            _ => f.write_str(&text),
         }
     }
 }
@@ -178,7 +191,7 @@ impl Error {
             | Error::Locked { what, .. } => what.clone(),
             Error::Io {
                 op, offset, source, ..
-            } => format!("{op}{}: {source}", AtOffset(offset)),
+            } => format!("{op}{}: {}", AtOffset(offset), IoText(source)),
         }
     }
 }
@@ -216,7 +229,10 @@ mod tests {
         );
         let e = Error::io("read", Some(512), io::Error::from_raw_os_error(libc_eio()))
             .with_path("a.raw");
-        assert!(e.to_string().starts_with("a.raw: read at offset 0x200: "));
+        assert_eq!(
+            e.to_string(),
+            "a.raw: read at offset 0x200: Input/output error"
+        );
     }
 
     #[test]

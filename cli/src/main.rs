@@ -1,1 +1,93 @@
-fn main() {}
+//! `vdisk`: qemu-img's verbs over the vdisk libraries.
+//!
+//! The binary is thin: clap parses flags into [`args`] structs, each command in [`cmd`] turns
+//! them into library calls, and [`main`] maps every error to one line on stderr and qemu-img's
+//! exit code.
+
+mod args;
+mod cmd;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// A failure to report: the message (one line) and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    msg: String,
+    code: u8,
+}
+
+impl Failure {
+    /// A failure with qemu-img's usual exit code 1.
+    pub fn new(msg: impl Into<String>) -> Self {
+        Failure {
+            msg: msg.into(),
+            code: 1,
+        }
+    }
+
+    /// A failure with a specific exit code (compare uses 2 for errors, check 1..3).
+    pub fn with_code(msg: impl Into<String>, code: u8) -> Self {
+        Failure {
+            msg: msg.into(),
+            code,
+        }
+    }
+}
+
+impl From<vdisk::block::Error> for Failure {
+    fn from(e: vdisk::block::Error) -> Self {
+        Failure::new(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::new(e.to_string())
+    }
+}
+
+/// Result of a command: Ok(exit code) or a failure to print.
+pub type CmdResult = Result<u8, Failure>;
+
+fn main() -> ExitCode {
+    let cli = match args::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let result = cmd::run(cli);
+    // Whatever the command printed must reach the pipe; a closed pipe is not our failure.
+    let _ = std::io::stdout().flush();
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("vdisk: {}", f.msg);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Help and version go to stdout with status 0; usage errors become one line on stderr.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let text = e.render().to_string();
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("vdisk: {first} (try 'vdisk --help')");
+            ExitCode::from(1)
+        }
+    }
+}

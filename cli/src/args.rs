@@ -1,0 +1,165 @@
+//! The command line, spelled as qemu-img spells it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// vdisk: create, inspect and convert disk images (qemu-img's commands), and reach the
+/// filesystems inside them.
+#[derive(Debug, Parser)]
+#[command(name = "vdisk", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output formats for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Text for people, as qemu-img prints it.
+    Human,
+    /// JSON with qemu-img's schema.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new disk image.
+    Create(CreateArgs),
+    /// Show information about a disk image.
+    Info(InfoArgs),
+    /// Show where the guest data of an image (and its backing chain) is stored.
+    Map(MapArgs),
+    /// Check whether two images have the same guest content.
+    Compare(CompareArgs),
+    /// Copy an image's guest content into a new image.
+    Convert(ConvertArgs),
+}
+
+/// `vdisk create`.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Quiet: print nothing on success.
+    #[arg(short = 'q')]
+    pub quiet: bool,
+    /// Image format to create.
+    #[arg(short = 'f', value_name = "FMT", default_value = "raw")]
+    pub format: String,
+    /// Format options, comma-separated key=value ("-o help" lists them); may repeat.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+    /// Backing file of the new image.
+    #[arg(short = 'b', value_name = "BACKING_FILE")]
+    pub backing: Option<String>,
+    /// Format of the backing file.
+    #[arg(short = 'F', value_name = "BACKING_FMT")]
+    pub backing_format: Option<String>,
+    /// Do not open the backing file (its size must then be given).
+    #[arg(short = 'u')]
+    pub unsafe_backing: bool,
+    /// The image to create (not needed with "-o help").
+    pub filename: Option<PathBuf>,
+    /// Virtual size in bytes, or with a suffix k, K, M, G, T, P, E (binary units).
+    pub size: Option<String>,
+}
+
+/// `vdisk info`.
+#[derive(Debug, clap::Args)]
+pub struct InfoArgs {
+    /// Image format (probed when omitted, with a warning).
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "human", value_name = "OFMT")]
+    pub output: OutputFormat,
+    /// Show every image of the backing chain.
+    #[arg(long)]
+    pub backing_chain: bool,
+    /// Open the image read-only without taking locks, even if another process writes it.
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
+    /// The image.
+    pub filename: PathBuf,
+}
+
+/// `vdisk map`.
+#[derive(Debug, clap::Args)]
+pub struct MapArgs {
+    /// Image format (probed when omitted, with a warning).
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "human", value_name = "OFMT")]
+    pub output: OutputFormat,
+    /// First guest byte to report.
+    #[arg(long, value_name = "OFFSET", default_value = "0")]
+    pub start_offset: String,
+    /// Report at most this many bytes.
+    #[arg(long, value_name = "LENGTH")]
+    pub max_length: Option<String>,
+    /// Open the image read-only without taking locks.
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
+    /// The image.
+    pub filename: PathBuf,
+}
+
+/// `vdisk compare`.
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// Format of the first image.
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format_a: Option<String>,
+    /// Format of the second image.
+    #[arg(short = 'F', value_name = "FMT")]
+    pub format_b: Option<String>,
+    /// Strict: sizes and allocation must match as well as content.
+    #[arg(short = 's')]
+    pub strict: bool,
+    /// Show a progress bar on stderr.
+    #[arg(short = 'p')]
+    pub progress: bool,
+    /// Quiet: print nothing, report by exit status only.
+    #[arg(short = 'q')]
+    pub quiet: bool,
+    /// Open the images read-only without taking locks.
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
+    /// The first image.
+    pub a: PathBuf,
+    /// The second image.
+    pub b: PathBuf,
+}
+
+/// `vdisk convert`.
+#[derive(Debug, clap::Args)]
+pub struct ConvertArgs {
+    /// Show a progress bar on stderr.
+    #[arg(short = 'p')]
+    pub progress: bool,
+    /// Quiet.
+    #[arg(short = 'q')]
+    pub quiet: bool,
+    /// Source format (probed when omitted, with a warning).
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format: Option<String>,
+    /// Output format.
+    #[arg(short = 'O', value_name = "OUTPUT_FMT", default_value = "raw")]
+    pub output_format: String,
+    /// Zero runs at least this long are left as holes (default 4k); 0 allocates everything.
+    #[arg(short = 'S', value_name = "SPARSE_SIZE")]
+    pub sparse_size: Option<String>,
+    /// Convert the content as of this internal snapshot ("snapshot.id=N", "snapshot.name=X",
+    /// or an id or name).
+    #[arg(short = 'l', value_name = "SNAPSHOT_PARAM")]
+    pub snapshot: Option<String>,
+    /// Open the source read-only without taking locks.
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
+    /// The source image.
+    pub source: PathBuf,
+    /// The image to write.
+    pub target: PathBuf,
+}

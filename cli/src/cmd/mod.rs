@@ -1,0 +1,48 @@
+//! One module per command; [`run`] dispatches.
+
+mod compare;
+mod convert;
+mod create;
+mod info;
+mod map;
+mod progress;
+
+use std::path::Path;
+
+use crate::args::{Cli, Command};
+use crate::{CmdResult, Failure};
+use vdisk::{Format, OpenOptions, OpenedImage};
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> CmdResult {
+    match cli.command {
+        Command::Create(a) => create::run(a),
+        Command::Info(a) => info::run(a),
+        Command::Map(a) => map::run(a),
+        Command::Compare(a) => compare::run(a),
+        Command::Convert(a) => convert::run(a),
+    }
+}
+
+/// Parses a `-f`/`-F`/`-O` value.
+pub fn parse_format(s: &str) -> Result<Format, Failure> {
+    s.parse::<Format>().map_err(Failure::from)
+}
+
+/// Opens an image for a command, warning on stderr when its format (or a backing file's) had to
+/// be guessed.
+pub fn open_image(path: &Path, opts: &OpenOptions) -> Result<OpenedImage, Failure> {
+    let img = vdisk::open(path, opts)?;
+    for layer in img.chain() {
+        if layer.probed {
+            eprintln!(
+                "vdisk: warning: the format of '{}' was not given; probing guessed {}. Probing is \
+                 unsafe for images from untrusted sources: pass -f (or record the backing format \
+                 with -F).",
+                layer.filename.display(),
+                layer.format
+            );
+        }
+    }
+    Ok(img)
+}

@@ -1,0 +1,320 @@
+//! Opening an image by name: the format policy, probing, and the backing chain.
+//!
+//! ```text
+//!   open("test.qcow2")
+//!     RawFile (protocol: the host file, locked)
+//!       -> format: given by the caller, else probed (qcow2 magic -> qcow2, else raw)
+//!       -> Qcow2 over the file
+//!            -> backing "template.raw" (resolved against test.qcow2's directory,
+//!               format from the image's backing-format extension) -> open(...) again
+//! ```
+//!
+//! The rules that keep hostile images from reaching files nobody named:
+//! - a format the caller gives is never second-guessed;
+//! - a probe is reported ([`OpenedImage::probed`]) so the caller can warn;
+//! - [`OpenOptions::backing`] can refuse every file the caller did not name;
+//! - chains are at most [`MAX_BACKING_DEPTH`] deep and may not loop.
+
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use vdisk_block::{BlockDevice, Error, Image, Result};
+use vdisk_qcow2::Qcow2;
+use vdisk_raw::RawFile;
+
+/// The longest backing chain we follow. Real chains (snapshots stacked by libvirt, build
+/// layers) are a handful deep; a longer chain is far more likely a hostile image trying to
+/// exhaust descriptors or stack.
+pub const MAX_BACKING_DEPTH: usize = 64;
+
+/// The image formats vdisk reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// A plain file or block device holding the guest's bytes.
+    Raw,
+    /// QEMU copy-on-write version 2 (and 3).
+    Qcow2,
+}
+
+impl Format {
+    /// The name qemu-img uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+        }
+    }
+
+    /// Guesses the format from the first bytes of a file: qcow2's magic, else raw.
+    pub fn probe(head: &[u8]) -> Format {
+        if head.starts_with(b"QFI\xfb") {
+            Format::Qcow2
+        } else {
+            Format::Raw
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Format {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Format> {
+        match s {
+            "raw" => Ok(Format::Raw),
+            "qcow2" => Ok(Format::Qcow2),
+            _ => Err(Error::invalid(format!("Unknown driver '{s}'"))),
+        }
+    }
+}
+
+/// Which files besides the one named may be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackingPolicy {
+    /// Follow backing files and external data files the image names (qemu's behaviour).
+    #[default]
+    Follow,
+    /// Open the image alone: reads of unallocated ranges return zeros, as
+    /// `qemu-img info` and `-u` operations see it. External data files are still required.
+    Ignore,
+    /// Refuse to open any file the caller did not name: an image with a backing file or an
+    /// external data file fails to open.
+    Refuse,
+}
+
+/// How to open an image.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// The format; `None` probes.
+    pub format: Option<Format>,
+    /// Open for reading only.
+    pub read_only: bool,
+    /// Share the image with writers in other processes (qemu's `-U`); requires `read_only`.
+    pub force_share: bool,
+    /// What to do with files the image names.
+    pub backing: BackingPolicy,
+    /// Read the content as of this internal snapshot (id or name); implies `read_only`.
+    pub snapshot: Option<String>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            format: None,
+            read_only: true,
+            force_share: false,
+            backing: BackingPolicy::Follow,
+            snapshot: None,
+        }
+    }
+}
+
+/// The format-specific object behind an [`OpenedImage`].
+#[derive(Debug, Clone)]
+pub enum Driver {
+    /// A raw image: the protocol file itself.
+    Raw(Arc<RawFile>),
+    /// A qcow2 image over the protocol file.
+    Qcow2(Arc<Qcow2>),
+}
+
+/// An open image with what the caller may want to report about it.
+#[derive(Debug, Clone)]
+pub struct OpenedImage {
+    /// The name as given (or as recorded in the overlay, for a backing file).
+    pub filename: PathBuf,
+    /// The format in use.
+    pub format: Format,
+    /// True when the format was guessed rather than given or recorded.
+    pub probed: bool,
+    /// The host file holding the image (qemu's "file" child node).
+    pub file: Arc<RawFile>,
+    /// The format driver.
+    pub driver: Driver,
+    /// The opened backing image, when there is one and the policy followed it.
+    pub backing: Option<Box<OpenedImage>>,
+}
+
+impl OpenedImage {
+    /// The image as a device of guest bytes, backing chain included.
+    pub fn image(&self) -> Arc<dyn Image> {
+        match &self.driver {
+            Driver::Raw(r) => r.clone(),
+            Driver::Qcow2(q) => q.clone(),
+        }
+    }
+
+    /// The images from this one down to the base.
+    pub fn chain(&self) -> impl Iterator<Item = &OpenedImage> {
+        std::iter::successors(Some(self), |i| i.backing.as_deref())
+    }
+}
+
+/// Opens the image at `path` with `opts`, following its backing chain as the policy allows.
+pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<OpenedImage> {
+    let mut seen = Vec::new();
+    open_at_depth(path.as_ref(), opts, opts.format, &mut seen)
+}
+
+fn open_at_depth(
+    path: &Path,
+    opts: &OpenOptions,
+    format: Option<Format>,
+    seen: &mut Vec<(u64, u64)>,
+) -> Result<OpenedImage> {
+    let read_only = opts.read_only || opts.snapshot.is_some() || !seen.is_empty();
+    let raw_opts = vdisk_raw::OpenOptions {
+        read_only,
+        force_share: opts.force_share,
+    };
+    let file = Arc::new(RawFile::open(path, &raw_opts)?);
+
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", None, e).with_path(path))?;
+    let id = (meta.dev(), meta.ino());
+    if seen.contains(&id) {
+        return Err(Error::corrupt(format!(
+            "backing chain loops back to '{}'",
+            path.display()
+        )));
+    }
+    if seen.len() >= MAX_BACKING_DEPTH {
+        return Err(Error::unsupported(format!(
+            "backing chain is deeper than {MAX_BACKING_DEPTH} images"
+        ))
+        .with_path(path));
+    }
+    seen.push(id);
+
+    let (format, probed) = match format {
+        Some(f) => (f, false),
+        None => {
+            let mut head = [0u8; 4];
+            let n = file.size().min(4) as usize;
+            file.read_at(&mut head[..n], 0)
+                .map_err(|e| e.with_path(path))?;
+            (Format::probe(&head[..n]), true)
+        }
+    };
+
+    let (driver, backing) = match format {
+        Format::Raw => (Driver::Raw(file.clone()), None),
+        Format::Qcow2 => {
+            let mut q = Qcow2::open(file.clone()).map_err(|e| e.with_path(path))?;
+            if let Some(name) = q.data_file_name().map(str::to_owned) {
+                if opts.backing == BackingPolicy::Refuse {
+                    return Err(Error::invalid(format!(
+                        "refusing to open the external data file '{name}' that the image names"
+                    ))
+                    .with_path(path));
+                }
+                // qemu resolves a relative data file name against the current directory,
+                // not the image's (unlike backing files); we open the same file it would.
+                let data = RawFile::open(&name, &raw_opts)?;
+                q.set_data_file(Arc::new(data));
+            } else if q.needs_data_file() {
+                return Err(Error::corrupt(
+                    "the image needs an external data file but does not name one",
+                )
+                .with_path(path));
+            }
+            let backing = match (q.backing_file_name().map(str::to_owned), opts.backing) {
+                (None, _) | (Some(_), BackingPolicy::Ignore) => None,
+                (Some(name), BackingPolicy::Refuse) => {
+                    return Err(Error::invalid(format!(
+                        "refusing to open the backing file '{name}' that the image names"
+                    ))
+                    .with_path(path))
+                }
+                (Some(name), BackingPolicy::Follow) => {
+                    let bpath = resolve_backing(path, &name);
+                    let bfmt = match q.backing_format() {
+                        Some(f) => Some(f.parse::<Format>().map_err(|e| e.with_path(path))?),
+                        None => None,
+                    };
+                    let mut bopts = opts.clone();
+                    bopts.snapshot = None;
+                    let mut b = open_at_depth(&bpath, &bopts, bfmt, seen)?;
+                    b.filename = PathBuf::from(&name);
+                    q.set_backing(b.image());
+                    Some(Box::new(b))
+                }
+            };
+            if let Some(snap) = &opts.snapshot {
+                q.load_snapshot(snap).map_err(|e| e.with_path(path))?;
+            }
+            (Driver::Qcow2(Arc::new(q)), backing)
+        }
+    };
+    if opts.snapshot.is_some() && format != Format::Qcow2 {
+        return Err(Error::unsupported(format!(
+            "internal snapshots are not supported by the {format} format"
+        ))
+        .with_path(path));
+    }
+    seen.pop();
+    Ok(OpenedImage {
+        filename: path.to_path_buf(),
+        format,
+        probed,
+        file,
+        driver,
+        backing,
+    })
+}
+
+/// Where qemu looks for a backing file: an absolute name as is, a relative name next to the
+/// image that names it.
+pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
+    let name = Path::new(name);
+    if name.is_absolute() {
+        return name.to_path_buf();
+    }
+    match image.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
+        _ => name.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_and_parse() {
+        assert_eq!(Format::probe(b"QFI\xfb\0\0\0\x03"), Format::Qcow2);
+        assert_eq!(Format::probe(b"QFI"), Format::Raw);
+        assert_eq!(Format::probe(b""), Format::Raw);
+        assert_eq!("qcow2".parse::<Format>().unwrap(), Format::Qcow2);
+        assert_eq!(
+            "vmdk".parse::<Format>().unwrap_err().to_string(),
+            "Unknown driver 'vmdk'"
+        );
+    }
+
+    #[test]
+    fn backing_names_resolve_next_to_the_overlay() {
+        assert_eq!(
+            resolve_backing(Path::new("/kvm/vdisks/test.qcow2"), "template.raw"),
+            Path::new("/kvm/vdisks/template.raw")
+        );
+        assert_eq!(
+            resolve_backing(Path::new("dir/o.qcow2"), "../b.raw"),
+            Path::new("dir/../b.raw")
+        );
+        assert_eq!(
+            resolve_backing(Path::new("o.qcow2"), "b.raw"),
+            Path::new("b.raw")
+        );
+        assert_eq!(
+            resolve_backing(Path::new("dir/o.qcow2"), "/abs/b"),
+            Path::new("/abs/b")
+        );
+    }
+}
