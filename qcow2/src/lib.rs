@@ -399,7 +399,29 @@ impl Qcow2 {
             .unwrap_or(0);
         let l2_offset = l1_entry & L1E_OFFSET_MASK;
         if l2_offset == 0 {
-            return Ok(Some((limit, Run::Unallocated)));
+            // Extend over the following empty L1 entries too, so that a sparse image with small
+            // clusters maps in a few extents rather than one per L2 table.
+            let span = 1u64 << (g.cluster_bits + g.l2_bits);
+            let mut len = limit;
+            let mut next = l1_index.saturating_add(1);
+            while len < max_len {
+                let entry = usize::try_from(next)
+                    .ok()
+                    .and_then(|i| self.view.l1.get(i).copied());
+                match entry {
+                    Some(e) if e & L1E_OFFSET_MASK == 0 => {
+                        len = len.saturating_add(span).min(max_len);
+                        next += 1;
+                    }
+                    Some(_) => break,
+                    // Past the table: nothing more is allocated.
+                    None => {
+                        len = max_len;
+                        break;
+                    }
+                }
+            }
+            return Ok(Some((len, Run::Unallocated)));
         }
         if l2_offset & (cluster_size - 1) != 0 {
             return Err(Error::corrupt_at(

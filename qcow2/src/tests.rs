@@ -368,3 +368,11 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn qcow2_is_send_sync_debug() {
+    fn check<T: Send + Sync + std::fmt::Debug>() {}
+    check::<Qcow2>();
+    let q = open(golden()).unwrap();
+    assert!(format!("{q:?}").starts_with("Qcow2 {"));
+}

@@ -418,3 +418,90 @@ fn info_matches_qemu() {
         assert_eq!(ours, bitmaps, "{opts}");
     }
 }
+
+#[test]
+fn refusals_and_dirty_images() {
+    let dir = tmpdir();
+    let d = dir.path();
+    // LUKS-encrypted: refused, never read as ciphertext.
+    let luks = d.join("luks.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        "secret,id=sec0,data=abc",
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
+        luks.to_str().unwrap(),
+        "1M",
+    ]);
+    let e = Qcow2::open(Arc::new(FileDev::open(&luks))).unwrap_err();
+    assert!(matches!(e, vdisk_block::Error::Unsupported { .. }));
+    assert_eq!(e.to_string(), "encrypted images are not supported");
+
+    // An unknown incompatible bit in a real image: qemu's table names only the bits it knows.
+    let p = d.join("future.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", p.to_str().unwrap(), "1M"]);
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[79] |= 1 << 6;
+    std::fs::write(&p, &bytes).unwrap();
+    let e = Qcow2::open(Arc::new(FileDev::open(&p))).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Unsupported qcow2 feature(s): unknown incompatible feature bit 6"
+    );
+
+    // A dirty image (lazy refcounts, writer killed) is readable and says so.
+    let dirty = d.join("dirty.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "lazy_refcounts=on",
+        dirty.to_str().unwrap(),
+        "1M",
+    ]);
+    let status = std::process::Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 5 4k 64k",
+            "-c",
+            "abort",
+            dirty.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!status.status.success());
+    let q = open_chain(&dirty);
+    assert!(q.info().dirty);
+    assert_eq!(q.info().lazy_refcounts, Some(true));
+    assert_same(&read_all(&q), &qemu_raw(&dirty, &[]), "dirty image");
+}
+
+#[test]
+fn sparse_map_is_few_extents() {
+    // 512-byte clusters: one L2 table covers 32 KiB; an empty 64 GiB image is still one extent.
+    let dir = tmpdir();
+    let p = dir.path().join("sparse.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=512",
+        p.to_str().unwrap(),
+        "64G",
+    ]);
+    qemu_io(&p, &["write -P 1 40G 4k".into()]);
+    let q = open_chain(&p);
+    let m = our_map(&q);
+    assert_eq!(m.len(), 3, "{m:?}");
+    assert_eq!(m, qemu_map(&p));
+}
