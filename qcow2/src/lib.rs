@@ -36,7 +36,12 @@
 //!
 //! Images are hostile input: every table is checked to be aligned and inside the file, sizes
 //! are bounded by named `MAX_*` limits, compressed clusters inflate to exactly one cluster, and
-//! unknown incompatible features and encryption are refused.
+//! unknown incompatible features and encryption are refused. As in qemu, data clusters (and the
+//! last sector of a compressed cluster) that reach past the end of their file read as zeros:
+//! preallocated images legitimately point there.
+//!
+//! Errors carry the offset in the image file but no path; the caller that opened the file adds
+//! it with [`Error::with_path`].
 //!
 //! ```
 //! use std::sync::Arc;
