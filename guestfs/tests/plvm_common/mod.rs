@@ -28,7 +28,7 @@ pub fn sh(script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// True when every named tool is installed; tests skip (with a message) otherwise.
+/// Checks that every named reference tool is installed, and fails the test when one is not.
 pub fn have(tools: &[&str]) -> bool {
     for t in tools {
         if Command::new("bash")
@@ -38,8 +38,9 @@ pub fn have(tools: &[&str]) -> bool {
             .map(|o| !o.status.success())
             .unwrap_or(true)
         {
-            eprintln!("skipping: {t} is not installed");
-            return false;
+            // A reference tool that is missing must fail the test, not skip it: a skipped
+            // differential test proves nothing. .ci/run installs every tool.
+            panic!("{t} is not installed (run .ci/run, which installs the reference tools)");
         }
     }
     true
