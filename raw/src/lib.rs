@@ -23,8 +23,8 @@
 //!   [`RawFile::file_length`] gives the exact length.
 //! - **Locks.** Opens take the same open-file-description byte locks as qemu, so a second
 //!   writer — vdisk or qemu — is refused with [`Error::Locked`], and
-//!   [`OpenOptions::force_share`] plays the role of `qemu-img -U`. The scheme is described in
-//!   the `lock` module's source.
+//!   [`OpenOptions::force_share`] plays the role of `qemu-img -U`. [`OpenOptions`] lists the
+//!   bytes each mode takes.
 //! - **Creation** and **growth** preallocate as `qemu-img create -o preallocation=` does,
 //!   including qemu's habit of writing the first block of a new sparse file.
 //!
@@ -79,7 +79,22 @@ const FIRST_BLOCK: u64 = 4096;
 /// The buffer used when zeros have to be written out (full preallocation, fallbacks).
 const ZERO_CHUNK: u64 = 1 << 20;
 
-/// How to open a [`RawFile`].
+/// How to open a [`RawFile`], and so which of qemu's lock bytes it takes.
+///
+/// qemu publishes who uses an image with open-file-description byte locks: byte `100 + i`
+/// means "I hold permission i", byte `200 + i` "I do not share permission i", for the
+/// permissions 0 consistent read, 1 write, 2 write unchanged, 3 resize. vdisk takes:
+///
+/// | options                    | holds          | does not share | behaves like                 |
+/// |----------------------------|----------------|----------------|------------------------------|
+/// | default (read-write)       | 100, 101, 103  | 201, 203       | a VM's disk (`share-rw=off`) |
+/// | `read_only`                | 100            | 201, 203       | a `qemu-img convert` source  |
+/// | `read_only`, `force_share` | 100            | —              | `qemu-img -U`, `qemu-io -r`  |
+///
+/// and then fails with [`Error::Locked`] if another user refuses to share a permission it
+/// holds, or holds one it refuses to share. So a writer excludes every other writer and every
+/// non-shared reader (and `qemu-io`/`qemu-img` writers in both directions), while
+/// `force_share` readers coexist with anyone who lets others read consistently.
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
     /// Open for reading only. A read-only open still refuses to share writing (the data must
@@ -108,7 +123,9 @@ impl OpenOptions {
 
 /// A raw disk image: a regular file or a host block device, open and locked.
 ///
-/// Dropping it closes the file, which releases its locks.
+/// Dropping it closes the file, which releases its locks. As with qemu, the locks belong to
+/// the open file description: a child forked while the image is open shares them until it
+/// calls `exec` (the descriptor is close-on-exec) or exits.
 #[derive(Debug)]
 pub struct RawFile {
     file: File,
@@ -203,6 +220,8 @@ impl RawFile {
             .read(true)
             .write(true)
             .create(true)
+            // Not yet: the file may be another user's image until the locks say otherwise.
+            .truncate(false)
             .mode(0o644)
             .open(path)
             .map_err(|e| Error::io("open", None, e))?;
