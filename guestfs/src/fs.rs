@@ -366,7 +366,7 @@ impl FileSystem for ext4::Ext4 {
         if !dir.is_dir() {
             return Err(errno_error("lookup", errno::ENOTDIR));
         }
-        Ok(ext4::Ext4::lookup(self, &dir, name.as_bytes())?.map(Ino::from))
+        Ok(self.find_entry(&dir, name.as_bytes())?.map(Ino::from))
     }
 
     fn getattr(&self, ino: Ino) -> Result<Attr> {
@@ -381,10 +381,16 @@ impl FileSystem for ext4::Ext4 {
         } else {
             0
         };
+        let mut blocks = i.sectors(self.superblock());
+        if kind == FileKind::File && i.has_flag(inode::EXT4_INLINE_DATA_FL) {
+            // As the kernel's stat of a regular file: inline data counts as the sectors it would fill,
+            // so tools do not take the file for a hole.
+            blocks += i.i_size.div_ceil(512);
+        }
         Ok(Attr {
             ino,
             size: i.i_size,
-            blocks: i.sectors(self.superblock()),
+            blocks,
             kind,
             mode,
             nlink: u32::from(i.i_links_count),
@@ -432,7 +438,7 @@ impl FileSystem for ext4::Ext4 {
         if i.is_dir() {
             return Err(errno_error("read", errno::EISDIR));
         }
-        ext4::Ext4::read(self, &i, offset, buf)
+        self.read_data(&i, offset, buf)
     }
 
     fn readlink(&self, ino: Ino) -> Result<OsString> {

@@ -104,5 +104,8 @@ fn run_in(v: &[u64], i: usize, check: &dyn Fn(u64, &str) -> Result<u64>) -> Resu
         n += 1;
     }
     check(first + n - 1, "block pointer")?;
-    Ok(Run::Data { start: first, len: n })
+    Ok(Run::Data {
+        start: first,
+        len: n,
+    })
 }

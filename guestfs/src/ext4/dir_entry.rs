@@ -78,7 +78,10 @@ pub fn parse_entries(
     let mut pos = 0usize;
     while pos < b.len() {
         let bad = |msg: String| {
-            Error::corrupt_at(at + pos as u64, format!("{}: entry at {pos}: {msg}", what()))
+            Error::corrupt_at(
+                at + pos as u64,
+                format!("{}: entry at {pos}: {msg}", what()),
+            )
         };
         if pos + 8 > b.len() {
             return Err(bad("record header runs past the end of the block".into()));
@@ -94,10 +97,14 @@ pub fn parse_entries(
             return Err(bad(format!("rec_len {rec_len} is invalid")));
         }
         if pos + rec_len > b.len() {
-            return Err(bad(format!("rec_len {rec_len} runs past the end of the block")));
+            return Err(bad(format!(
+                "rec_len {rec_len} runs past the end of the block"
+            )));
         }
         if name_len > EXT4_NAME_LEN || 8 + name_len > rec_len {
-            return Err(bad(format!("name_len {name_len} does not fit rec_len {rec_len}")));
+            return Err(bad(format!(
+                "name_len {name_len} does not fit rec_len {rec_len}"
+            )));
         }
         if inode != 0 {
             if name_len == 0 {
@@ -137,7 +144,12 @@ pub fn compute_checksum(inode_seed: u32, b: &[u8]) -> u32 {
 }
 
 /// Verifies a leaf block's tail checksum.
-pub fn verify_checksum(inode_seed: u32, b: &[u8], at: u64, what: &dyn Fn() -> String) -> Result<()> {
+pub fn verify_checksum(
+    inode_seed: u32,
+    b: &[u8],
+    at: u64,
+    what: &dyn Fn() -> String,
+) -> Result<()> {
     if !has_tail(b) {
         return Err(Error::corrupt_at(
             at,

@@ -94,7 +94,10 @@ pub fn parse_node(b: &[u8], e: &Expect, at: u64, what: &dyn Fn() -> String) -> R
         eh_generation: le32(b, 8),
     };
     if h.eh_magic != EXT4_EXT_MAGIC {
-        return Err(corrupt(format!("bad extent header magic {:#06x}", h.eh_magic)));
+        return Err(corrupt(format!(
+            "bad extent header magic {:#06x}",
+            h.eh_magic
+        )));
     }
     let capacity = b.len().saturating_sub(ENTRY) / ENTRY;
     if usize::from(h.eh_max) > capacity || h.eh_max == 0 {
@@ -183,8 +186,7 @@ pub fn parse_node(b: &[u8], e: &Expect, at: u64, what: &dyn Fn() -> String) -> R
                 )));
             }
             let phys_end = ext.ee_start.checked_add(u64::from(ext.len));
-            if ext.ee_start < e.first_data_block || phys_end.is_none_or(|pe| pe > e.blocks_count)
-            {
+            if ext.ee_start < e.first_data_block || phys_end.is_none_or(|pe| pe > e.blocks_count) {
                 return Err(corrupt(format!(
                     "extent {i} maps to blocks {}+{} outside the filesystem",
                     ext.ee_start, ext.len

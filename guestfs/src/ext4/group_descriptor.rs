@@ -50,8 +50,20 @@ impl GroupDesc {
     pub fn parse(sb: &Superblock, group: u32, raw: &[u8], at: u64) -> Result<GroupDesc> {
         let b = raw;
         let big = sb.desc_size >= 64;
-        let hi32 = |off: usize| if big { u64::from(le32(b, off)) << 32 } else { 0 };
-        let hi16 = |off: usize| if big { u32::from(le16(b, off)) << 16 } else { 0 };
+        let hi32 = |off: usize| {
+            if big {
+                u64::from(le32(b, off)) << 32
+            } else {
+                0
+            }
+        };
+        let hi16 = |off: usize| {
+            if big {
+                u32::from(le16(b, off)) << 16
+            } else {
+                0
+            }
+        };
         let d = GroupDesc {
             group,
             raw: raw.to_vec(),
@@ -76,11 +88,9 @@ impl GroupDesc {
                 ));
             }
         }
-        let itb = u64::from(sb.s_inodes_per_group)
-            .div_ceil(u64::from(sb.inodes_per_block()));
+        let itb = u64::from(sb.s_inodes_per_group).div_ceil(u64::from(sb.inodes_per_block()));
         let table_ok = d.bg_inode_table >= u64::from(sb.s_first_data_block)
-            && d
-                .bg_inode_table
+            && d.bg_inode_table
                 .checked_add(itb)
                 .is_some_and(|end| end <= sb.s_blocks_count);
         if !table_ok {

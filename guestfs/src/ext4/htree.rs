@@ -48,7 +48,7 @@ pub fn classify(b: &[u8], index: u64) -> DxKind {
 }
 
 /// Verifies the `dx_tail` checksum of a root or interior block: crc32c(inode seed, the block up
-/// to the end of the used entries, then `dt_reserved`).
+/// to the end of the used entries, then the whole `dx_tail` with `dt_checksum` counted as zero).
 pub fn verify_checksum(
     inode_seed: u32,
     b: &[u8],
@@ -67,7 +67,10 @@ pub fn verify_checksum(
     if count > limit || tail + 8 > b.len() {
         return Err(Error::corrupt_at(
             at,
-            format!("{}: htree node count {count} / limit {limit} do not fit the block", what()),
+            format!(
+                "{}: htree node count {count} / limit {limit} do not fit the block",
+                what()
+            ),
         ));
     }
     let want = compute_checksum(inode_seed, b, count_off, count, tail);
@@ -75,7 +78,10 @@ pub fn verify_checksum(
     if want != stored {
         return Err(Error::corrupt_at(
             at,
-            format!("{}: htree node checksum {stored:#010x} does not match contents ({want:#010x})", what()),
+            format!(
+                "{}: htree node checksum {stored:#010x} does not match contents ({want:#010x})",
+                what()
+            ),
         ));
     }
     Ok(())
@@ -83,7 +89,8 @@ pub fn verify_checksum(
 
 fn compute_checksum(seed: u32, b: &[u8], count_off: usize, count: usize, tail: usize) -> u32 {
     let c = crc32c_raw(seed, &b[..count_off + count * 8]);
-    crc32c_raw(c, &b[tail..tail + 4])
+    let c = crc32c_raw(c, &b[tail..tail + 4]);
+    crc32c_raw(c, &[0; 4])
 }
 
 /// Sets the `dx_tail` checksum (for the write side and for tests).

@@ -126,7 +126,10 @@ impl Inode {
     pub fn parse(sb: &Superblock, ino: u32, raw: &[u8], at: u64) -> Result<Inode> {
         let b = raw;
         if b.len() < EXT4_GOOD_OLD_INODE_SIZE {
-            return Err(Error::corrupt_at(at, format!("inode {ino}: slot is too short")));
+            return Err(Error::corrupt_at(
+                at,
+                format!("inode {ino}: slot is too short"),
+            ));
         }
         let large = b.len() > EXT4_GOOD_OLD_INODE_SIZE;
         let i_extra_isize = if large { le16(b, 0x80) } else { 0 };
@@ -142,8 +145,12 @@ impl Inode {
         let extra = |off: usize| fits(off, 4).then(|| le32(b, off));
 
         let has_hi = fits(0x82, 2);
-        let i_checksum =
-            u32::from(le16(b, 0x7C)) | if has_hi { u32::from(le16(b, 0x82)) << 16 } else { 0 };
+        let i_checksum = u32::from(le16(b, 0x7C))
+            | if has_hi {
+                u32::from(le16(b, 0x82)) << 16
+            } else {
+                0
+            };
         if let Some(seed) = sb.csum_seed {
             // All-zero slots (never used) carry no checksum.
             if sb.s_creator_os == 0 && b.iter().any(|&x| x != 0) {
@@ -170,8 +177,12 @@ impl Inode {
             i_blocks_lo
         };
         let bit64 = sb.desc_size >= 64;
-        let i_file_acl =
-            u64::from(le32(b, 0x68)) | if bit64 { u64::from(le16(b, 0x76)) << 32 } else { 0 };
+        let i_file_acl = u64::from(le32(b, 0x68))
+            | if bit64 {
+                u64::from(le16(b, 0x76)) << 32
+            } else {
+                0
+            };
         let mut i_block = [0u8; I_BLOCK_SIZE];
         i_block.copy_from_slice(&b[I_BLOCK..I_BLOCK + I_BLOCK_SIZE]);
         Ok(Inode {
@@ -226,8 +237,7 @@ impl Inode {
     /// `i_blocks` converted to 512-byte sectors, as stat reports.
     pub fn sectors(&self, sb: &Superblock) -> u64 {
         if sb.has_ro_compat(ro_compat::HUGE_FILE) && self.has_flag(EXT4_HUGE_FILE_FL) {
-            self.i_blocks
-                .saturating_mul(u64::from(sb.block_size / 512))
+            self.i_blocks.saturating_mul(u64::from(sb.block_size / 512))
         } else {
             self.i_blocks
         }

@@ -108,7 +108,11 @@ fn jerr(what: impl std::fmt::Display) -> Error {
     Error::corrupt(format!("journal: {what}"))
 }
 
-fn parse_superblock(b: &[u8], fs_block_size: u32, journal_blocks: u64) -> Result<JournalSuperblock> {
+fn parse_superblock(
+    b: &[u8],
+    fs_block_size: u32,
+    journal_blocks: u64,
+) -> Result<JournalSuperblock> {
     if be32(b, 0) != JBD2_MAGIC_NUMBER {
         return Err(jerr(format!("bad superblock magic {:#010x}", be32(b, 0))));
     }
@@ -336,7 +340,9 @@ pub fn replay(j: &mut dyn JournalAccess, fs_block_size: u32, fs_blocks: u64) -> 
                 let r_count = be32(&buf, 12) as usize;
                 let limit = if csum { bs - 4 } else { bs };
                 if !(16..=limit).contains(&r_count) {
-                    return Err(jerr(format!("revoke block r_count {r_count} is out of range")));
+                    return Err(jerr(format!(
+                        "revoke block r_count {r_count} is out of range"
+                    )));
                 }
                 let rec = if bit64 { 8 } else { 4 };
                 let mut off = 16;

@@ -390,7 +390,7 @@ impl Ext4 {
 
     /// Reads file bytes of `inode` from `offset` into `buf`; returns how many were read (short
     /// only at the end of the file).
-    pub fn read(&self, inode: &Inode, offset: u64, buf: &mut [u8]) -> Result<usize> {
+    pub fn read_data(&self, inode: &Inode, offset: u64, buf: &mut [u8]) -> Result<usize> {
         self.check_not_encrypted(inode)?;
         if offset >= inode.i_size {
             return Ok(0);
@@ -452,7 +452,9 @@ impl Ext4 {
             }
         }
         if d.len() as u64 > MAX_INLINE_DATA {
-            return Err(Error::corrupt(format!("inode {ino}: inline data is too large")));
+            return Err(Error::corrupt(format!(
+                "inode {ino}: inline data is too large"
+            )));
         }
         Ok(d)
     }
@@ -473,7 +475,7 @@ impl Ext4 {
         let n = size as usize;
         if inode.has_flag(inode::EXT4_INLINE_DATA_FL) {
             let mut v = vec![0u8; n];
-            let got = self.read(inode, 0, &mut v)?;
+            let got = self.read_data(inode, 0, &mut v)?;
             v.truncate(got);
             return Ok(v);
         }
@@ -495,7 +497,7 @@ impl Ext4 {
             return Ok(inode.i_block[..n].to_vec());
         }
         let mut v = vec![0u8; n];
-        let got = self.read(inode, 0, &mut v)?;
+        let got = self.read_data(inode, 0, &mut v)?;
         v.truncate(got);
         Ok(v)
     }
@@ -622,7 +624,7 @@ impl Ext4 {
     }
 
     /// Finds `name` in directory `dir`: the inode number, or None.
-    pub fn lookup(&self, dir: &Inode, name: &[u8]) -> Result<Option<u32>> {
+    pub fn find_entry(&self, dir: &Inode, name: &[u8]) -> Result<Option<u32>> {
         let mut found = None;
         self.dir_walk(dir, 0, &mut |e, _| {
             if e.name == name {
@@ -643,7 +645,13 @@ impl Ext4 {
         if inode.i_file_acl != 0 {
             let nr = inode.i_file_acl;
             let b = self.block(nr, &what)?;
-            v.extend(xattr::parse_block(&b, nr, self.sb.csum_seed, nr * self.bs(), &what)?);
+            v.extend(xattr::parse_block(
+                &b,
+                nr,
+                self.sb.csum_seed,
+                nr * self.bs(),
+                &what,
+            )?);
         }
         Ok(v)
     }
@@ -661,7 +669,7 @@ impl Ext4 {
                     )));
                 }
                 let mut v = vec![0u8; *size as usize];
-                let n = self.read(&i, 0, &mut v)?;
+                let n = self.read_data(&i, 0, &mut v)?;
                 v.truncate(n);
                 v
             }

@@ -104,7 +104,10 @@ pub mod incompat {
     /// Incompatible features known by name but not implemented.
     pub const REFUSED: &[(u32, &str)] = &[
         (COMPRESSION, "compression"),
-        (JOURNAL_DEV, "journal_dev (this is an external journal, not a filesystem)"),
+        (
+            JOURNAL_DEV,
+            "journal_dev (this is an external journal, not a filesystem)",
+        ),
         (DIRDATA, "dirdata"),
     ];
 }
@@ -146,13 +149,8 @@ pub mod ro_compat {
 
     /// Features a writer may keep consistent without knowing more than the read side does.
     /// Anything else makes the filesystem read-only for vdisk.
-    pub const WRITABLE: u32 = SPARSE_SUPER
-        | LARGE_FILE
-        | HUGE_FILE
-        | GDT_CSUM
-        | DIR_NLINK
-        | EXTRA_ISIZE
-        | METADATA_CSUM;
+    pub const WRITABLE: u32 =
+        SPARSE_SUPER | LARGE_FILE | HUGE_FILE | GDT_CSUM | DIR_NLINK | EXTRA_ISIZE | METADATA_CSUM;
 }
 
 /// The validated superblock.
@@ -255,7 +253,10 @@ pub struct Superblock {
 }
 
 fn bad(field_off: usize, what: String) -> Error {
-    Error::corrupt_at(SUPERBLOCK_OFFSET + field_off as u64, format!("superblock: {what}"))
+    Error::corrupt_at(
+        SUPERBLOCK_OFFSET + field_off as u64,
+        format!("superblock: {what}"),
+    )
 }
 
 impl Superblock {
@@ -320,7 +321,13 @@ impl Superblock {
         }
         let block_size: u32 = 1024 << s_log_block_size;
         let bit64 = incompat & incompat::BIT64 != 0;
-        let hi = |off: usize| if bit64 { u64::from(le32(b, off)) << 32 } else { 0 };
+        let hi = |off: usize| {
+            if bit64 {
+                u64::from(le32(b, off)) << 32
+            } else {
+                0
+            }
+        };
         let s_blocks_count = u64::from(le32(b, 0x4)) | hi(0x150);
         let s_r_blocks_count = u64::from(le32(b, 0x8)) | hi(0x154);
         let s_free_blocks_count = u64::from(le32(b, 0xC)) | hi(0x158);
@@ -339,10 +346,33 @@ impl Superblock {
             ));
         }
         let bits_per_block = block_size * 8;
-        if s_blocks_per_group == 0 || s_blocks_per_group > bits_per_block {
+        // With bigalloc the bitmap counts clusters: a group holds at most 8 x block size
+        // clusters of 2 ^ (s_log_cluster_size - s_log_block_size) blocks each.
+        let cluster_shift = if ro & ro_compat::BIGALLOC != 0 {
+            let s_log_cluster_size = le32(b, 0x1C);
+            if s_log_cluster_size < s_log_block_size || s_log_cluster_size - s_log_block_size > 16 {
+                return Err(bad(
+                    0x1C,
+                    format!("s_log_cluster_size {s_log_cluster_size} is out of range"),
+                ));
+            }
+            let s_clusters_per_group = le32(b, 0x24);
+            let shift = s_log_cluster_size - s_log_block_size;
+            if u64::from(s_clusters_per_group) << shift != u64::from(s_blocks_per_group) {
+                return Err(bad(
+                    0x24,
+                    format!("s_clusters_per_group {s_clusters_per_group} disagrees with s_blocks_per_group {s_blocks_per_group}"),
+                ));
+            }
+            shift
+        } else {
+            0
+        };
+        let max_bpg = u64::from(bits_per_block) << cluster_shift;
+        if s_blocks_per_group == 0 || u64::from(s_blocks_per_group) > max_bpg {
             return Err(bad(
                 0x20,
-                format!("s_blocks_per_group {s_blocks_per_group} is out of range (1..={bits_per_block})"),
+                format!("s_blocks_per_group {s_blocks_per_group} is out of range (1..={max_bpg})"),
             ));
         }
         if s_inodes_per_group == 0 || s_inodes_per_group > bits_per_block {
@@ -381,7 +411,10 @@ impl Superblock {
             (le32(b, 0x54), le16(b, 0x58))
         };
         if s_first_ino < 11 || s_first_ino > s_inodes_count {
-            return Err(bad(0x54, format!("s_first_ino {s_first_ino} is out of range")));
+            return Err(bad(
+                0x54,
+                format!("s_first_ino {s_first_ino} is out of range"),
+            ));
         }
         if s_inode_size < 128
             || !s_inode_size.is_power_of_two()
@@ -397,7 +430,9 @@ impl Superblock {
             if s_desc_size < 64 || s_desc_size > MAX_DESC_SIZE || !s_desc_size.is_power_of_two() {
                 return Err(bad(
                     0xFE,
-                    format!("s_desc_size {s_desc_size} is not a power of two in 64..={MAX_DESC_SIZE}"),
+                    format!(
+                        "s_desc_size {s_desc_size} is not a power of two in 64..={MAX_DESC_SIZE}"
+                    ),
                 ));
             }
             u32::from(s_desc_size)
@@ -410,7 +445,9 @@ impl Superblock {
         if incompat & incompat::META_BG != 0 && s_first_meta_bg > desc_blocks {
             return Err(bad(
                 0x104,
-                format!("s_first_meta_bg {s_first_meta_bg} is past the {desc_blocks} descriptor blocks"),
+                format!(
+                    "s_first_meta_bg {s_first_meta_bg} is past the {desc_blocks} descriptor blocks"
+                ),
             ));
         }
         let s_reserved_gdt_blocks = le16(b, 0xCE);
@@ -576,9 +613,11 @@ impl Superblock {
     /// The block holding group descriptor block number `nr` (counting from 0), following
     /// meta_bg when on: the kernel's `descriptor_loc()`.
     pub fn descriptor_block(&self, nr: u32) -> u64 {
-        let first = u64::from(self.s_first_data_block);
+        // The block holding the superblock: 1 with 1 KiB blocks (even when bigalloc makes
+        // s_first_data_block 0), else 0.
+        let sb_block = SUPERBLOCK_OFFSET / u64::from(self.block_size);
         if !self.has_incompat(incompat::META_BG) || nr < self.s_first_meta_bg {
-            return first + u64::from(nr) + 1;
+            return sb_block + u64::from(nr) + 1;
         }
         let bg = nr.saturating_mul(self.descs_per_block());
         let mut has_super = u64::from(self.group_has_super(bg));
@@ -590,7 +629,11 @@ impl Superblock {
 
     /// The volume label, without its NUL padding.
     pub fn label(&self) -> &[u8] {
-        let end = self.s_volume_name.iter().position(|&c| c == 0).unwrap_or(16);
+        let end = self
+            .s_volume_name
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(16);
         &self.s_volume_name[..end]
     }
 

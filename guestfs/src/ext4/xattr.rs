@@ -129,7 +129,10 @@ fn parse_entries(
     // Each entry takes at least 16 bytes, so the area's length bounds the loop.
     loop {
         let bad = |m: String| {
-            Error::corrupt_at(at + pos as u64, format!("{}: xattr entry at {pos}: {m}", what()))
+            Error::corrupt_at(
+                at + pos as u64,
+                format!("{}: xattr entry at {pos}: {m}", what()),
+            )
         };
         if pos + 4 > area.len() {
             return Err(bad("entry list runs past the end of its area".into()));
@@ -150,7 +153,9 @@ fn parse_entries(
             return Err(bad("name runs past the end of its area".into()));
         }
         if value_size > XATTR_SIZE_MAX {
-            return Err(bad(format!("value size {value_size} exceeds {XATTR_SIZE_MAX}")));
+            return Err(bad(format!(
+                "value size {value_size} exceeds {XATTR_SIZE_MAX}"
+            )));
         }
         let name = area[pos + ENTRY_HEADER..name_end].to_vec();
         let value = if value_inum != 0 {
