@@ -298,6 +298,20 @@ impl Ext4 {
         GroupDesc::parse(&self.sb, g, raw, blk * self.bs() + off as u64)
     }
 
+    /// The device byte offset of inode `ino`'s slot in its group's inode table.
+    pub fn inode_offset(&self, ino: u32) -> Result<u64> {
+        if ino == 0 || ino > self.sb.s_inodes_count {
+            return Err(Error::invalid(format!(
+                "inode number {ino} is out of range (1..={})",
+                self.sb.s_inodes_count
+            )));
+        }
+        let ipg = self.sb.s_inodes_per_group;
+        let gd = self.group_desc((ino - 1) / ipg)?;
+        let byte = u64::from((ino - 1) % ipg) * u64::from(self.sb.s_inode_size);
+        Ok(gd.bg_inode_table * self.bs() + byte)
+    }
+
     /// Inode `ino`, validated (checksum, sizes). Inodes not in use are returned as read; see
     /// [`Inode::in_use`].
     pub fn inode(&self, ino: u32) -> Result<Inode> {
