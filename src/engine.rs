@@ -12,7 +12,7 @@
 //!   no backing left          unallocated  -> zeros (not present)
 //! ```
 
-use vdisk_block::{MapKind, Result};
+use vdisk_block::{Image, MapKind, Result};
 
 use crate::open::OpenedImage;
 
@@ -89,7 +89,23 @@ pub fn chain_status(top: &OpenedImage, offset: u64, max_len: u64) -> Result<Opti
         };
         match m.kind {
             MapKind::Data { host_offset } => {
-                return Ok(Some(here(true, false, true, false, Some(host_offset))))
+                let mut ext = here(true, false, true, false, Some(host_offset));
+                if layer.backing.is_none()
+                    && !has_backing_name(layer)
+                    && layer.metadata_preallocated()
+                {
+                    // qemu's BDRV_BLOCK_RECURSE: ask the host file whether the cluster is a
+                    // hole; a hole (or the file's end) reads as zeros.
+                    let fm = Image::map(&**layer.data_file(), host_offset, ext.length)?;
+                    match fm.kind {
+                        MapKind::Eof => ext.zero = true,
+                        kind => {
+                            ext.length = fm.len.clamp(1, ext.length);
+                            ext.zero = kind.is_zero();
+                        }
+                    }
+                }
+                return Ok(Some(ext));
             }
             MapKind::Zero { host_offset } => {
                 return Ok(Some(here(true, true, false, false, host_offset)))
@@ -99,8 +115,9 @@ pub fn chain_status(top: &OpenedImage, offset: u64, max_len: u64) -> Result<Opti
                 // The format said the range ends early; it reads as zeros.
                 return Ok(Some(here(false, true, false, false, None)));
             }
-            MapKind::Unallocated => match layer.backing.as_deref() {
-                None => return Ok(Some(here(false, true, false, false, None))),
+            MapKind::Unallocated { host_offset } => match layer.backing.as_deref() {
+                // No backing image: zeros, with the reserved storage qemu still reports.
+                None => return Ok(Some(here(false, true, false, false, host_offset))),
                 Some(b) => {
                     let bsize = b.image().size();
                     if offset >= bsize {
@@ -116,15 +133,19 @@ pub fn chain_status(top: &OpenedImage, offset: u64, max_len: u64) -> Result<Opti
     }
 }
 
-/// The file a layer's data offsets refer to: its external data file if it has one, else itself.
-fn data_file_name(layer: &OpenedImage) -> String {
+/// Whether the image names a backing file (opened or not): qemu recurses into the host file
+/// only for images without one.
+fn has_backing_name(layer: &OpenedImage) -> bool {
     match &layer.driver {
-        crate::open::Driver::Qcow2(q) => match q.data_file_name() {
-            Some(df) => df.to_string(),
-            None => layer.filename.to_string_lossy().into_owned(),
-        },
-        crate::open::Driver::Raw(_) => layer.filename.to_string_lossy().into_owned(),
+        crate::open::Driver::Qcow2(q) => q.backing_file_name().is_some(),
+        crate::open::Driver::Raw(_) => false,
     }
+}
+
+/// The file a layer's data offsets refer to, named as it was opened (qemu prints the
+/// resolved name of a backing file, and the data file's name for external data).
+fn data_file_name(layer: &OpenedImage) -> String {
+    layer.data_file().path().to_string_lossy().into_owned()
 }
 
 /// Iterates merged extents over `[start, start + length)` of the chain.

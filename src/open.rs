@@ -19,7 +19,7 @@ use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use vdisk_block::{BlockDevice, Error, Image, Result};
 use vdisk_qcow2::Qcow2;
@@ -128,7 +128,8 @@ pub enum Driver {
 /// An open image with what the caller may want to report about it.
 #[derive(Debug, Clone)]
 pub struct OpenedImage {
-    /// The name as given (or as recorded in the overlay, for a backing file).
+    /// The name as given; for a backing file, the name recorded in the overlay resolved
+    /// against the overlay's directory (what qemu reports).
     pub filename: PathBuf,
     /// The format in use.
     pub format: Format,
@@ -140,6 +141,11 @@ pub struct OpenedImage {
     pub driver: Driver,
     /// The opened backing image, when there is one and the policy followed it.
     pub backing: Option<Box<OpenedImage>>,
+    /// The external data file, for a qcow2 image that has one.
+    pub data_file: Option<Arc<RawFile>>,
+    /// Whether qemu would treat this image as preallocated with metadata only; computed on
+    /// first use (see [`OpenedImage::metadata_preallocated`]).
+    metadata_prealloc: OnceLock<bool>,
 }
 
 impl OpenedImage {
@@ -149,6 +155,37 @@ impl OpenedImage {
             Driver::Raw(r) => r.clone(),
             Driver::Qcow2(q) => q.clone(),
         }
+    }
+
+    /// The file guest data offsets refer to: the external data file, else the image file.
+    pub fn data_file(&self) -> &Arc<RawFile> {
+        self.data_file.as_ref().unwrap_or(&self.file)
+    }
+
+    /// qemu's metadata-preallocation test (`qcow2_detect_metadata_preallocation`): a qcow2
+    /// image whose refcounts claim clearly more clusters than the file really occupies. For
+    /// such an image without a backing file, qemu asks the host file whether each data
+    /// cluster is a hole, and reports holes as zero. Errors count as "no", as in qemu.
+    pub fn metadata_preallocated(&self) -> bool {
+        *self.metadata_prealloc.get_or_init(|| {
+            let Driver::Qcow2(q) = &self.driver else {
+                return false;
+            };
+            let cluster_size = q.header().cluster_size();
+            let (Ok(allocated), file_length) = (self.file.allocated_size(), self.file.size())
+            else {
+                return false;
+            };
+            let end_cluster = file_length.div_ceil(cluster_size);
+            let Ok(referenced) = q.referenced_clusters(end_cluster) else {
+                return false;
+            };
+            if referenced == 0 {
+                return false;
+            }
+            let real = allocated / cluster_size;
+            referenced > (real * 10 / 9).max(real + 2)
+        })
     }
 
     /// The images from this one down to the base.
@@ -203,6 +240,7 @@ fn open_at_depth(
         }
     };
 
+    let mut data_file = None;
     let (driver, backing) = match format {
         Format::Raw => (Driver::Raw(file.clone()), None),
         Format::Qcow2 => {
@@ -216,8 +254,9 @@ fn open_at_depth(
                 }
                 // qemu resolves a relative data file name against the current directory,
                 // not the image's (unlike backing files); we open the same file it would.
-                let data = RawFile::open(&name, &raw_opts)?;
-                q.set_data_file(Arc::new(data));
+                let data = Arc::new(RawFile::open(&name, &raw_opts)?);
+                q.set_data_file(data.clone());
+                data_file = Some(data);
             } else if q.needs_data_file() {
                 return Err(Error::corrupt(
                     "the image needs an external data file but does not name one",
@@ -240,8 +279,7 @@ fn open_at_depth(
                     };
                     let mut bopts = opts.clone();
                     bopts.snapshot = None;
-                    let mut b = open_at_depth(&bpath, &bopts, bfmt, seen)?;
-                    b.filename = PathBuf::from(&name);
+                    let b = open_at_depth(&bpath, &bopts, bfmt, seen)?;
                     q.set_backing(b.image());
                     Some(Box::new(b))
                 }
@@ -266,6 +304,8 @@ fn open_at_depth(
         file,
         driver,
         backing,
+        data_file,
+        metadata_prealloc: OnceLock::new(),
     })
 }
 

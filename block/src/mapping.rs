@@ -17,7 +17,12 @@ pub enum MapKind {
     },
     /// This layer does not hold the range: its backing image does, or it reads as zeros when
     /// there is none.
-    Unallocated,
+    Unallocated {
+        /// Storage reserved for the range although it is not in use (an unallocated
+        /// subcluster of an allocated qcow2 extended-L2 cluster); qemu-img map prints it when
+        /// no backing image answers instead.
+        host_offset: Option<u64>,
+    },
     /// Stored compressed; only the format can read it.
     Compressed,
     /// Past the end of the image.
@@ -38,7 +43,7 @@ impl MapKind {
     /// True when this layer decides what the range reads as (qemu-img map's `"present"` at
     /// this depth).
     pub fn is_allocated(&self) -> bool {
-        !matches!(self, MapKind::Unallocated | MapKind::Eof)
+        !matches!(self, MapKind::Unallocated { .. } | MapKind::Eof)
     }
 }
 
@@ -66,14 +71,20 @@ impl Mapping {
             return false;
         }
         match (self.kind, next.kind) {
-            (MapKind::Data { host_offset: a }, MapKind::Data { host_offset: b }) => {
-                a.checked_add(self.len) == Some(b)
-            }
-            (
+            (MapKind::Data { host_offset: a }, MapKind::Data { host_offset: b })
+            | (
                 MapKind::Zero {
                     host_offset: Some(a),
                 },
                 MapKind::Zero {
+                    host_offset: Some(b),
+                },
+            )
+            | (
+                MapKind::Unallocated {
+                    host_offset: Some(a),
+                },
+                MapKind::Unallocated {
                     host_offset: Some(b),
                 },
             ) => a.checked_add(self.len) == Some(b),
@@ -108,12 +119,12 @@ mod tests {
         let z1 = Mapping {
             offset: 15,
             len: 5,
-            kind: MapKind::Unallocated,
+            kind: MapKind::Unallocated { host_offset: None },
         };
         let z2 = Mapping {
             offset: 20,
             len: 5,
-            kind: MapKind::Unallocated,
+            kind: MapKind::Unallocated { host_offset: None },
         };
         assert!(z1.can_merge(&z2));
         assert!(!b.can_merge(&z2));

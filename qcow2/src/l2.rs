@@ -38,8 +38,9 @@ pub(crate) struct CompressedDescriptor {
 /// What a run of guest bytes is in this image's tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Run {
-    /// Not allocated here: the backing image's bytes, or zeros.
-    Unallocated,
+    /// Not allocated here: the backing image's bytes, or zeros. `host` is storage reserved
+    /// for it all the same (an unallocated subcluster of an allocated cluster).
+    Unallocated { host: Option<u64> },
     /// Reads as zeros; `host` is the storage still reserved for it, if any.
     Zero { host: Option<u64> },
     /// Stored uncompressed at `host` in the data file (the image file unless external).
@@ -52,7 +53,10 @@ impl Run {
     /// Whether `next`, which starts `len` guest bytes after `self`, continues the same run.
     pub fn continued_by(&self, len: u64, next: &Run) -> bool {
         match (self, next) {
-            (Run::Unallocated, Run::Unallocated) => true,
+            (Run::Unallocated { host: None }, Run::Unallocated { host: None }) => true,
+            (Run::Unallocated { host: Some(a) }, Run::Unallocated { host: Some(b) }) => {
+                a.checked_add(len) == Some(*b)
+            }
             (Run::Zero { host: None }, Run::Zero { host: None }) => true,
             (Run::Zero { host: Some(a) }, Run::Zero { host: Some(b) })
             | (Run::Data { host: a }, Run::Data { host: b }) => a.checked_add(len) == Some(*b),
@@ -174,7 +178,7 @@ impl Geometry {
             // "If the offset is 0 and bit 63 is clear, the cluster is unallocated. The offset
             // may only be 0 with bit 63 set ... when an external data file is used."
             if host == 0 && !(self.external_data && entry & OFLAG_COPIED != 0) {
-                return Ok((Run::Unallocated, cluster_size));
+                return Ok((Run::Unallocated { host: None }, cluster_size));
             }
             check_aligned(host)?;
             return Ok((
@@ -219,7 +223,8 @@ impl Geometry {
             let host = has_host.then(|| host + in_cluster);
             return Ok((Run::Zero { host }, unit_end));
         }
-        Ok((Run::Unallocated, unit_end))
+        let host = has_host.then(|| host + in_cluster);
+        Ok((Run::Unallocated { host }, unit_end))
     }
 }
 

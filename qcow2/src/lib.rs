@@ -68,7 +68,7 @@
 //! q.read_at(&mut buf, 0).unwrap();
 //! assert_eq!(&buf, b"hello");
 //! assert_eq!(q.map(0, 1024).unwrap().kind, MapKind::Data { host_offset: 1536 });
-//! assert_eq!(q.map(512, 512).unwrap().kind, MapKind::Unallocated);
+//! assert_eq!(q.map(512, 512).unwrap().kind, MapKind::Unallocated { host_offset: None });
 //! ```
 
 #![warn(missing_docs)]
@@ -81,6 +81,7 @@ pub mod extension;
 pub mod header;
 mod info;
 mod l2;
+mod refcount;
 pub mod snapshot;
 mod util;
 
@@ -303,6 +304,13 @@ impl Qcow2 {
         &self.bitmaps
     }
 
+    /// Counts the host clusters `0..end_cluster` whose refcount is not zero. qemu compares
+    /// this with the file's real allocation to decide whether an image was preallocated with
+    /// metadata only (and then asks the host file whether data clusters are holes).
+    pub fn referenced_clusters(&self, end_cluster: u64) -> Result<u64> {
+        refcount::count_referenced(&*self.file, &self.header, end_cluster)
+    }
+
     /// The snapshot loaded with [`load_snapshot`](Qcow2::load_snapshot), if any.
     pub fn loaded_snapshot(&self) -> Option<&Snapshot> {
         self.view.snapshot.and_then(|i| self.snapshots.get(i))
@@ -312,7 +320,9 @@ impl Qcow2 {
     /// "snapshot.id=ID", "snapshot.name=NAME" (or both, comma-separated), or a bare string
     /// matched against the IDs first, then the names, as `qemu-img convert -l`/`-s` accept.
     ///
-    /// The image then has the snapshot's disk size. It stays read-only.
+    /// The image keeps its current size, as qemu's temporary snapshot load does: a snapshot
+    /// of a smaller disk reads as zeros past its end, one of a larger disk is cut. It stays
+    /// read-only.
     pub fn load_snapshot(&mut self, id_or_name: &str) -> Result<()> {
         let sn = snapshot::find(&self.snapshots, id_or_name)?;
         let index = self
@@ -333,7 +343,7 @@ impl Qcow2 {
         self.view = View {
             l1,
             l1_table_offset: sn.l1_table_offset,
-            size: sn.disk_size,
+            size: self.view.size,
             snapshot: Some(index),
         };
         self.l2_cache.clear();
@@ -426,7 +436,7 @@ impl Qcow2 {
                     }
                 }
             }
-            return Ok(Some((len, Run::Unallocated)));
+            return Ok(Some((len, Run::Unallocated { host: None })));
         }
         if l2_offset & (cluster_size - 1) != 0 {
             return Err(Error::corrupt_at(
@@ -534,7 +544,7 @@ impl BlockDevice for Qcow2 {
             match run {
                 Run::Data { host } => read_zero_padded(self.data_device()?, chunk, host)?,
                 Run::Zero { .. } => chunk.fill(0),
-                Run::Unallocated => self.read_unallocated(chunk, pos)?,
+                Run::Unallocated { .. } => self.read_unallocated(chunk, pos)?,
                 Run::Compressed(d) => {
                     let cluster = self.compressed_cluster(d)?;
                     let start = (pos & (self.geom.cluster_size() - 1)) as usize;
@@ -577,7 +587,7 @@ impl Image for Qcow2 {
         let kind = match run {
             Run::Data { host } => MapKind::Data { host_offset: host },
             Run::Zero { host } => MapKind::Zero { host_offset: host },
-            Run::Unallocated => MapKind::Unallocated,
+            Run::Unallocated { host } => MapKind::Unallocated { host_offset: host },
             Run::Compressed(_) => MapKind::Compressed,
         };
         Ok(Mapping { offset, len, kind })

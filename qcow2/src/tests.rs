@@ -101,7 +101,7 @@ fn golden_reads_and_maps() {
             },
             MapKind::Compressed,
             MapKind::Zero { host_offset: None },
-            MapKind::Unallocated,
+            MapKind::Unallocated { host_offset: None },
             MapKind::Eof
         ]
     );

@@ -111,15 +111,17 @@ fn is_conflict(e: &io::Error) -> bool {
 /// Takes `mode`'s lock bytes on `file` and checks that no other user conflicts, as qemu's
 /// `raw_handle_perm_lock(RAW_PL_PREPARE)`. On failure the caller drops `file`, which releases
 /// whatever was taken.
-pub(crate) fn acquire(file: &File, mode: LockMode, path: &Path) -> Result<()> {
-    let hint = format!("\nIs another process using the image [{}]?", path.display());
+pub(crate) fn acquire(file: &File, mode: LockMode, _path: &Path) -> Result<()> {
+    // qemu puts this question on a second line; our errors are one line, and the caller
+    // prefixes the path.
+    let hint = " (is another process using the image?)";
     let bits = 0..Perms::NAMES.len();
     // raw_apply_lock_bytes: our own bytes first.
     for i in bits.clone().filter(|&i| mode.perm.has(i)) {
-        take(file, PERM_BASE + i as u64, &hint)?;
+        take(file, PERM_BASE + i as u64, hint)?;
     }
     for i in bits.clone().filter(|&i| !mode.shared.has(i)) {
-        take(file, SHARED_BASE + i as u64, &hint)?;
+        take(file, SHARED_BASE + i as u64, hint)?;
     }
     // raw_check_lock_bytes: does anyone refuse what we want, or hold what we refuse?
     for i in bits.clone().filter(|&i| mode.perm.has(i)) {

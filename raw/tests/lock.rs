@@ -41,10 +41,7 @@ fn assert_locked(r: vdisk_block::Result<RawFile>, path: &Path, what: &str) {
     match r {
         Err(e @ Error::Locked { .. }) => {
             assert_eq!(e.path(), Some(path));
-            let want = format!(
-                "{what}\nIs another process using the image [{}]?",
-                path.display()
-            );
+            let want = format!("{what} (is another process using the image?)");
             assert_eq!(e.message(), want);
         }
         Err(e) => panic!("expected a lock error, got {e}"),

@@ -25,7 +25,8 @@ fn run_inner(a: &CompareArgs) -> CmdResult {
             &OpenOptions {
                 format,
                 read_only: true,
-                force_share: a.force_share,
+                // Like qemu-img compare: a shared read, whatever -U says.
+                force_share: true,
                 ..Default::default()
             },
         )

@@ -10,7 +10,8 @@ pub fn run(a: InfoArgs) -> CmdResult {
     let opts = OpenOptions {
         format: a.format.as_deref().map(parse_format).transpose()?,
         read_only: true,
-        force_share: a.force_share,
+        // qemu-img info takes no image locks, -U or not: it never disturbs a running VM.
+        force_share: true,
         backing: if a.backing_chain {
             BackingPolicy::Follow
         } else {

@@ -14,7 +14,8 @@ pub fn run(a: MapArgs) -> CmdResult {
     let opts = OpenOptions {
         format: a.format.as_deref().map(parse_format).transpose()?,
         read_only: true,
-        force_share: a.force_share,
+        // Like qemu-img map: a shared read, whatever -U says.
+        force_share: true,
         ..Default::default()
     };
     let img = open_image(&a.filename, &opts)?;

@@ -182,8 +182,8 @@ pub type MapEntry = (u64, u64, bool, bool, bool, bool, Option<u64>);
 
 /// Our map of a single image (no backing), in qemu-img map's terms, merged like qemu merges.
 /// qemu's "zero" for data extents comes from looking into the file below (a hole reads as
-/// zero), and qemu prints an offset for unallocated subclusters of allocated clusters; neither
-/// is part of a qcow2 mapping, so those two fields are normalised on both sides.
+/// zero), which is not part of a qcow2 mapping (the root crate's engine adds it), so that
+/// field is normalised on both sides.
 pub fn our_map(q: &Qcow2) -> Vec<MapEntry> {
     let mut out: Vec<MapEntry> = Vec::new();
     let mut off = 0;
@@ -197,7 +197,9 @@ pub fn our_map(q: &Qcow2) -> Vec<MapEntry> {
             MapKind::Zero { host_offset } => {
                 (m.offset, m.len, true, true, false, false, host_offset)
             }
-            MapKind::Unallocated => (m.offset, m.len, false, true, false, false, None),
+            MapKind::Unallocated { host_offset } => {
+                (m.offset, m.len, false, true, false, false, host_offset)
+            }
             MapKind::Compressed => (m.offset, m.len, true, false, true, true, None),
         };
         assert!(m.len > 0);
@@ -245,7 +247,7 @@ pub fn qemu_map(path: &Path) -> Vec<MapEntry> {
             e["zero"].as_bool().unwrap() && !data,
             data,
             e["compressed"].as_bool().unwrap(),
-            if present { e["offset"].as_u64() } else { None },
+            e["offset"].as_u64(),
         );
         push_merged(&mut res, entry);
     }

@@ -1,0 +1,114 @@
+//! Image locks as qemu-img takes them: info/map/compare read alongside a writer; convert's
+//! source and a second writer are refused with qemu's message.
+
+mod common;
+
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A qemu-io process holding `img` open read-write until dropped.
+struct Holder(Child);
+
+impl Holder {
+    fn new(dir: &std::path::Path, img: &str) -> Holder {
+        let holder = Holder(
+            Command::new("qemu-io")
+                .args(["-f", "qcow2", "-c", "sleep 60000", img])
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start qemu-io"),
+        );
+        // Wait until its lock is visible: a conversion (which refuses to share write) fails.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            let out = vdisk(
+                dir,
+                &["convert", "-f", "qcow2", "-O", "raw", img, "probe.raw"],
+            );
+            if !out.status.success() {
+                return holder;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("qemu-io never took its lock");
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn readers_share_and_converters_are_refused_while_qemu_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tool_ok(d, "qemu-img", &["create", "-f", "qcow2", "img.qcow2", "4M"]);
+    tool_ok(
+        d,
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 7 0 64k", "img.qcow2"],
+    );
+    let _holder = Holder::new(d, "img.qcow2");
+
+    // info, map and compare take no exclusive lock, as in qemu-img.
+    vdisk_ok(d, &["info", "-f", "qcow2", "img.qcow2"]);
+    vdisk_ok(d, &["map", "-f", "qcow2", "--output=json", "img.qcow2"]);
+    let out = vdisk(d, &["compare", "-f", "qcow2", "img.qcow2", "img.qcow2"]);
+    assert_eq!(out.status.code(), Some(0));
+
+    // A conversion source refuses to share write, so it is refused: one line, the file named.
+    let out = vdisk(
+        d,
+        &[
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            "img.qcow2",
+            "out.raw",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("img.qcow2") && err.contains("lock"), "{err}");
+    assert!(
+        !d.join("out.raw").exists(),
+        "a refused conversion left a target"
+    );
+    // With -U it reads anyway.
+    vdisk_ok(
+        d,
+        &[
+            "convert",
+            "-U",
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            "img.qcow2",
+            "out.raw",
+        ],
+    );
+    let theirs = tool_ok(
+        d,
+        "qemu-img",
+        &[
+            "compare",
+            "-U",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "img.qcow2",
+            "out.raw",
+        ],
+    );
+    assert!(theirs.contains("identical"), "{theirs}");
+}
