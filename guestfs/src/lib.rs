@@ -8,5 +8,7 @@ pub mod detect;
 pub mod devices;
 pub mod lvm;
 pub mod partition;
+pub mod stack;
 pub mod ext4;
 pub mod fs;
+pub mod fuse;

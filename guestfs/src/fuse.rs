@@ -1,0 +1,481 @@
+//! The FUSE adapter: the path-level API ([`FileSystem`]) served to the kernel with `fuser`.
+//!
+//! ```text
+//!   kernel VFS --/dev/fuse--> fuser::Session --> FuseFs (this module: translation only)
+//!                                                  |
+//!                                                  v
+//!                                   dyn FileSystem (Ext4Fs, or a Stack of them)
+//! ```
+//!
+//! The adapter only translates: each helper returns `Result<_, Errno>` from the library's
+//! errors ([`crate::fs::errno`]), each trait method sends exactly one reply, attributes
+//! convert through `From`, and the mount is read-only ([`MountConfig::read_only`]); the write
+//! operations are fuser's defaults (ENOSYS), the kernel refuses writes to a read-only mount
+//! with EROFS before they reach us.
+//!
+//! FUSE names the root directory 1; the filesystem's root inode (2 for ext4) and inode 1 trade
+//! numbers on the way through, every other inode keeps its number.
+//!
+//! No libfuse: fuser mounts through `/dev/fuse` directly when run as root, and through the
+//! `fusermount3` helper otherwise.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use vdisk_guestfs::fs::{Ext4Fs, FileSystem};
+//! use vdisk_guestfs::fuse::{session, MountConfig};
+//! # fn dev() -> Arc<dyn vdisk_block::BlockDevice> { unimplemented!() }
+//! let fs: Arc<dyn FileSystem> = Arc::new(Ext4Fs::open(dev())?);
+//! let cfg = MountConfig::read_only("vdisk:demo");
+//! // Mounted (and the kernel's INIT answered) once this returns; run() serves until unmount.
+//! session(fs, "/mnt".as_ref(), &cfg)?.run()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, SessionACL,
+};
+use vdisk_block::Error;
+
+use crate::fs::{self, Attr, FileKind, FileSystem, Ino};
+
+/// The most bytes one FUSE read asks for is bounded by the kernel (max_pages); this bounds
+/// what we allocate for a read whatever the request says.
+pub const MAX_READ: u32 = 1 << 20;
+
+/// How long the kernel may cache names and attributes. The image cannot change under a
+/// read-only mount: we hold its lock, which keeps writers out.
+const READ_ONLY_TTL: Duration = Duration::from_secs(3600);
+
+/// How a guest filesystem is mounted.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// The mount's source as /proc/self/mountinfo shows it ("vdisk:1234": `vdisk umount`
+    /// reads the serving process's id from it).
+    pub fsname: String,
+    /// Mount read-only. Read-write mounts are not implemented yet (the write side of the
+    /// ext4 engine arrives separately); [`session`] refuses `false`.
+    pub read_only: bool,
+    /// Who may use the mount besides its owner.
+    pub acl: SessionACL,
+    /// Other mount options (`-o`), already parsed.
+    pub options: Vec<MountOption>,
+    /// Threads serving requests (1 = one loop).
+    pub threads: usize,
+}
+
+impl MountConfig {
+    /// A read-only mount named `fsname`, served by a few threads.
+    pub fn read_only(fsname: impl Into<String>) -> MountConfig {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get().clamp(1, 4))
+            .unwrap_or(1);
+        MountConfig {
+            fsname: fsname.into(),
+            read_only: true,
+            acl: SessionACL::Owner,
+            options: Vec::new(),
+            threads,
+        }
+    }
+
+    /// Applies one `-o` option as guestmount passes it to FUSE (`allow_other`,
+    /// `allow_root`, `default_permissions`, `noatime`, ...). Unknown options go to the kernel,
+    /// which refuses what it does not know when mounting.
+    pub fn push_option(&mut self, opt: &str) -> Result<(), Error> {
+        let o = match opt {
+            "" => return Ok(()),
+            "allow_other" => {
+                self.acl = SessionACL::All;
+                return Ok(());
+            }
+            "allow_root" => {
+                self.acl = SessionACL::RootAndOwner;
+                return Ok(());
+            }
+            "ro" => {
+                self.read_only = true;
+                return Ok(());
+            }
+            "rw" => {
+                self.read_only = false;
+                return Ok(());
+            }
+            "default_permissions" => MountOption::DefaultPermissions,
+            "dev" => MountOption::Dev,
+            "nodev" => MountOption::NoDev,
+            "suid" => MountOption::Suid,
+            "nosuid" => MountOption::NoSuid,
+            "exec" => MountOption::Exec,
+            "noexec" => MountOption::NoExec,
+            "atime" => MountOption::Atime,
+            "noatime" => MountOption::NoAtime,
+            "sync" => MountOption::Sync,
+            "async" => MountOption::Async,
+            "dirsync" => MountOption::DirSync,
+            "auto_unmount" => MountOption::AutoUnmount,
+            o if o.starts_with("fsname=") => {
+                return Err(Error::invalid(
+                    "-o fsname= is reserved: vdisk names its mounts to find them again",
+                ))
+            }
+            o => MountOption::CUSTOM(o.to_string()),
+        };
+        if !self.options.contains(&o) {
+            self.options.push(o);
+        }
+        Ok(())
+    }
+
+    fn to_fuser(&self) -> fuser::Config {
+        let mut c = fuser::Config::default();
+        c.mount_options = vec![
+            MountOption::FSName(self.fsname.clone()),
+            MountOption::Subtype("vdisk".into()),
+            if self.read_only {
+                MountOption::RO
+            } else {
+                MountOption::RW
+            },
+        ];
+        c.mount_options.extend(self.options.iter().cloned());
+        c.acl = self.acl;
+        c.n_threads = Some(self.threads.max(1));
+        c.clone_fd = self.threads > 1;
+        c
+    }
+}
+
+/// Mounts `fs` on `mountpoint` and completes the FUSE handshake: when this returns the mount
+/// exists and requests queue until [`fuser::Session::run`] serves them (dropping the session
+/// unmounts).
+pub fn session(
+    fs: Arc<dyn FileSystem>,
+    mountpoint: &Path,
+    cfg: &MountConfig,
+) -> io::Result<fuser::Session<FuseFs>> {
+    if !cfg.read_only {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "read-write mounts are not implemented yet (mount with --ro)",
+        ));
+    }
+    fuser::Session::new(FuseFs::new(fs), mountpoint, &cfg.to_fuser())
+}
+
+/// A [`FileSystem`] as a `fuser::Filesystem`.
+pub struct FuseFs {
+    fs: Arc<dyn FileSystem>,
+    root: Ino,
+    ttl: Duration,
+}
+
+impl FuseFs {
+    /// The adapter over `fs`, read-only.
+    pub fn new(fs: Arc<dyn FileSystem>) -> FuseFs {
+        let root = fs.root_ino();
+        FuseFs {
+            fs,
+            root,
+            ttl: READ_ONLY_TTL,
+        }
+    }
+
+    /// FUSE's inode number → the filesystem's (1 and the root trade places).
+    fn ino(&self, ino: INodeNo) -> Ino {
+        match ino.0 {
+            1 => self.root,
+            i if i == self.root => 1,
+            i => i,
+        }
+    }
+
+    /// The filesystem's inode number → FUSE's.
+    fn fuse_ino(&self, ino: Ino) -> INodeNo {
+        INodeNo(match ino {
+            i if i == self.root => 1,
+            1 => self.root,
+            i => i,
+        })
+    }
+
+    fn attr(&self, a: &Attr) -> FileAttr {
+        let mut f = FileAttr::from(a);
+        f.ino = self.fuse_ino(a.ino);
+        f
+    }
+
+    fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr, Errno> {
+        let ino = self
+            .fs
+            .lookup(self.ino(parent), name)
+            .map_err(errno)?
+            .ok_or(Errno::ENOENT)?;
+        Ok(self.attr(&self.fs.getattr(ino).map_err(errno)?))
+    }
+
+    fn do_getattr(&self, ino: INodeNo) -> Result<FileAttr, Errno> {
+        Ok(self.attr(&self.fs.getattr(self.ino(ino)).map_err(errno)?))
+    }
+
+    fn do_readlink(&self, ino: INodeNo) -> Result<Vec<u8>, Errno> {
+        Ok(self
+            .fs
+            .readlink(self.ino(ino))
+            .map_err(errno)?
+            .as_bytes()
+            .to_vec())
+    }
+
+    fn do_open(&self, ino: INodeNo, flags: OpenFlags, dir: bool) -> Result<FopenFlags, Errno> {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return Err(Errno::EROFS);
+        }
+        let kind = self.fs.getattr(self.ino(ino)).map_err(errno)?.kind;
+        match (dir, kind == FileKind::Dir) {
+            (true, false) => Err(Errno::ENOTDIR),
+            (false, true) => Err(Errno::EISDIR),
+            // Nothing changes under a read-only mount: the page cache may keep what it read.
+            (false, false) => Ok(FopenFlags::FOPEN_KEEP_CACHE),
+            (true, true) => Ok(FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
+        }
+    }
+
+    fn do_read(&self, ino: INodeNo, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let mut buf = vec![0u8; size.min(MAX_READ) as usize];
+        let n = self
+            .fs
+            .read(self.ino(ino), offset, &mut buf)
+            .map_err(errno)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    fn do_readdir(&self, ino: INodeNo, offset: u64, reply: &mut ReplyDirectory) -> Result<(), Errno> {
+        // `add` says true when the reply buffer is full: stop there; the kernel asks again
+        // from the last entry's cookie.
+        self.fs
+            .readdir(self.ino(ino), offset, &mut |e| {
+                !reply.add(
+                    self.fuse_ino(e.ino),
+                    e.next_offset,
+                    FileType::from(e.kind),
+                    &e.name,
+                )
+            })
+            .map_err(errno)
+    }
+
+    fn do_getxattr(&self, ino: INodeNo, name: &OsStr) -> Result<Vec<u8>, Errno> {
+        self.fs
+            .getxattr(self.ino(ino), name)
+            .map_err(errno)?
+            .ok_or(Errno::NO_XATTR)
+    }
+
+    fn do_listxattr(&self, ino: INodeNo) -> Result<Vec<u8>, Errno> {
+        let mut out = Vec::new();
+        for n in self.fs.listxattr(self.ino(ino)).map_err(errno)? {
+            out.extend_from_slice(n.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+}
+
+/// The errno a library error becomes.
+fn errno(e: Error) -> Errno {
+    Errno::from_i32(fs::errno(&e))
+}
+
+/// getxattr/listxattr's protocol: size 0 asks for the length, a short buffer is ERANGE.
+fn reply_xattr(reply: ReplyXattr, size: u32, data: Result<Vec<u8>, Errno>) {
+    match data {
+        Err(e) => reply.error(e),
+        Ok(d) if size == 0 => match u32::try_from(d.len()) {
+            Ok(n) => reply.size(n),
+            Err(_) => reply.error(Errno::E2BIG),
+        },
+        Ok(d) if d.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(d) => reply.data(&d),
+    }
+}
+
+impl From<FileKind> for FileType {
+    fn from(k: FileKind) -> FileType {
+        match k {
+            FileKind::File => FileType::RegularFile,
+            FileKind::Dir => FileType::Directory,
+            FileKind::Symlink => FileType::Symlink,
+            FileKind::CharDev => FileType::CharDevice,
+            FileKind::BlockDev => FileType::BlockDevice,
+            FileKind::Fifo => FileType::NamedPipe,
+            FileKind::Socket => FileType::Socket,
+        }
+    }
+}
+
+impl From<&Attr> for FileAttr {
+    fn from(a: &Attr) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(a.ino),
+            size: a.size,
+            blocks: a.blocks,
+            atime: a.atime.to_system_time(),
+            mtime: a.mtime.to_system_time(),
+            ctime: a.ctime.to_system_time(),
+            crtime: a.crtime.unwrap_or_default().to_system_time(),
+            kind: a.kind.into(),
+            perm: a.perm(),
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: fuse_rdev(a.rdev),
+            blksize: a.blksize,
+            flags: 0,
+        }
+    }
+}
+
+/// glibc's 64-bit `dev_t` → the kernel's 32-bit encoding that FUSE carries
+/// (`new_encode_dev`: minor's low byte, 12 bits of major, the rest of minor).
+fn fuse_rdev(dev: u64) -> u32 {
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)) as u32
+}
+
+impl Filesystem for FuseFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.do_lookup(parent, name) {
+            Ok(a) => reply.entry(&self.ttl, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.do_getattr(ino) {
+            Ok(a) => reply.attr(&self.ttl, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.do_readlink(ino) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.do_open(ino, flags, false) {
+            Ok(f) => reply.opened(FileHandle(0), f),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.do_read(ino, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.do_open(ino, flags, true) {
+            Ok(f) => reply.opened(FileHandle(0), f),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.do_readdir(ino, offset, &mut reply) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs().map_err(errno) {
+            Ok(s) => reply.statfs(
+                s.blocks,
+                s.blocks_free,
+                s.blocks_available,
+                s.files,
+                s.files_free,
+                s.block_size,
+                s.name_max,
+                s.block_size,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.do_getxattr(ino, name));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.do_listxattr(ino));
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        match self.do_getattr(ino) {
+            Ok(_) if mask.contains(fuser::AccessFlags::W_OK) => reply.error(Errno::EROFS),
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rdev_encoding_matches_the_kernel() {
+        // makedev(8, 1) = 0x801 in both encodings.
+        assert_eq!(fuse_rdev(0x801), 0x801);
+        // makedev(259, 300): glibc and the kernel place minor's high bits differently.
+        let glibc = (259u64 << 8) | (300 & 0xff) | ((300u64 & !0xff) << 12);
+        assert_eq!(fuse_rdev(glibc), (300 & 0xff) | (259 << 8) | ((300 & !0xff) << 12));
+    }
+
+    #[test]
+    fn options() {
+        let mut c = MountConfig::read_only("vdisk:1");
+        c.push_option("allow_other").unwrap();
+        c.push_option("noatime").unwrap();
+        c.push_option("noatime").unwrap();
+        assert_eq!(c.acl, SessionACL::All);
+        assert_eq!(c.options, [MountOption::NoAtime]);
+        assert!(c.push_option("fsname=x").is_err());
+        c.push_option("rw").unwrap();
+        assert!(!c.read_only);
+    }
+}
