@@ -139,10 +139,10 @@ pub fn parse_node(b: &[u8], e: &Expect, at: u64, what: &dyn Fn() -> String) -> R
                 ei_block: le32(x, 0),
                 ei_leaf: u64::from(le32(x, 4)) | (u64::from(le16(x, 8)) << 32),
             };
-            let key_ok = match prev_key {
-                None => idx.ei_block >= e.min_block,
-                Some(p) => idx.ei_block > p,
-            };
+            // The first key is not checked against the parent's: lookups treat it as the
+            // start of the node's range whatever it says (the kernel's binary search does),
+            // and e2fsprogs writes first keys above their parent's.
+            let key_ok = prev_key.is_none_or(|p| idx.ei_block > p);
             if !key_ok || u64::from(idx.ei_block) >= e.end_bound {
                 return Err(corrupt(format!(
                     "index {i} key {} is out of order",
@@ -249,17 +249,21 @@ pub fn lookup(
     loop {
         match node {
             Node::Index(h, idx) => {
-                let pos = idx.partition_point(|x| x.ei_block <= logical);
-                if pos == 0 {
-                    // Before the first key: a hole up to it.
-                    let to = idx.first().map_or(e.end_bound, |x| u64::from(x.ei_block));
-                    return Ok(hole(logical, to.min(e.end_bound)));
+                if idx.is_empty() {
+                    return Ok(hole(logical, e.end_bound));
                 }
+                // The last index whose key is <= logical; the first one covers everything
+                // before the second key, as in the kernel's ext4_ext_binsearch_idx().
+                let pos = idx.partition_point(|x| x.ei_block <= logical).max(1);
                 let chosen = idx[pos - 1];
                 let next = idx.get(pos).map_or(e.end_bound, |x| u64::from(x.ei_block));
                 e = Expect {
                     depth: Some(h.eh_depth - 1),
-                    min_block: chosen.ei_block,
+                    min_block: if pos == 1 {
+                        e.min_block
+                    } else {
+                        chosen.ei_block
+                    },
                     end_bound: next.min(e.end_bound),
                     ..e
                 };

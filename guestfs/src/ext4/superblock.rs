@@ -427,7 +427,7 @@ impl Superblock {
         }
         let s_desc_size = le16(b, 0xFE);
         let desc_size = if bit64 {
-            if s_desc_size < 64 || s_desc_size > MAX_DESC_SIZE || !s_desc_size.is_power_of_two() {
+            if !(64..=MAX_DESC_SIZE).contains(&s_desc_size) || !s_desc_size.is_power_of_two() {
                 return Err(bad(
                     0xFE,
                     format!(

@@ -74,8 +74,8 @@ pub fn run_status(cmd: &str, args: &[&str]) -> (i32, String) {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
 }
 
