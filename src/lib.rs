@@ -22,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod guest;
 pub mod info;
 mod localtime;
 pub mod open;
