@@ -20,6 +20,8 @@
 //! print!("{}", String::from_utf8_lossy(&buf[..n]));
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};

@@ -16,6 +16,8 @@
 //! Writing is not implemented yet: the parsed structures keep their raw bytes and each module
 //! has its checksum function so the write side can change a field and re-seal it.
 
+#![forbid(unsafe_code)]
+
 pub mod block_map;
 mod bytes;
 pub mod checksum;
