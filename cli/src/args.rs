@@ -36,6 +36,21 @@ pub enum Command {
     Compare(CompareArgs),
     /// Copy an image's guest content into a new image.
     Convert(ConvertArgs),
+    /// Mount guest filesystems on a host directory through FUSE (guestmount).
+    Mount(crate::cmd::guest::mount::MountArgs),
+    /// Unmount a `vdisk mount` and wait for its server to exit (guestunmount).
+    Umount(crate::cmd::guest::umount::UmountArgs),
+    /// List the guest's filesystems, partitions, disks and LVM volumes (virt-filesystems).
+    Filesystems(crate::cmd::guest::filesystems::FilesystemsArgs),
+    /// List a guest directory (virt-ls).
+    Ls(crate::cmd::guest::ls::LsArgs),
+    /// Print guest files (virt-cat).
+    Cat(crate::cmd::guest::cat::CatArgs),
+    /// Copy guest files and directories to the host (virt-copy-out).
+    CopyOut(crate::cmd::guest::copy_out::CopyOutArgs),
+    /// Show the guest's operating system: root, distribution, version, mountpoints
+    /// (virt-inspector).
+    Inspect(crate::cmd::guest::inspect::InspectArgs),
 }
 
 /// `vdisk create`.

@@ -3,6 +3,7 @@
 mod compare;
 mod convert;
 mod create;
+pub mod guest;
 mod info;
 mod map;
 mod progress;
@@ -21,6 +22,13 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Map(a) => map::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Convert(a) => convert::run(a),
+        Command::Mount(a) => guest::mount::run(a),
+        Command::Umount(a) => guest::umount::run(a),
+        Command::Filesystems(a) => guest::filesystems::run(a),
+        Command::Ls(a) => guest::ls::run(a),
+        Command::Cat(a) => guest::cat::run(a),
+        Command::CopyOut(a) => guest::copy_out::run(a),
+        Command::Inspect(a) => guest::inspect::run(a),
     }
 }
 
