@@ -1,19 +1,30 @@
-//! `convert`: copy a chain's guest bytes into a new image, driven by mappings.
+//! `convert`: copy a chain's guest bytes into another image, driven by mappings.
+//!
+//! ```text
+//!   main thread: chain_status() over the source -> jobs (<= CHUNK each) -> bounded queue
+//!   N workers:   read job (skipped for zero ranges) -> scan for zero runs -> write runs
+//! ```
 //!
 //! Ranges the source maps as zero or unallocated are never read; data is read in large chunks
 //! and scanned for zero runs of at least [`ConvertOptions::sparse_size`] bytes, which are left
-//! as holes in a zero-initialised target instead of being written.
+//! as holes in a zero-initialised target instead of being written. Memory is bounded by the
+//! workers' buffers: `workers x CHUNK` bytes plus a short queue of job descriptions.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Mutex};
 
-use vdisk_block::{BlockDevice, Preallocation, Result};
+use vdisk_block::{BlockDevice, Error, Preallocation, Result, WriteZeroes};
 use vdisk_raw::RawFile;
 
 use crate::engine::chain_status;
 use crate::open::OpenedImage;
 
-/// Bytes moved per read.
-const CHUNK: u64 = 4 << 20;
+/// Bytes moved per job.
+const CHUNK: u64 = 2 << 20;
+/// The most worker threads we start, whatever is asked: beyond this the disk, not the CPU,
+/// is the limit, and each worker holds a CHUNK buffer.
+pub const MAX_WORKERS: usize = 16;
 
 /// How to copy.
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +34,12 @@ pub struct ConvertOptions {
     pub sparse_size: u64,
     /// The target already reads as zeros everywhere (a new file, or `--target-is-zero`).
     pub target_is_zero: bool,
+    /// Worker threads (`-m`); 0 means one per core.
+    pub workers: usize,
+    /// Make the target durable before returning. qemu-img convert's default cache mode for
+    /// the target is `unsafe` (no final flush), and so is ours; pipelines that need the data
+    /// on disk at once ask for it.
+    pub flush: bool,
 }
 
 impl Default for ConvertOptions {
@@ -30,68 +47,218 @@ impl Default for ConvertOptions {
         ConvertOptions {
             sparse_size: 4096,
             target_is_zero: true,
+            workers: 0,
+            flush: false,
+        }
+    }
+}
+
+/// One piece of work: guest bytes `[offset, offset + len)`, known zero or to be read.
+#[derive(Debug, Clone, Copy)]
+struct Job {
+    offset: u64,
+    len: u64,
+    zero: bool,
+}
+
+/// Where a conversion writes: a device, and its fast way to write zeros when it has one (used
+/// when the target is not known to read as zeros already).
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    /// The device written.
+    pub dev: &'a dyn BlockDevice,
+    /// Its write-zeroes ability, if any; without it zeros are written as data.
+    pub zeroes: Option<&'a (dyn WriteZeroes + Sync)>,
+}
+
+impl<'a> Target<'a> {
+    /// A raw file target, which can punch holes.
+    pub fn raw(file: &'a RawFile) -> Self {
+        Target {
+            dev: file,
+            zeroes: Some(file),
         }
     }
 }
 
 /// Copies every guest byte of `src` to `dst` (at the same offsets). `progress(done, total)`
-/// is called after each chunk.
+/// is called from the calling thread as work completes.
 pub fn copy_image(
     src: &OpenedImage,
     dst: &dyn BlockDevice,
     opts: ConvertOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
-    let image = src.image();
-    let total = image.size();
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut off = 0;
-    let skip_zeros = opts.target_is_zero && opts.sparse_size > 0;
-    while off < total {
-        let Some(ext) = chain_status(src, off, (total - off).min(CHUNK))? else {
-            break;
-        };
-        let n = ext.length as usize;
-        if ext.zero && !ext.data {
-            if !skip_zeros {
-                buf[..n].fill(0);
-                dst.write_at(&buf[..n], off)?;
-            }
-        } else {
-            image.read_at(&mut buf[..n], off)?;
-            if skip_zeros {
-                write_nonzero_runs(dst, &buf[..n], off, opts.sparse_size)?;
-            } else {
-                dst.write_at(&buf[..n], off)?;
-            }
-        }
-        off += ext.length;
-        progress(off, total);
+    copy_image_at(
+        src,
+        Target {
+            dev: dst,
+            zeroes: None,
+        },
+        0,
+        opts,
+        progress,
+    )?;
+    if opts.flush {
+        dst.flush()?;
     }
-    dst.flush()
+    Ok(())
 }
 
-/// Writes `data` (guest bytes at `base`) except for zero runs of `min_zero` bytes or more,
-/// aligned to `min_zero`.
-fn write_nonzero_runs(dst: &dyn BlockDevice, data: &[u8], base: u64, min_zero: u64) -> Result<()> {
-    let g = usize::try_from(min_zero).unwrap_or(usize::MAX).max(1);
-    let mut run_start: Option<usize> = None;
-    let mut i = 0;
-    while i < data.len() {
-        let end = (i + g).min(data.len());
-        let zero = is_zero(&data[i..end]);
-        match (zero, run_start) {
-            (false, None) => run_start = Some(i),
-            (true, Some(s)) => {
-                dst.write_at(&data[s..i], base + s as u64)?;
-                run_start = None;
-            }
-            _ => {}
-        }
-        i = end;
+/// Copies every guest byte of `src` to `dst` starting at byte `base` of the target (several
+/// sources are concatenated this way). Does not flush.
+pub fn copy_image_at(
+    src: &OpenedImage,
+    dst: Target<'_>,
+    base: u64,
+    opts: ConvertOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let total = src.image().size();
+    if base
+        .checked_add(total)
+        .is_none_or(|end| end > dst.dev.size())
+    {
+        return Err(Error::invalid("output file is smaller than input file"));
     }
-    if let Some(s) = run_start {
-        dst.write_at(&data[s..], base + s as u64)?;
+    let workers = match opts.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+    .clamp(1, MAX_WORKERS);
+    let done = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let (tx, rx) = mpsc::sync_channel::<Job>(workers * 4);
+    let rx = Mutex::new(rx);
+
+    std::thread::scope(|s| {
+        let mut handles = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            handles.push(s.spawn(|| {
+                let image = src.image();
+                let mut buf = vec![0u8; CHUNK as usize];
+                loop {
+                    let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                        Ok(j) => j,
+                        Err(_) => break,
+                    };
+                    if failed.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    if let Err(e) = run_job(&*image, dst, base, job, &mut buf, opts) {
+                        failed.store(true, Ordering::Relaxed);
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                    }
+                    done.fetch_add(job.len, Ordering::Relaxed);
+                }
+            }));
+        }
+        // Produce jobs from the mapping; report progress between sends.
+        let mut off = 0;
+        let producer: Result<()> = (|| {
+            while off < total && !failed.load(Ordering::Relaxed) {
+                let Some(ext) = chain_status(src, off, (total - off).min(CHUNK))? else {
+                    break;
+                };
+                let job = Job {
+                    offset: off,
+                    len: ext.length,
+                    zero: ext.zero,
+                };
+                off += ext.length;
+                if tx.send(job).is_err() {
+                    break;
+                }
+                progress(done.load(Ordering::Relaxed), total);
+            }
+            Ok(())
+        })();
+        drop(tx);
+        // The last jobs are in flight: keep the progress moving until the workers finish.
+        while !handles.iter().all(|h| h.is_finished()) {
+            progress(done.load(Ordering::Relaxed), total);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if let Err(e) = producer {
+            failed.store(true, Ordering::Relaxed);
+            first_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(e);
+        }
+    });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    progress(total, total);
+    Ok(())
+}
+
+fn run_job(
+    image: &dyn BlockDevice,
+    dst: Target<'_>,
+    base: u64,
+    job: Job,
+    buf: &mut [u8],
+    opts: ConvertOptions,
+) -> Result<()> {
+    let n = job.len as usize;
+    let at = base + job.offset;
+    if job.zero {
+        if opts.sparse_size == 0 {
+            // -S 0: every byte written, the target fully allocated.
+            buf[..n].fill(0);
+            dst.dev.write_at(&buf[..n], at)?;
+        } else if !opts.target_is_zero {
+            match dst.zeroes {
+                Some(z) => z.write_zeroes(at, job.len, true)?,
+                None => {
+                    buf[..n].fill(0);
+                    dst.dev.write_at(&buf[..n], at)?;
+                }
+            }
+        }
+        return Ok(());
+    }
+    image.read_at(&mut buf[..n], job.offset)?;
+    if opts.sparse_size == 0 {
+        dst.dev.write_at(&buf[..n], at)
+    } else {
+        write_runs(dst, &buf[..n], at, opts)
+    }
+}
+
+/// Writes `data` (bytes for target offset `base`) as runs: zero runs of `sparse_size` bytes
+/// or more (aligned to it) are skipped on a zero target, or zeroed without writing data when
+/// the target can; everything else is written.
+fn write_runs(dst: Target<'_>, data: &[u8], base: u64, opts: ConvertOptions) -> Result<()> {
+    let g = usize::try_from(opts.sparse_size)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    let mut pos = 0;
+    while pos < data.len() {
+        // A run of granules that are all zero or all not.
+        let first_end = (pos + g).min(data.len());
+        let zero = is_zero(&data[pos..first_end]);
+        let mut end = first_end;
+        while end < data.len() {
+            let next = (end + g).min(data.len());
+            if is_zero(&data[end..next]) != zero {
+                break;
+            }
+            end = next;
+        }
+        let at = base + pos as u64;
+        match (zero, opts.target_is_zero, dst.zeroes) {
+            (true, true, _) => {}
+            (true, false, Some(z)) => z.write_zeroes(at, (end - pos) as u64, true)?,
+            _ => dst.dev.write_at(&data[pos..end], at)?,
+        }
+        pos = end;
     }
     Ok(())
 }
@@ -105,18 +272,52 @@ pub fn is_zero(buf: &[u8]) -> bool {
     wide && chunks.remainder().iter().all(|&b| b == 0)
 }
 
-/// Converts `src` into a new sparse raw image at `dst`. On any failure the half-written target
-/// is removed, so no short image is left looking valid.
+/// Converts `sources`, concatenated, into the raw image at `dst`: a new sparse file, or with
+/// `existing` the file already there (qemu-img's `-n`), which must be large enough. On any
+/// failure a target this call created is removed, so no short image is left looking valid.
 pub fn convert_to_raw(
-    src: &OpenedImage,
+    sources: &[OpenedImage],
     dst: &Path,
+    existing: bool,
     opts: ConvertOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
-    let size = src.image().size();
-    let target = RawFile::create(dst, size, Preallocation::Off)?;
-    let result = copy_image(src, &target, opts, progress);
-    if result.is_err() {
+    let total = sources
+        .iter()
+        .try_fold(0u64, |acc, s| acc.checked_add(s.image().size()))
+        .ok_or_else(|| Error::invalid("the sources together are too large"))?;
+    let (target, opts) = if existing {
+        let t = RawFile::open(
+            dst,
+            &vdisk_raw::OpenOptions {
+                read_only: false,
+                force_share: false,
+            },
+        )?;
+        (t, opts)
+    } else {
+        let t = RawFile::create(dst, total, Preallocation::Off)?;
+        let opts = ConvertOptions {
+            target_is_zero: true,
+            ..opts
+        };
+        (t, opts)
+    };
+    let result = (|| {
+        let mut base = 0;
+        for src in sources {
+            let size = src.image().size();
+            copy_image_at(src, Target::raw(&target), base, opts, &mut |d, _| {
+                progress(base + d, total)
+            })?;
+            base += size;
+        }
+        if opts.flush {
+            target.flush()?;
+        }
+        Ok(())
+    })();
+    if result.is_err() && !existing {
         drop(target);
         let _ = std::fs::remove_file(dst);
     }
@@ -147,10 +348,26 @@ mod tests {
         let mut data = vec![0u8; 4 * 4096];
         data[10] = 1;
         data[3 * 4096 + 5] = 2;
-        write_nonzero_runs(&dst, &data, 0, 4096).unwrap();
+        let target = Target {
+            dev: &dst,
+            zeroes: None,
+        };
+        write_runs(target, &data, 0, ConvertOptions::default()).unwrap();
         let out = dst.to_vec();
         assert_eq!(&out[..4096], &data[..4096]);
         assert!(out[4096..3 * 4096].iter().all(|&b| b == 0xff));
         assert_eq!(&out[3 * 4096..], &data[3 * 4096..]);
+        // On a target not known to be zero, the zero run is zeroed too.
+        let dst = MemDevice::from_vec(vec![0xff; 4 * 4096]);
+        let target = Target {
+            dev: &dst,
+            zeroes: Some(&dst),
+        };
+        let opts = ConvertOptions {
+            target_is_zero: false,
+            ..Default::default()
+        };
+        write_runs(target, &data, 0, opts).unwrap();
+        assert_eq!(dst.to_vec(), data);
     }
 }

@@ -149,8 +149,16 @@ pub struct OpenedImage {
 }
 
 impl OpenedImage {
-    /// The image as a device of guest bytes, backing chain included.
+    /// The image as a device of guest bytes, backing chain included. Its errors name this
+    /// image's file (a layer below names its own).
     pub fn image(&self) -> Arc<dyn Image> {
+        Arc::new(Named {
+            inner: self.driver_image(),
+            path: self.filename.clone(),
+        })
+    }
+
+    fn driver_image(&self) -> Arc<dyn Image> {
         match &self.driver {
             Driver::Raw(r) => r.clone(),
             Driver::Qcow2(q) => q.clone(),
@@ -191,6 +199,50 @@ impl OpenedImage {
     /// The images from this one down to the base.
     pub fn chain(&self) -> impl Iterator<Item = &OpenedImage> {
         std::iter::successors(Some(self), |i| i.backing.as_deref())
+    }
+}
+
+/// An image whose errors name its file: formats report what is wrong and where inside the
+/// file, and this layer adds which file, so an error deep in a backing chain names the
+/// backing file rather than the overlay the caller opened.
+struct Named {
+    inner: Arc<dyn Image>,
+    path: PathBuf,
+}
+
+impl BlockDevice for Named {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.inner
+            .read_at(buf, offset)
+            .map_err(|e| e.with_path(&self.path))
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.inner
+            .write_at(buf, offset)
+            .map_err(|e| e.with_path(&self.path))
+    }
+    fn flush(&self) -> Result<()> {
+        self.inner.flush().map_err(|e| e.with_path(&self.path))
+    }
+    fn is_read_only(&self) -> bool {
+        self.inner.is_read_only()
+    }
+}
+
+impl Image for Named {
+    fn format_name(&self) -> &'static str {
+        self.inner.format_name()
+    }
+    fn map(&self, offset: u64, max_len: u64) -> Result<vdisk_block::Mapping> {
+        self.inner
+            .map(offset, max_len)
+            .map_err(|e| e.with_path(&self.path))
+    }
+    fn backing(&self) -> Option<&Arc<dyn Image>> {
+        self.inner.backing()
     }
 }
 

@@ -173,8 +173,20 @@ pub struct ConvertArgs {
     /// Open the source read-only without taking locks.
     #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
-    /// The source image.
-    pub source: PathBuf,
-    /// The image to write.
-    pub target: PathBuf,
+    /// Worker threads (default: one per core).
+    #[arg(short = 'm', value_name = "NUM_COROUTINES")]
+    pub workers: Option<usize>,
+    /// Allow out-of-order writes. Writes to file targets always complete in any order (the
+    /// result is the same); the flag is accepted for qemu-img compatibility.
+    #[arg(short = 'W')]
+    pub out_of_order: bool,
+    /// Do not create the target: write into the existing image, which must be large enough.
+    #[arg(short = 'n')]
+    pub no_create: bool,
+    /// With -n: the existing target already reads as zeros, so zero ranges are not written.
+    #[arg(long)]
+    pub target_is_zero: bool,
+    /// The source images (concatenated, in order), then the image to write.
+    #[arg(required = true, num_args = 2.., value_name = "FILE")]
+    pub files: Vec<PathBuf>,
 }

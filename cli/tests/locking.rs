@@ -21,17 +21,25 @@ impl Holder {
                 .spawn()
                 .expect("start qemu-io"),
         );
-        // Wait until its lock is visible: a conversion (which refuses to share write) fails.
+        // Wait until its write-permission lock byte (101, qemu's scheme) shows in /proc/locks.
+        // (Probing with an opener of our own would race with qemu-io's start and make it
+        // fail.)
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(dir.join(img)).unwrap());
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(60) {
-            let out = vdisk(
-                dir,
-                &["convert", "-f", "qcow2", "-O", "raw", img, "probe.raw"],
-            );
-            if !out.status.success() {
+            let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+            let held = locks.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() >= 8
+                    && f[1] == "OFDLCK"
+                    && f[5].rsplit(':').next() == Some(&ino.to_string())
+                    && f[6].parse::<u64>().is_ok_and(|a| a <= 101)
+                    && f[7].parse::<u64>().is_ok_and(|b| b >= 101)
+            });
+            if held {
                 return holder;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
         panic!("qemu-io never took its lock");
     }

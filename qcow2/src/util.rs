@@ -78,8 +78,17 @@ pub(crate) fn read_vec(
 }
 
 /// Reads into `buf` from `offset` of `dev`; bytes past the end of `dev` read as zeros, as
-/// qemu's block layer does for data clusters beyond the end of the file.
+/// qemu's block layer does for the tail of a cluster that was never written out (qemu leaves
+/// files ending inside their last cluster). Data that *starts* at or past the end of the file
+/// was never written at all: the table pointing there is corrupt, and we say so rather than
+/// hand out zeros.
 pub(crate) fn read_zero_padded(dev: &dyn BlockDevice, buf: &mut [u8], offset: u64) -> Result<()> {
+    if !buf.is_empty() && offset >= dev.size() {
+        return Err(Error::corrupt_at(
+            offset,
+            "data cluster lies beyond the end of the file",
+        ));
+    }
     let avail = dev.size().saturating_sub(offset);
     let n = usize::try_from(avail).unwrap_or(usize::MAX).min(buf.len());
     let (head, tail) = buf.split_at_mut(n);

@@ -20,18 +20,37 @@ pub fn run(a: ConvertArgs) -> CmdResult {
         snapshot,
         ..Default::default()
     };
-    let src = open_image(&a.source, &opts)?;
+    let (target, sources) = a.files.split_last().expect("clap requires two files");
+    if a.target_is_zero && !a.no_create {
+        return Err(Failure::new("--target-is-zero requires use of -n flag"));
+    }
+    let sources = sources
+        .iter()
+        .map(|p| open_image(p, &opts))
+        .collect::<Result<Vec<_>, _>>()?;
     let sparse_size = match &a.sparse_size {
         Some(s) => parse_size(s)?,
         None => 4096,
     };
+    let workers = a.workers.unwrap_or(0);
+    if a.workers == Some(0) || workers > 16 {
+        return Err(Failure::new(
+            "Invalid number of coroutines. Allowed number of coroutines is between 1 and 16",
+        ));
+    }
     let copts = ConvertOptions {
         sparse_size,
-        target_is_zero: true,
+        target_is_zero: a.target_is_zero,
+        workers,
+        // qemu-img convert's default target cache mode is "unsafe": no final flush.
+        flush: false,
     };
-    let mut bar = Progress::new(a.progress && !a.quiet, src.image().size());
+    let total = sources.iter().map(|s| s.image().size()).sum();
+    let mut bar = Progress::new(a.progress && !a.quiet, total);
     match out_fmt {
-        Format::Raw => convert_to_raw(&src, &a.target, copts, &mut |d, t| bar.update(d, t))?,
+        Format::Raw => convert_to_raw(&sources, target, a.no_create, copts, &mut |d, t| {
+            bar.update(d, t)
+        })?,
         Format::Qcow2 => {
             return Err(Failure::new(
                 "writing qcow2 images is not implemented yet (it arrives with the qcow2 writer)",

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Side-by-side conversion benchmark: vdisk against qemu-img on the same data.
+#
+# Builds a realistic source (default 4 GiB virtual: incompressible data, text, explicit
+# zeros, holes, many small extents), then for each direction runs qemu-img and vdisk
+# alternately RUNS times, checks each output with `qemu-img compare`, and prints the median
+# wall time of each tool, the ratio (qemu-img / vdisk: above 1 means vdisk is faster) and
+# vdisk's peak RSS.
+#
+#   benches/convert.sh            # uses target/release/vdisk (built if missing)
+#   RUNS=7 SIZE_GIB=8 WORK=/var/tmp/vb benches/convert.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-5}
+SIZE_GIB=${SIZE_GIB:-4}
+WORK=${WORK:-/tmp/vdisk-bench}
+VDISK=${VDISK:-target/release/vdisk}
+[ -x "$VDISK" ] || cargo build --release -q -p vdisk-cli
+VDISK=$(realpath "$VDISK")
+mkdir -p "$WORK"
+cd "$WORK"
+
+if [ ! -f src.raw ] || [ "$(stat -c %s src.raw)" != $((SIZE_GIB << 30)) ]; then
+  echo "building a ${SIZE_GIB} GiB source in $WORK ..." >&2
+  rm -f src.raw
+  truncate -s "${SIZE_GIB}G" src.raw
+  mib=$((SIZE_GIB * 1024))
+  # Incompressible data: 1/4 of the disk in 64 MiB extents spread over it.
+  for i in $(seq 0 $((mib / 256 - 1))); do
+    dd if=/dev/urandom of=src.raw bs=1M seek=$((i * 256)) count=64 conv=notrunc status=none
+  done
+  # Text (compressible): 1/8 of the disk.
+  python3 - "$mib" <<'PY'
+import random, sys
+mib = int(sys.argv[1])
+words = [w.strip() for w in open('/usr/share/dict/words')] if __import__('os').path.exists('/usr/share/dict/words') else None
+random.seed(1)
+vocab = words or ["".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(random.randint(2, 9))) for _ in range(5000)]
+with open("src.raw", "r+b") as f:
+    for i in range(mib // 512):
+        f.seek((i * 512 + 96) << 20)
+        block = []
+        size = 0
+        while size < (64 << 20):
+            line = " ".join(random.choice(vocab) for _ in range(12)) + "\n"
+            block.append(line)
+            size += len(line)
+        f.write("".join(block).encode()[: 64 << 20])
+PY
+  # Explicit zeros (allocated but zero): 1/16 of the disk.
+  for i in $(seq 0 $((mib / 1024 - 1))); do
+    dd if=/dev/zero of=src.raw bs=1M seek=$((i * 1024 + 200)) count=64 conv=notrunc status=none
+  done
+  # Many small extents: 4 KiB every 256 KiB over 256 MiB.
+  python3 - <<'PY'
+import os
+with open("src.raw", "r+b") as f:
+    for i in range(1024):
+        f.seek((300 << 20) + i * (256 << 10))
+        f.write(os.urandom(4096))
+PY
+  rm -f src.qcow2 base.qcow2 top.qcow2
+fi
+[ -f src.qcow2 ] || qemu-img convert -f raw -O qcow2 src.raw src.qcow2
+if [ ! -f top.qcow2 ]; then
+  qemu-img convert -f raw -O qcow2 src.raw base.qcow2
+  qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
+  qemu-io -f qcow2 -c "write -P 0x5c 1G 256M" -c "write -z 2G 128M" top.qcow2 >/dev/null
+fi
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+# run TOOL ARGS...: prints "seconds peak_kib"
+run() {
+  /usr/bin/time -o time.out -f "%e %M" "$@" >/dev/null 2>&1
+  cat time.out
+}
+
+# bench NAME SRC SRCFMT OUTFMT [EXTRA...]
+bench() {
+  local name=$1 src=$2 sfmt=$3 ofmt=$4; shift 4
+  local q=() v=() rss=()
+  for _ in $(seq "$RUNS"); do
+    rm -f out.q out.v
+    read -r tq _ < <(run qemu-img convert -f "$sfmt" -O "$ofmt" "$@" "$src" out.q)
+    read -r tv mv < <(run "$VDISK" convert -f "$sfmt" -O "$ofmt" "$@" "$src" out.v)
+    if ! qemu-img compare -q -f "$ofmt" -F "$ofmt" out.q out.v; then
+      echo "$name: outputs differ" >&2; exit 1
+    fi
+    q+=("$tq"); v+=("$tv"); rss+=("$mv")
+  done
+  local mq mvd mr
+  mq=$(printf '%s\n' "${q[@]}" | median)
+  mvd=$(printf '%s\n' "${v[@]}" | median)
+  mr=$(printf '%s\n' "${rss[@]}" | sort -n | tail -1)
+  printf '| %-28s | %8.2f | %8.2f | %6.2fx | %7.1f |\n' "$name" "$mq" "$mvd" \
+    "$(echo "$mq / $mvd" | bc -l)" "$(echo "$mr / 1024" | bc -l)"
+  rm -f out.q out.v
+}
+
+supports() { "$VDISK" convert -f raw -O "$1" "$@" /dev/null 2>&1 | grep -qv "not implemented"; }
+
+echo
+echo "source: ${SIZE_GIB} GiB virtual, $(du -h --apparent-size src.raw | cut -f1) apparent, $(du -h src.raw | cut -f1) allocated; $RUNS runs each, median; $(nproc) cores"
+echo
+echo "| conversion                   | qemu-img s | vdisk s | ratio | vdisk peak RSS MiB |"
+echo "|------------------------------|----------:|--------:|------:|------------------:|"
+bench "qcow2 -> raw" src.qcow2 qcow2 raw
+bench "qcow2 chain -> raw" top.qcow2 qcow2 raw
+bench "raw -> raw" src.raw raw raw
+for dir in "raw -> qcow2:src.raw:raw:qcow2" "qcow2 chain -> qcow2:top.qcow2:qcow2:qcow2"; do
+  IFS=: read -r n s f o <<<"$dir"
+  if "$VDISK" convert -f raw -O qcow2 /dev/null "$WORK/probe.qcow2" 2>&1 | grep -q "not implemented"; then
+    printf '| %-28s | %8s | %8s | %7s | %7s |\n' "$n" "-" "-" "n/a" "-"
+  else
+    bench "$n" "$s" "$f" "$o"
+  fi
+done
+for ct in zlib zstd; do
+  if "$VDISK" convert -f raw -O qcow2 -c /dev/null "$WORK/probe.qcow2" 2>&1 | grep -Eq "not implemented|unexpected argument"; then
+    printf '| %-28s | %8s | %8s | %7s | %7s |\n' "raw -> qcow2 -c ($ct)" "-" "-" "n/a" "-"
+  else
+    bench "raw -> qcow2 -c ($ct)" src.raw raw qcow2 -c -o compression_type=$ct
+  fi
+done
+rm -f "$WORK/probe.qcow2"
