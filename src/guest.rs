@@ -322,7 +322,10 @@ pub fn list_devices(guest: &Guest, sel: DeviceSelection) -> Result<Vec<DeviceRow
             let dev = guest.open_device(&name)?;
             // A PV in a VG is as big as its extents, as `pvs -o pv_size` reports.
             let in_vg = vgs.iter().find_map(|g| {
-                let i = g.pv_names.iter().position(|n| n.as_deref() == Some(&*name))?;
+                let i = g
+                    .pv_names
+                    .iter()
+                    .position(|n| n.as_deref() == Some(&*name))?;
                 Some((g.metadata.pvs.get(i)?, g.metadata.extent_size))
             });
             let size = in_vg.map_or(dev.size(), |(p, es)| p.pe_count.saturating_mul(es));
@@ -679,7 +682,13 @@ fn inspect_linux(
 
 /// The architecture of the first of the usual binaries that is an ELF file.
 fn guest_arch(fs: &dyn FileSystem) -> Option<String> {
-    for p in ["/bin/bash", "/bin/ls", "/bin/sh", "/usr/bin/bash", "/usr/bin/ls"] {
+    for p in [
+        "/bin/bash",
+        "/bin/ls",
+        "/bin/sh",
+        "/usr/bin/bash",
+        "/usr/bin/ls",
+    ] {
         let Ok(ino) = fs.resolve(p.as_bytes(), true) else {
             continue;
         };
@@ -719,8 +728,13 @@ pub fn parse_fstab(text: &str) -> Vec<(String, String, String, String)> {
         let mut out = Vec::with_capacity(b.len());
         let mut i = 0;
         while i < b.len() {
-            if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+            if b[i] == b'\\'
+                && i + 3 < b.len()
+                && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            {
+                let v = (b[i + 1] - b'0') as u32 * 64
+                    + (b[i + 2] - b'0') as u32 * 8
+                    + (b[i + 3] - b'0') as u32;
                 out.push(v as u8);
                 i += 4;
             } else {
@@ -822,7 +836,11 @@ pub fn single_os(guest: &Guest) -> Result<OsInfo> {
         1 => Ok(found.remove(0)),
         _ => Err(Error::unsupported(format!(
             "multi-boot operating systems are not supported by -i (roots: {}); use -m",
-            found.iter().map(|o| o.root.as_str()).collect::<Vec<_>>().join(", ")
+            found
+                .iter()
+                .map(|o| o.root.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -834,7 +852,10 @@ mod tests {
     #[test]
     fn mount_specs_parse() {
         let m: MountSpec = "/dev/sda1".parse().unwrap();
-        assert_eq!((m.device.as_str(), m.mountpoint.as_str()), ("/dev/sda1", "/"));
+        assert_eq!(
+            (m.device.as_str(), m.mountpoint.as_str()),
+            ("/dev/sda1", "/")
+        );
         let m: MountSpec = "/dev/sda1:/boot:ro,noatime:ext4".parse().unwrap();
         assert_eq!(m.mountpoint, "/boot");
         assert_eq!(m.options.as_deref(), Some("ro,noatime"));

@@ -12,7 +12,13 @@ use guest_common::*;
 
 fn mount(d: &CentosDisk, args: &[&str], mnt: &Path) -> VdiskMount {
     fs::create_dir_all(mnt).unwrap();
-    let mut all = vec!["mount", "--format", "qcow2", "-a", d.qcow2.to_str().unwrap()];
+    let mut all = vec![
+        "mount",
+        "--format",
+        "qcow2",
+        "-a",
+        d.qcow2.to_str().unwrap(),
+    ];
     all.extend_from_slice(args);
     all.push(mnt.to_str().unwrap());
     let out = vdisk(&all);
@@ -71,7 +77,11 @@ fn stacked_mount_serves_every_file_and_umount_waits_for_the_server() {
         snapshot(&kmnt)
     };
     let mut ours = snapshot(&mnt);
-    let boot: Vec<Vec<u8>> = ours.keys().filter(|k| k.starts_with(b"boot/")).cloned().collect();
+    let boot: Vec<Vec<u8>> = ours
+        .keys()
+        .filter(|k| k.starts_with(b"boot/"))
+        .cloned()
+        .collect();
     let mut ours_boot = std::collections::BTreeMap::new();
     for k in boot {
         let v = ours.remove(&k).unwrap();
@@ -82,8 +92,8 @@ fn stacked_mount_serves_every_file_and_umount_waits_for_the_server() {
     let (kb, ob) = (&kernel[&b"boot".to_vec()], &ours[&b"boot".to_vec()]);
     assert_eq!(kb.mode & 0o170000, ob.mode & 0o170000);
     let mut kernel_rest = kernel.clone();
-    kernel_rest.remove(&b"boot".to_vec());
-    ours.remove(&b"boot".to_vec());
+    kernel_rest.remove(b"boot".as_slice());
+    ours.remove(b"boot".as_slice());
     assert_same_tree(&ours, &kernel_rest, "FUSE / vs kernel");
     let kboot = {
         let _k = KernelMount::loop_ro(&d.raw, d.boot.0, d.boot.1, &kmnt);
@@ -122,9 +132,16 @@ fn stacked_mount_serves_every_file_and_umount_waits_for_the_server() {
 
     // umount returns after the server exited and released the image.
     let out = vdisk(&["umount", mnt.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!is_mounted(&mnt));
-    assert!(!alive(pid), "server {pid} still running after umount returned");
+    assert!(
+        !alive(pid),
+        "server {pid} still running after umount returned"
+    );
     let free = std::process::Command::new("qemu-io")
         .args(["-c", "write 0 512"])
         .arg(&d.qcow2)
@@ -174,10 +191,19 @@ fn mount_errors_leave_nothing_mounted() {
     let m = mnt.to_str().unwrap();
     for (args, want) in [
         (vec!["-m", "/dev/centos/swap"], "swap"),
-        (vec!["-m", "/dev/centos/root", "--rw"], "not implemented yet"),
-        (vec!["-m", "/dev/centos/root", "-o", "rw"], "not implemented yet"),
+        (
+            vec!["-m", "/dev/centos/root", "--rw"],
+            "not implemented yet",
+        ),
+        (
+            vec!["-m", "/dev/centos/root", "-o", "rw"],
+            "not implemented yet",
+        ),
         (vec!["-m", "/dev/nope"], "no such device"),
-        (vec!["-m", "/dev/centos/root", "-o", "bogus_option"], "mount"),
+        (
+            vec!["-m", "/dev/centos/root", "-o", "bogus_option"],
+            "mount",
+        ),
     ] {
         let mut all = vec!["mount", "--format", "qcow2", "-a", q];
         all.extend(args.iter().copied());
@@ -186,7 +212,10 @@ fn mount_errors_leave_nothing_mounted() {
         let out = vdisk(&all);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(!out.status.success(), "{all:?} succeeded");
-        assert!(err.starts_with("vdisk: ") && err.lines().count() == 1, "{err}");
+        assert!(
+            err.starts_with("vdisk: ") && err.lines().count() == 1,
+            "{err}"
+        );
         assert!(err.contains(want), "{all:?}: {err}");
         assert!(!is_mounted(&mnt), "{all:?} left a mount");
     }
@@ -219,7 +248,11 @@ fn foreground_mount_serves_until_unmounted() {
         fs::read_to_string(d.root_tree.join("etc/os-release")).unwrap()
     );
     let out = vdisk(&["umount", mnt.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status = child.wait().unwrap();
     assert!(status.success());
 }

@@ -78,9 +78,21 @@ fn filesystems_match_blkid() {
     ] {
         let b = blkid(&d.extract(range, file));
         let r = row(dev, "filesystem");
-        assert_eq!(r["vfs"].as_str(), b.get("TYPE").map(String::as_str), "{dev}");
-        assert_eq!(r["label"].as_str(), b.get("LABEL").map(String::as_str), "{dev}");
-        assert_eq!(r["uuid"].as_str(), b.get("UUID").map(String::as_str), "{dev}");
+        assert_eq!(
+            r["vfs"].as_str(),
+            b.get("TYPE").map(String::as_str),
+            "{dev}"
+        );
+        assert_eq!(
+            r["label"].as_str(),
+            b.get("LABEL").map(String::as_str),
+            "{dev}"
+        );
+        assert_eq!(
+            r["uuid"].as_str(),
+            b.get("UUID").map(String::as_str),
+            "{dev}"
+        );
         assert_eq!(r["size"], range.1, "{dev}");
     }
     assert_eq!(row("/dev/sda1", "filesystem")["uuid"], BOOT_UUID);
@@ -93,10 +105,13 @@ fn filesystems_match_blkid() {
     assert_eq!(row("/dev/centos", "vg")["parents"][0], "/dev/sda2");
     assert_eq!(row("/dev/sda2", "pv")["uuid"], PV_UUID.replace('-', ""));
     assert_eq!(row("/dev/sda", "device")["size"], 128 * MIB);
-    assert!(!rows.iter().any(|r| r["name"] == "/dev/sda2" && r["type"] == "filesystem"));
+    assert!(!rows
+        .iter()
+        .any(|r| r["name"] == "/dev/sda2" && r["type"] == "filesystem"));
 
     // The text layout: a title, aligned columns, "-" for empty cells.
-    let text = String::from_utf8(run_ok("filesystems", &d, &["--all", "--long", "--uuid"])).unwrap();
+    let text =
+        String::from_utf8(run_ok("filesystems", &d, &["--all", "--long", "--uuid"])).unwrap();
     let mut lines = text.lines();
     let title: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(
@@ -151,7 +166,11 @@ fn cat_ls_copy_out_match_the_source_and_the_kernel() {
         }
         m
     };
-    assert_same_tree(&no_link_nanos(&kernel), &no_link_nanos(&source), "kernel vs source");
+    assert_same_tree(
+        &no_link_nanos(&kernel),
+        &no_link_nanos(&source),
+        "kernel vs source",
+    );
     let want = kernel.clone();
 
     // cat: every regular file, in one run, equals the concatenation of the sources.
@@ -204,7 +223,11 @@ fn cat_ls_copy_out_match_the_source_and_the_kernel() {
             assert_eq!(num(f[2]), k.size, "{name}: size");
         }
         assert_eq!(num(f[4]) as i64, k.mtime.0, "{name}: mtime");
-        assert_eq!((num(f[6]) as u32, num(f[7]) as u32), (k.uid, k.gid), "{name}: owner");
+        assert_eq!(
+            (num(f[6]) as u32, num(f[7]) as u32),
+            (k.uid, k.gid),
+            "{name}: owner"
+        );
         if t == b'l' {
             assert_eq!(target, Some(&k.content[..]), "{name}: target");
         }
@@ -219,14 +242,22 @@ fn cat_ls_copy_out_match_the_source_and_the_kernel() {
     // copy-out of the whole tree: bytes, modes, owners, mtimes and symlink targets.
     let out = d.path("out");
     fs::create_dir(&out).unwrap();
-    run_ok("copy-out", &d, &["-m", "/dev/centos/root", "/", out.to_str().unwrap()]);
+    run_ok(
+        "copy-out",
+        &d,
+        &["-m", "/dev/centos/root", "/", out.to_str().unwrap()],
+    );
     let copied = snapshot(&out);
     assert_same_tree(&copied, &want, "copy-out / vs source");
 
     // copy-out with -i: the /boot filesystem through the inspected fstab.
     let out2 = d.path("out2");
     fs::create_dir(&out2).unwrap();
-    run_ok("copy-out", &d, &["-i", "/boot", "/etc/hostname", out2.to_str().unwrap()]);
+    run_ok(
+        "copy-out",
+        &d,
+        &["-i", "/boot", "/etc/hostname", out2.to_str().unwrap()],
+    );
     let boot = snapshot(&out2.join("boot"));
     let mut boot_want = snapshot(&d.boot_tree);
     boot_want.retain(|p, _| !p.starts_with(b"lost+found"));
@@ -270,7 +301,11 @@ fn split_fields(line: &[u8]) -> Vec<&[u8]> {
 fn guest_symlinks_never_reach_the_host() {
     let d = centos_disk();
     // cat follows links inside the guest: absolute, and relative ones climbing past the root.
-    for link in ["/etc/passwd-link", "/usr/lib/deep/escape", "/bin/../../etc/passwd"] {
+    for link in [
+        "/etc/passwd-link",
+        "/usr/lib/deep/escape",
+        "/bin/../../etc/passwd",
+    ] {
         let got = run_ok("cat", &d, &["-m", "/dev/centos/root", link]);
         assert_eq!(String::from_utf8(got).unwrap(), GUEST_PASSWD, "{link}");
     }
@@ -281,7 +316,14 @@ fn guest_symlinks_never_reach_the_host() {
     run_ok(
         "copy-out",
         &d,
-        &["-m", "/dev/centos/root", "/etc/passwd-link", "/usr/lib/deep", "/bin", o],
+        &[
+            "-m",
+            "/dev/centos/root",
+            "/etc/passwd-link",
+            "/usr/lib/deep",
+            "/bin",
+            o,
+        ],
     );
     for (p, target) in [
         ("passwd-link", "/etc/passwd"),
@@ -298,13 +340,27 @@ fn guest_symlinks_never_reach_the_host() {
     fs::write(&victim, b"host data").unwrap();
     fs::remove_file(out.join("passwd-link")).unwrap();
     std::os::unix::fs::symlink(&victim, out.join("hostname")).unwrap();
-    run_ok("copy-out", &d, &["-m", "/dev/centos/root", "/etc/hostname", o]);
+    run_ok(
+        "copy-out",
+        &d,
+        &["-m", "/dev/centos/root", "/etc/hostname", o],
+    );
     assert_eq!(fs::read(&victim).unwrap(), b"host data");
-    assert!(!fs::symlink_metadata(out.join("hostname")).unwrap().file_type().is_symlink());
+    assert!(!fs::symlink_metadata(out.join("hostname"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
     // A dangling guest link is copied as is.
-    run_ok("copy-out", &d, &["-m", "/dev/centos/root", "/usr/lib/dangling", o]);
+    run_ok(
+        "copy-out",
+        &d,
+        &["-m", "/dev/centos/root", "/usr/lib/dangling", o],
+    );
     assert_eq!(
-        fs::read_link(out.join("dangling")).unwrap().as_os_str().as_bytes(),
+        fs::read_link(out.join("dangling"))
+            .unwrap()
+            .as_os_str()
+            .as_bytes(),
         b"/nonexistent/file"
     );
 }
@@ -320,7 +376,10 @@ fn inspect_finds_centos_7() {
     assert_eq!(os["name"], "linux");
     assert_eq!(os["distro"], "centos");
     assert_eq!(os["product_name"], "CentOS Linux 7 (Core)");
-    assert_eq!((os["major_version"].as_u64(), os["minor_version"].as_u64()), (Some(7), Some(9)));
+    assert_eq!(
+        (os["major_version"].as_u64(), os["minor_version"].as_u64()),
+        (Some(7), Some(9))
+    );
     assert_eq!(os["hostname"], HOSTNAME);
     assert_eq!(os["package_format"], "rpm");
     assert_eq!(os["package_management"], "yum");
@@ -370,7 +429,10 @@ fn errors_are_one_line_and_a_closed_pipe_is_not_one() {
     assert!(e.contains("not implemented yet"), "{e}");
     let (code, e) = {
         let out = vdisk(&["umount", d.tmp.path().to_str().unwrap()]);
-        (out.status.code().unwrap(), String::from_utf8(out.stderr).unwrap())
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
     };
     assert_eq!(code, 2, "{e}");
     assert!(e.contains("not mounted"), "{e}");

@@ -39,9 +39,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, SessionACL,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, SessionACL,
 };
 use vdisk_block::Error;
 
@@ -259,7 +259,12 @@ impl FuseFs {
         Ok(buf)
     }
 
-    fn do_readdir(&self, ino: INodeNo, offset: u64, reply: &mut ReplyDirectory) -> Result<(), Errno> {
+    fn do_readdir(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+        reply: &mut ReplyDirectory,
+    ) -> Result<(), Errno> {
         // `add` says true when the reply buffer is full: stop there; the kernel asks again
         // from the last entry's cookie.
         self.fs
@@ -463,7 +468,10 @@ mod tests {
         assert_eq!(fuse_rdev(0x801), 0x801);
         // makedev(259, 300): glibc and the kernel place minor's high bits differently.
         let glibc = (259u64 << 8) | (300 & 0xff) | ((300u64 & !0xff) << 12);
-        assert_eq!(fuse_rdev(glibc), (300 & 0xff) | (259 << 8) | ((300 & !0xff) << 12));
+        assert_eq!(
+            fuse_rdev(glibc),
+            (300 & 0xff) | (259 << 8) | ((300 & !0xff) << 12)
+        );
     }
 
     #[test]

@@ -228,14 +228,17 @@ mod tests {
     use std::collections::BTreeMap;
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-    /// A tiny in-memory tree: inode -> (kind, parent, children or content).
+    /// One in-memory inode: kind, parent, children, content (or link target).
+    type Node = (FileKind, Ino, Vec<(Vec<u8>, Ino)>, Vec<u8>);
+
+    /// A tiny in-memory tree.
     struct Mem {
-        nodes: BTreeMap<Ino, (FileKind, Ino, Vec<(Vec<u8>, Ino)>, Vec<u8>)>,
+        nodes: BTreeMap<Ino, Node>,
     }
 
     impl Mem {
         /// `spec`: (ino, parent, name, kind, content or link target); inode 2 is the root.
-        fn new(spec: &[(Ino, Ino, &str, FileKind, &str)]) -> Arc<dyn FileSystem> {
+        fn build(spec: &[(Ino, Ino, &str, FileKind, &str)]) -> Arc<dyn FileSystem> {
             let mut nodes = BTreeMap::new();
             nodes.insert(2, (FileKind::Dir, 2, vec![], vec![]));
             for &(ino, parent, name, kind, data) in spec {
@@ -248,7 +251,7 @@ mod tests {
             }
             Arc::new(Mem { nodes })
         }
-        fn node(&self, ino: Ino) -> Result<&(FileKind, Ino, Vec<(Vec<u8>, Ino)>, Vec<u8>)> {
+        fn node(&self, ino: Ino) -> Result<&Node> {
             self.nodes
                 .get(&ino)
                 .ok_or_else(|| errno_error("mem", errno::ENOENT))
@@ -288,7 +291,12 @@ mod tests {
                 blksize: 4096,
             })
         }
-        fn readdir(&self, ino: Ino, offset: u64, f: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
+        fn readdir(
+            &self,
+            ino: Ino,
+            offset: u64,
+            f: &mut dyn FnMut(DirEntry) -> bool,
+        ) -> Result<()> {
             let n = self.node(ino)?;
             let mut all = vec![(b".".to_vec(), ino), (b"..".to_vec(), n.1)];
             all.extend(n.2.iter().cloned());
@@ -329,7 +337,7 @@ mod tests {
 
     fn tree() -> Stack {
         use FileKind::*;
-        let root = Mem::new(&[
+        let root = Mem::build(&[
             (10, 2, "etc", Dir, ""),
             (11, 10, "hostname", File, "rootfs\n"),
             (12, 2, "boot", Dir, ""),
@@ -337,7 +345,7 @@ mod tests {
             (14, 2, "kernel", Symlink, "boot/vmlinuz"),
             (15, 2, "up", Symlink, "/boot/../etc/hostname"),
         ]);
-        let boot = Mem::new(&[
+        let boot = Mem::build(&[
             (10, 2, "vmlinuz", File, "kernel image"),
             (11, 2, "grub", Dir, ""),
             (12, 11, "esc", Symlink, "../../../etc/hostname"),
@@ -385,10 +393,13 @@ mod tests {
     #[test]
     fn bad_mountpoints_and_inodes() {
         let mut s = tree();
-        let fs = Mem::new(&[]);
+        let fs = Mem::build(&[]);
         let e = s.mount(b"/nope", fs.clone()).unwrap_err().to_string();
         assert!(e.contains("mountpoint /nope does not exist"), "{e}");
-        let e = s.mount(b"/etc/hostname", fs.clone()).unwrap_err().to_string();
+        let e = s
+            .mount(b"/etc/hostname", fs.clone())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is not a directory"), "{e}");
         assert!(s.mount(b"boot", fs.clone()).is_err());
         assert!(s.getattr(7 << LAYER_SHIFT).is_err());

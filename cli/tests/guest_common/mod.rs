@@ -23,7 +23,8 @@ pub const SWAP_UUID: &str = "c0ffee00-1234-4abc-8def-0123456789ab";
 pub const PV_UUID: &str = "Pv0000-aaaa-bbbb-cccc-dddd-eeee-ffff00";
 pub const HOSTNAME: &str = "centos7-template.example.com";
 /// The guest's /etc/passwd: nothing like the host's, so a read that escaped to the host shows.
-pub const GUEST_PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nguestonly:x:1000:1000::/home/guestonly:/bin/bash\n";
+pub const GUEST_PASSWD: &str =
+    "root:x:0:0:root:/root:/bin/bash\nguestonly:x:1000:1000::/home/guestonly:/bin/bash\n";
 
 /// Runs `script` with bash -e; panics with its output when it fails. Returns stdout.
 pub fn sh(script: &str) -> String {
@@ -151,7 +152,7 @@ pub fn mount_source(dir: &Path) -> Option<String> {
         })
         .filter(|(mp, _)| Path::new(mp) == dir)
         .map(|(_, s)| s)
-        .last()
+        .next_back()
 }
 
 /// The guest disk and everything the tests compare it with.
@@ -232,7 +233,11 @@ fn root_tree(t: &Path) {
     );
     std::os::unix::fs::symlink("centos-release", t.join("etc/redhat-release")).unwrap();
     std::os::unix::fs::symlink("centos-release", t.join("etc/system-release")).unwrap();
-    write(&t.join("etc/hostname"), format!("{HOSTNAME}\n").as_bytes(), 0o644);
+    write(
+        &t.join("etc/hostname"),
+        format!("{HOSTNAME}\n").as_bytes(),
+        0o644,
+    );
     write(
         &t.join("etc/sysconfig/network"),
         b"# Created by anaconda\nNETWORKING=yes\n",
@@ -245,7 +250,11 @@ fn root_tree(t: &Path) {
         0o644,
     );
     write(&t.join("etc/passwd"), GUEST_PASSWD.as_bytes(), 0o644);
-    write(&t.join("etc/shadow"), b"root:!!:19000:0:99999:7:::\n", 0o000);
+    write(
+        &t.join("etc/shadow"),
+        b"root:!!:19000:0:99999:7:::\n",
+        0o000,
+    );
     write(&t.join("etc/hosts"), b"127.0.0.1 localhost\n", 0o644);
     // Symlinks: absolute (to the guest's /etc/passwd), relative escaping the root, slow
     // (longer than the 60 bytes an inode holds), dangling.
@@ -266,7 +275,11 @@ fn root_tree(t: &Path) {
     // Binary files: random, empty, odd size, one spanning many extents' worth of blocks.
     write(&t.join("usr/lib/random.bin"), &noise(1, 300_001), 0o644);
     write(&t.join("usr/lib/empty"), b"", 0o644);
-    write(&t.join("usr/lib/big.bin"), &noise(2, 3 * MIB as usize + 17), 0o640);
+    write(
+        &t.join("usr/lib/big.bin"),
+        &noise(2, 3 * MIB as usize + 17),
+        0o640,
+    );
     write(&t.join("usr/bin/suid-tool"), &noise(3, 4096), 0o4755);
     write(&t.join("home/guestonly/.bashrc"), b"# guest user\n", 0o600);
     sh(&format!(
@@ -304,8 +317,16 @@ fn boot_tree(t: &Path) {
         b"set default=0\nmenuentry 'CentOS Linux' { linux16 /vmlinuz root=/dev/mapper/centos-root }\n",
         0o644,
     );
-    write(&t.join("vmlinuz-3.10.0-1160.el7.x86_64"), &noise(4, 200_000), 0o755);
-    write(&t.join("config-3.10.0-1160.el7.x86_64"), b"CONFIG_EXT4_FS=y\n", 0o644);
+    write(
+        &t.join("vmlinuz-3.10.0-1160.el7.x86_64"),
+        &noise(4, 200_000),
+        0o755,
+    );
+    write(
+        &t.join("config-3.10.0-1160.el7.x86_64"),
+        b"CONFIG_EXT4_FS=y\n",
+        0o644,
+    );
 }
 
 fn vg_text(p2_sectors: u64, pe_count: u64) -> String {
@@ -359,10 +380,7 @@ pub fn centos_disk() -> CentosDisk {
          | sfdisk -q {0}",
         raw.display()
     ));
-    let parts = sh(&format!(
-        "sfdisk -J {} | tr -d ' \\n'",
-        raw.display()
-    ));
+    let parts = sh(&format!("sfdisk -J {} | tr -d ' \\n'", raw.display()));
     // "start":N,"size":M for each partition, in order.
     let nums: Vec<u64> = parts
         .split(['{', '}', ','])
@@ -428,7 +446,10 @@ pub fn centos_disk() -> CentosDisk {
             .parse()
             .unwrap();
         let size: u64 = f[1].parse().unwrap();
-        lvs.insert(f[0].to_string(), (p2_start + pe_start + first * 4 * MIB, size));
+        lvs.insert(
+            f[0].to_string(),
+            (p2_start + pe_start + first * 4 * MIB, size),
+        );
     }
     let (root, swap) = (lvs["root"], lvs["swap"]);
     sh(&format!(
@@ -499,7 +520,12 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
             if ft.is_dir() {
                 todo.push(p.clone());
             }
-            let rel = p.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
             out.insert(
                 rel,
                 Entry {
@@ -527,7 +553,11 @@ pub fn assert_same_tree(
         let o = ours
             .get(p)
             .unwrap_or_else(|| panic!("{what}: {name} is missing"));
-        assert_eq!(o.mode, w.mode, "{what}: {name}: mode {:o} vs {:o}", o.mode, w.mode);
+        assert_eq!(
+            o.mode, w.mode,
+            "{what}: {name}: mode {:o} vs {:o}",
+            o.mode, w.mode
+        );
         assert_eq!((o.uid, o.gid), (w.uid, w.gid), "{what}: {name}: owner");
         assert_eq!(o.mtime, w.mtime, "{what}: {name}: mtime");
         assert_eq!(o.size, w.size, "{what}: {name}: size");

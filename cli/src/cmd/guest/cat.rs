@@ -5,7 +5,9 @@ use std::io::Write;
 
 use vdisk_guestfs::fs::{errno, errno_error, FileKind};
 
-use super::{guest_path, open_disks, open_tree, output_result, path_error, stdout, DiskArgs, MountSelect};
+use super::{
+    guest_path, open_disks, open_tree, output_result, path_error, stdout, DiskArgs, MountSelect,
+};
 use crate::CmdResult;
 
 /// Bytes read from the guest per call.
@@ -40,7 +42,9 @@ pub fn run(a: CatArgs) -> CmdResult {
             .map_err(|e| path_error(&path, e))?;
         let mut off = 0u64;
         loop {
-            let n = fs.read(ino, off, &mut buf).map_err(|e| path_error(&path, e))?;
+            let n = fs
+                .read(ino, off, &mut buf)
+                .map_err(|e| path_error(&path, e))?;
             if n == 0 {
                 break;
             }
@@ -52,4 +56,3 @@ pub fn run(a: CatArgs) -> CmdResult {
     }
     output_result(out.flush())
 }
-

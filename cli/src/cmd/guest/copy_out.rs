@@ -59,12 +59,19 @@ pub fn run(mut a: CopyOutArgs) -> CmdResult {
             .resolve(&path, false)
             .map_err(|e| path_error(&path, e))?;
         let attr = tree.getattr(ino).map_err(|e| path_error(&path, e))?;
-        let name = path.rsplit(|&b| b == b'/').find(|c| !c.is_empty() && *c != b"." && *c != b"..");
+        let name = path
+            .rsplit(|&b| b == b'/')
+            .find(|c| !c.is_empty() && *c != b"." && *c != b"..");
         match (name, attr.kind) {
             // "/" (or a path of only dots and slashes): the directory's contents go into
             // HOSTDIR itself, as virt-copy-out does for "/".
             (None, FileKind::Dir) => c.dir_contents(ino, &path, &host, 0)?,
-            (None, _) => return Err(Failure::new(format!("{}: no file name", p.to_string_lossy()))),
+            (None, _) => {
+                return Err(Failure::new(format!(
+                    "{}: no file name",
+                    p.to_string_lossy()
+                )))
+            }
             (Some(n), _) => c.copy(ino, &attr, &path, &host.join(OsStr::from_bytes(n)), 0)?,
         }
     }
@@ -77,7 +84,14 @@ struct Copier<'a> {
 }
 
 impl Copier<'_> {
-    fn copy(&mut self, ino: Ino, attr: &Attr, gpath: &[u8], dest: &Path, depth: usize) -> Result<(), Failure> {
+    fn copy(
+        &mut self,
+        ino: Ino,
+        attr: &Attr,
+        gpath: &[u8],
+        dest: &Path,
+        depth: usize,
+    ) -> Result<(), Failure> {
         if depth > MAX_DEPTH {
             return Err(Failure::new(format!(
                 "{}: directories nested deeper than {MAX_DEPTH}",
@@ -111,7 +125,10 @@ impl Copier<'_> {
                 let mut buf = vec![0u8; CHUNK.min(attr.size.max(1) as usize)];
                 let mut off = 0u64;
                 loop {
-                    let n = self.fs.read(ino, off, &mut buf).map_err(|e| path_error(gpath, e))?;
+                    let n = self
+                        .fs
+                        .read(ino, off, &mut buf)
+                        .map_err(|e| path_error(gpath, e))?;
                     if n == 0 {
                         break;
                     }
@@ -140,7 +157,13 @@ impl Copier<'_> {
         self.set_meta(dest, attr).map_err(herr)
     }
 
-    fn dir_contents(&mut self, ino: Ino, gpath: &[u8], dest: &Path, depth: usize) -> Result<(), Failure> {
+    fn dir_contents(
+        &mut self,
+        ino: Ino,
+        gpath: &[u8],
+        dest: &Path,
+        depth: usize,
+    ) -> Result<(), Failure> {
         let mut entries = self.fs.readdir_all(ino).map_err(|e| path_error(gpath, e))?;
         entries.retain(|e| e.name != "." && e.name != "..");
         entries.sort_by(|x, y| x.name.as_bytes().cmp(y.name.as_bytes()));
@@ -158,7 +181,13 @@ impl Copier<'_> {
                 )));
             }
             let attr = self.fs.getattr(e.ino).map_err(|x| path_error(&child, x))?;
-            self.copy(e.ino, &attr, &child, &dest.join(OsStr::from_bytes(name)), depth)?;
+            self.copy(
+                e.ino,
+                &attr,
+                &child,
+                &dest.join(OsStr::from_bytes(name)),
+                depth,
+            )?;
         }
         Ok(())
     }
@@ -193,7 +222,12 @@ impl Copier<'_> {
         // SAFETY: `c` is a valid C path and `ts` two initialised timespecs, both alive for the
         // call; AT_SYMLINK_NOFOLLOW sets a symlink's own times rather than its target's.
         let r = unsafe {
-            libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                ts.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
         };
         if r != 0 {
             return Err(io::Error::last_os_error());

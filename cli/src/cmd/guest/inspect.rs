@@ -75,7 +75,12 @@ fn human(os: &OsInfo) -> String {
         s.push_str(&format!("  {:<20}{v}\n", format!("{k}:")));
     }
     s.push_str("  Mountpoints:\n");
-    let w = os.mountpoints.iter().map(|(m, _)| m.len()).max().unwrap_or(0);
+    let w = os
+        .mountpoints
+        .iter()
+        .map(|(m, _)| m.len())
+        .max()
+        .unwrap_or(0);
     for (m, d) in &os.mountpoints {
         s.push_str(&format!("    {m:<w$}  {d}\n"));
     }

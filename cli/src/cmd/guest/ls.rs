@@ -6,7 +6,9 @@ use std::os::unix::ffi::OsStrExt;
 
 use vdisk_guestfs::fs::{Attr, FileKind, FileSystem, Ino};
 
-use super::{guest_path, open_disks, open_tree, output_result, path_error, stdout, DiskArgs, MountSelect};
+use super::{
+    guest_path, open_disks, open_tree, output_result, path_error, stdout, DiskArgs, MountSelect,
+};
 use crate::{CmdResult, Failure};
 
 /// How deep `-R` descends: a bound against hostile directory graphs (hard-linked directory

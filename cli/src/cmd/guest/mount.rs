@@ -74,7 +74,13 @@ pub fn run(mut a: MountArgs) -> CmdResult {
                 a.mountdir.display()
             )))
         }
-        Err(e) => return Err(Failure::new(format!("{}: {}", a.mountdir.display(), os_text(&e)))),
+        Err(e) => {
+            return Err(Failure::new(format!(
+                "{}: {}",
+                a.mountdir.display(),
+                os_text(&e)
+            )))
+        }
     }
     // The serving process leaves the current directory: keep its paths absolute.
     a.mountdir = std::fs::canonicalize(&a.mountdir)

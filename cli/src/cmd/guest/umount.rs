@@ -71,7 +71,9 @@ pub fn run(a: UmountArgs) -> CmdResult {
         )));
     }
     // Take hold of the server before unmounting, so its pid cannot be reused meanwhile.
-    let server = entry.vdisk_pid().and_then(|pid| pidfd_open(pid).ok().map(|fd| (pid, fd)));
+    let server = entry
+        .vdisk_pid()
+        .and_then(|pid| pidfd_open(pid).ok().map(|fd| (pid, fd)));
     unmount(&dir, a.retry)?;
     if let Some((pid, fd)) = server {
         if !wait_exit(&fd, Duration::from_secs(a.timeout))? {
