@@ -22,7 +22,7 @@ use vdisk::guest::{self, GuestDisks, MountSpec};
 use vdisk::OpenOptions;
 use vdisk_guestfs::fs::FileSystem;
 
-use crate::cmd::{open_image, parse_format};
+use crate::cmd::parse_format;
 use crate::Failure;
 
 /// The disks of the guest: `-a IMAGE…` and `--format`.
@@ -60,11 +60,20 @@ pub fn open_disks(d: &DiskArgs) -> Result<GuestDisks, Failure> {
         read_only: true,
         ..OpenOptions::default()
     };
-    let images = d
-        .add
-        .iter()
-        .map(|p| open_image(p, &opts))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut images = Vec::with_capacity(d.add.len());
+    for p in &d.add {
+        let img = vdisk::open(p, &opts)?;
+        for layer in img.chain().filter(|l| l.probed) {
+            warn(&format!(
+                "the format of '{}' was not given; probing guessed {}. Probing is unsafe for \
+                 images from untrusted sources: pass --format (or record the backing format \
+                 with -F)",
+                layer.filename.display(),
+                layer.format
+            ));
+        }
+        images.push(img);
+    }
     let disks = GuestDisks::from_images(images)?;
     for w in disks.guest.warnings() {
         warn(w);
