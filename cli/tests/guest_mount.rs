@@ -6,6 +6,7 @@
 mod guest_common;
 
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use guest_common::*;
@@ -72,10 +73,24 @@ fn stacked_mount_serves_every_file_and_umount_waits_for_the_server() {
     // Every file of the root tree (bytes, modes, owners, mtimes, link targets), through FUSE,
     // as a kernel loop mount of the same LV shows it; /boot from the second filesystem.
     let kmnt = d.path("kernel-root");
-    let kernel = {
+    let (kernel, kernel_xattrs) = {
         let _k = KernelMount::loop_ro(&d.raw, d.root.0, d.root.1, &kmnt);
-        snapshot(&kmnt)
+        let s = snapshot(&kmnt);
+        let x: Vec<_> = s
+            .keys()
+            .map(|p| xattrs(&kmnt.join(std::ffi::OsStr::from_bytes(p))))
+            .collect();
+        (s, x)
     };
+    // Extended attributes (SELinux labels included) as the kernel reads them.
+    for (p, want) in kernel.keys().zip(&kernel_xattrs) {
+        let got = xattrs(&mnt.join(std::ffi::OsStr::from_bytes(p)));
+        assert_eq!(&got, want, "xattrs of {}", String::from_utf8_lossy(p));
+    }
+    assert_eq!(
+        xattrs(&mnt.join("etc/hostname"))[&b"user.vdisk".to_vec()],
+        b"hello"
+    );
     let mut ours = snapshot(&mnt);
     let boot: Vec<Vec<u8>> = ours
         .keys()

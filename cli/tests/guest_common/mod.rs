@@ -301,6 +301,14 @@ fn root_tree(t: &Path) {
         std::ffi::OsStr::from_bytes(b"caf\xe9")
     };
     write(&t.join("var/odd names").join(latin1), b"latin1\n", 0o644);
+    // Extended attributes: an SELinux label as CentOS has on every file, and a user one.
+    set_xattr(
+        &t.join("etc/hostname"),
+        "security.selinux",
+        b"system_u:object_r:etc_t:s0\0",
+    );
+    set_xattr(&t.join("etc/hostname"), "user.vdisk", b"hello");
+    set_xattr(&t.join("usr/lib/random.bin"), "user.big", &noise(5, 300));
     // The mountpoint of /boot, and other empty directories.
     fs::create_dir_all(t.join("boot")).unwrap();
     fs::create_dir_all(t.join("mnt")).unwrap();
@@ -309,6 +317,60 @@ fn root_tree(t: &Path) {
         "find {} -exec touch -h -d '2021-03-04 05:06:07.123456789' {{}} +",
         t.display()
     ));
+}
+
+fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: both strings are NUL-terminated and alive for the call; value is a valid slice.
+    let r = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr {p:?}: {}", std::io::Error::last_os_error());
+}
+
+/// The extended attributes of `p` (not following a symlink), name -> value.
+pub fn xattrs(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut names = vec![0u8; 65536];
+    // SAFETY: the path is NUL-terminated; the buffer is valid for its length.
+    let n = unsafe { libc::llistxattr(path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    assert!(
+        n >= 0,
+        "listxattr {p:?}: {}",
+        std::io::Error::last_os_error()
+    );
+    names.truncate(n as usize);
+    let mut out = BTreeMap::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cname = std::ffi::CString::new(name).unwrap();
+        let mut v = vec![0u8; 65536];
+        // SAFETY: as above; the value buffer is valid for its length.
+        let m = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                cname.as_ptr(),
+                v.as_mut_ptr().cast(),
+                v.len(),
+            )
+        };
+        assert!(
+            m >= 0,
+            "getxattr {p:?}: {}",
+            std::io::Error::last_os_error()
+        );
+        v.truncate(m as usize);
+        out.insert(name.to_vec(), v);
+    }
+    out
 }
 
 fn boot_tree(t: &Path) {
