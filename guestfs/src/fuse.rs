@@ -93,13 +93,15 @@ impl MountConfig {
     pub fn push_option(&mut self, opt: &str) -> Result<(), Error> {
         let o = match opt {
             "" => return Ok(()),
+            // Other users reach the mount: let the kernel enforce the guest's modes and
+            // owners, or anyone could read a guest's /etc/shadow.
             "allow_other" => {
                 self.acl = SessionACL::All;
-                return Ok(());
+                MountOption::DefaultPermissions
             }
             "allow_root" => {
                 self.acl = SessionACL::RootAndOwner;
-                return Ok(());
+                MountOption::DefaultPermissions
             }
             "ro" => {
                 self.read_only = true;
@@ -481,7 +483,10 @@ mod tests {
         c.push_option("noatime").unwrap();
         c.push_option("noatime").unwrap();
         assert_eq!(c.acl, SessionACL::All);
-        assert_eq!(c.options, [MountOption::NoAtime]);
+        assert_eq!(
+            c.options,
+            [MountOption::DefaultPermissions, MountOption::NoAtime]
+        );
         assert!(c.push_option("fsname=x").is_err());
         c.push_option("rw").unwrap();
         assert!(!c.read_only);
