@@ -236,6 +236,74 @@ impl Extensions {
         Ok(ext)
     }
 
+    /// The extension area as qemu writes it, for a version `version` image: backing format,
+    /// external data file, encryption pointer, feature name table (version 3), bitmaps, then
+    /// the end marker. Unknown extensions are not kept (their content was not stored).
+    pub fn to_bytes(&self, version: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut push = |typ: u32, data: &[u8]| {
+            out.extend_from_slice(&typ.to_be_bytes());
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            out.extend_from_slice(data);
+            out.resize(out.len().next_multiple_of(8), 0);
+        };
+        if let Some(f) = &self.backing_format {
+            push(BACKING_FORMAT, f.as_bytes());
+        }
+        if let Some(f) = &self.data_file {
+            push(EXTERNAL_DATA_FILE, f.as_bytes());
+        }
+        if let Some(e) = &self.full_disk_encryption {
+            let mut d = e.offset.to_be_bytes().to_vec();
+            d.extend_from_slice(&e.length.to_be_bytes());
+            push(FULL_DISK_ENCRYPTION, &d);
+        }
+        if version >= 3 && !self.feature_names.is_empty() {
+            let mut d = Vec::new();
+            for f in &self.feature_names {
+                let mut e = [0u8; FEATURE_NAME_ENTRY];
+                e[0] = match f.feature_type {
+                    FeatureType::Incompatible => 0,
+                    FeatureType::Compatible => 1,
+                    FeatureType::Autoclear => 2,
+                };
+                e[1] = f.bit;
+                let n = f.name.len().min(FEATURE_NAME_ENTRY - 2);
+                e[2..2 + n].copy_from_slice(&f.name.as_bytes()[..n]);
+                d.extend_from_slice(&e);
+            }
+            push(FEATURE_NAME_TABLE, &d);
+        }
+        if let Some(b) = &self.bitmaps {
+            let mut d = b.nb_bitmaps.to_be_bytes().to_vec();
+            d.extend_from_slice(&[0; 4]);
+            d.extend_from_slice(&b.bitmap_directory_size.to_be_bytes());
+            d.extend_from_slice(&b.bitmap_directory_offset.to_be_bytes());
+            push(BITMAPS, &d);
+        }
+        push(END, &[]);
+        out
+    }
+
+    /// The feature name table qemu writes into every version 3 image it creates.
+    pub fn qemu_feature_names() -> Vec<FeatureName> {
+        let f = |feature_type, bit, name: &str| FeatureName {
+            feature_type,
+            bit,
+            name: name.to_string(),
+        };
+        vec![
+            f(FeatureType::Incompatible, 0, "dirty bit"),
+            f(FeatureType::Incompatible, 1, "corrupt bit"),
+            f(FeatureType::Incompatible, 2, "external data file"),
+            f(FeatureType::Incompatible, 3, "compression type"),
+            f(FeatureType::Incompatible, 4, "extended L2 entries"),
+            f(FeatureType::Compatible, 0, "lazy refcounts"),
+            f(FeatureType::Autoclear, 0, "bitmaps"),
+            f(FeatureType::Autoclear, 1, "raw external data"),
+        ]
+    }
+
     /// The (bit, name) pairs of incompatible features in the feature name table.
     pub fn incompatible_names(&self) -> Vec<(u8, String)> {
         self.feature_names

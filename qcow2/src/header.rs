@@ -414,6 +414,44 @@ impl Header {
         )))
     }
 
+    /// The header's bytes as stored at offset 0: 72 for version 2, `header_length` for
+    /// version 3 (fields this implementation does not know are written as zeros).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let len = if self.version == 2 {
+            V2_HEADER_LENGTH as usize
+        } else {
+            (self.header_length as usize).max(KNOWN_HEADER_BYTES)
+        };
+        let mut b = vec![0u8; len];
+        let put32 = |b: &mut [u8], at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+        let put64 = |b: &mut [u8], at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+        b[0..4].copy_from_slice(&MAGIC);
+        put32(&mut b, 4, self.version);
+        put64(&mut b, 8, self.backing_file_offset);
+        put32(&mut b, 16, self.backing_file_size);
+        put32(&mut b, 20, self.cluster_bits);
+        put64(&mut b, 24, self.size);
+        put32(&mut b, 32, self.crypt_method);
+        put32(&mut b, 36, self.l1_size);
+        put64(&mut b, 40, self.l1_table_offset);
+        put64(&mut b, 48, self.refcount_table_offset);
+        put32(&mut b, 56, self.refcount_table_clusters);
+        put32(&mut b, 60, self.nb_snapshots);
+        put64(&mut b, 64, self.snapshots_offset);
+        if self.version >= 3 {
+            put64(&mut b, 72, self.incompatible_features);
+            put64(&mut b, 80, self.compatible_features);
+            put64(&mut b, 88, self.autoclear_features);
+            put32(&mut b, 96, self.refcount_order);
+            put32(&mut b, 100, len as u32);
+            b[104] = match self.compression_type {
+                CompressionType::Zlib => 0,
+                CompressionType::Zstd => 1,
+            };
+        }
+        b
+    }
+
     /// "1 << cluster_bits is the cluster size".
     pub fn cluster_size(&self) -> u64 {
         1 << self.cluster_bits

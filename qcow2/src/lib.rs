@@ -74,8 +74,10 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod alloc;
 pub mod bitmap;
 mod cache;
+mod create;
 mod compressed;
 pub mod extension;
 pub mod header;
@@ -84,13 +86,16 @@ mod l2;
 mod refcount;
 pub mod snapshot;
 mod util;
+mod write;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use vdisk_block::{BlockDevice, BlockDeviceExt, Error, Image, MapKind, Mapping, Result};
 
+pub use alloc::ImageFile;
 pub use bitmap::Bitmap;
+pub use create::CreateOptions;
 pub use extension::{Extensions, FeatureName, FeatureType};
 pub use header::{CompressionType, Header};
 pub use info::{BitmapInfo, Qcow2Info};
@@ -115,7 +120,8 @@ const COMPRESSED_CACHE_CLUSTERS: usize = 4;
 /// Which L1 table reads go through: the active one, or a snapshot's.
 #[derive(Debug)]
 struct View {
-    l1: Vec<u64>,
+    /// The L1 table; writers change entries under the metadata lock.
+    l1: RwLock<Vec<u64>>,
     l1_table_offset: u64,
     /// The guest-visible size.
     size: u64,
@@ -139,6 +145,8 @@ pub struct Qcow2 {
     compressed_cache: Lru<[u8]>,
     backing: Option<Arc<dyn Image>>,
     data_file: Option<Arc<dyn BlockDevice>>,
+    /// The write side; `None` for a read-only image.
+    rw: Option<Box<alloc::Rw>>,
 }
 
 impl fmt::Debug for Qcow2 {
@@ -225,7 +233,7 @@ impl Qcow2 {
         let tables = (L2_CACHE_BYTES / header.cluster_size())
             .clamp(MIN_L2_CACHE_TABLES, MAX_L2_CACHE_TABLES) as usize;
         let view = View {
-            l1,
+            l1: RwLock::new(l1),
             l1_table_offset: header.l1_table_offset,
             size: header.size,
             snapshot: None,
@@ -243,6 +251,7 @@ impl Qcow2 {
             compressed_cache: Lru::new(COMPRESSED_CACHE_CLUSTERS),
             backing: None,
             data_file: None,
+            rw: None,
         })
     }
 
@@ -340,8 +349,13 @@ impl Qcow2 {
         } else {
             Vec::new()
         };
+        if self.rw.is_some() {
+            return Err(Error::unsupported(
+                "cannot load a snapshot into an image open read-write",
+            ));
+        }
         self.view = View {
-            l1,
+            l1: RwLock::new(l1),
             l1_table_offset: sn.l1_table_offset,
             size: self.view.size,
             snapshot: Some(index),
@@ -383,10 +397,12 @@ impl Qcow2 {
         if let Some(t) = self.l2_cache.get(l2_offset) {
             return Ok(t);
         }
+        // A writer may have changed and written back this table while we read it: then the
+        // copy is not cached (see cache.rs).
+        let epoch = self.l2_cache.epoch();
         let bytes = read_vec(&*self.file, l2_offset, self.geom.cluster_size(), "L2 table")?;
         let table: Arc<[u64]> = decode_table(&bytes).into();
-        self.l2_cache.insert(l2_offset, Arc::clone(&table));
-        Ok(table)
+        Ok(self.l2_cache.insert_if_absent(l2_offset, table, epoch))
     }
 
     /// Describes the guest bytes from `pos`: one run of at most `max_len` bytes sharing a
@@ -408,9 +424,10 @@ impl Qcow2 {
             .unwrap_or(u64::MAX)
             .min(max_len);
 
+        let l1 = self.view.l1.read().unwrap_or_else(|e| e.into_inner());
         let l1_entry = usize::try_from(l1_index)
             .ok()
-            .and_then(|i| self.view.l1.get(i).copied())
+            .and_then(|i| l1.get(i).copied())
             .unwrap_or(0);
         let l2_offset = l1_entry & L1E_OFFSET_MASK;
         if l2_offset == 0 {
@@ -420,9 +437,7 @@ impl Qcow2 {
             let mut len = limit;
             let mut next = l1_index.saturating_add(1);
             while len < max_len {
-                let entry = usize::try_from(next)
-                    .ok()
-                    .and_then(|i| self.view.l1.get(i).copied());
+                let entry = usize::try_from(next).ok().and_then(|i| l1.get(i).copied());
                 match entry {
                     Some(e) if e & L1E_OFFSET_MASK == 0 => {
                         len = len.saturating_add(span).min(max_len);
@@ -444,6 +459,7 @@ impl Qcow2 {
                 format!("L2 table offset {l2_offset:#x} is not cluster aligned"),
             ));
         }
+        drop(l1);
         let table = self.l2_table(l2_offset)?;
 
         // Both fit in usize: the index is below the table's entry count.
@@ -556,18 +572,20 @@ impl BlockDevice for Qcow2 {
         Ok(())
     }
 
-    fn write_at(&self, _buf: &[u8], _offset: u64) -> Result<()> {
-        Err(Error::unsupported(
-            "writing to qcow2 images is not supported yet (read-only)",
-        ))
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.write_impl(buf, offset)
     }
 
     fn flush(&self) -> Result<()> {
-        Ok(())
+        if self.rw.is_none() {
+            return Ok(());
+        }
+        let mut m = self.lock_meta()?;
+        self.flush_meta(&mut m)
     }
 
     fn is_read_only(&self) -> bool {
-        true
+        self.rw.is_none()
     }
 }
 

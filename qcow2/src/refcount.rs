@@ -14,7 +14,7 @@ use crate::util::read_vec;
 
 /// "Refcount table entry: bits 9-63: bits 9-63 of the offset into the image file at which the
 /// refcount block starts." Bits 0-8 are reserved.
-const REFT_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
+pub(crate) const REFT_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
 
 /// Reads entry `index` of a refcount block.
 pub(crate) fn get_refcount(block: &[u8], index: u64, refcount_order: u32) -> u64 {
@@ -32,6 +32,28 @@ pub(crate) fn get_refcount(block: &[u8], index: u64, refcount_order: u32) -> u64
             block.get(start..start + width).map_or(0, |b| {
                 b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
             })
+        }
+    }
+}
+
+/// Writes entry `index` of a refcount block; `value` must fit in `1 << refcount_order` bits.
+pub(crate) fn set_refcount(block: &mut [u8], index: u64, refcount_order: u32, value: u64) {
+    let bits = 1u64 << refcount_order;
+    match refcount_order {
+        0..=2 => {
+            let per_byte = 8 / bits;
+            let shift = (index % per_byte) * bits;
+            let mask = (((1u64 << bits) - 1) << shift) as u8;
+            if let Some(b) = block.get_mut((index / per_byte) as usize) {
+                *b = (*b & !mask) | (((value << shift) as u8) & mask);
+            }
+        }
+        _ => {
+            let width = (bits / 8) as usize;
+            let start = index as usize * width;
+            if let Some(b) = block.get_mut(start..start + width) {
+                b.copy_from_slice(&value.to_be_bytes()[8 - width..]);
+            }
         }
     }
 }
@@ -99,5 +121,14 @@ mod tests {
         assert_eq!(get_refcount(&[0, 0, 0, 0, 0, 0, 1, 2], 0, 6), 0x102);
         // Past the block: zero, never a panic.
         assert_eq!(get_refcount(&[1], 99, 4), 0);
+        for order in 0..=6 {
+            let mut b = vec![0u8; 64];
+            let max = if order == 6 { u64::MAX } else { (1u64 << (1 << order)) - 1 };
+            set_refcount(&mut b, 3, order, max);
+            set_refcount(&mut b, 4, order, 1);
+            assert_eq!(get_refcount(&b, 3, order), max);
+            assert_eq!(get_refcount(&b, 4, order), 1);
+            assert_eq!(get_refcount(&b, 2, order), 0);
+        }
     }
 }
