@@ -6,9 +6,9 @@
 #![warn(missing_docs)]
 pub mod detect;
 pub mod devices;
-pub mod lvm;
-pub mod partition;
-pub mod stack;
 pub mod ext4;
 pub mod fs;
 pub mod fuse;
+pub mod lvm;
+pub mod partition;
+pub mod stack;
