@@ -69,6 +69,22 @@ pub mod errno {
     pub const EUCLEAN: i32 = 117;
     /// Resource temporarily unavailable.
     pub const EAGAIN: i32 = 11;
+    /// Operation not permitted.
+    pub const EPERM: i32 = 1;
+    /// Argument list too long (an attribute value over the limit).
+    pub const E2BIG: i32 = 7;
+    /// File exists.
+    pub const EEXIST: i32 = 17;
+    /// File too large.
+    pub const EFBIG: i32 = 27;
+    /// No space left on device.
+    pub const ENOSPC: i32 = 28;
+    /// Read-only file system.
+    pub const EROFS: i32 = 30;
+    /// Too many links.
+    pub const EMLINK: i32 = 31;
+    /// Directory not empty.
+    pub const ENOTEMPTY: i32 = 39;
 }
 
 /// An error carrying `code` as its errno, from operation `op`.
@@ -494,4 +510,117 @@ impl FileSystem for ext4::Ext4 {
 fn makedev(major: u32, minor: u32) -> u64 {
     let (ma, mi) = (u64::from(major), u64::from(minor));
     ((ma & 0xffff_f000) << 32) | ((ma & 0xfff) << 8) | ((mi & 0xffff_ff00) << 12) | (mi & 0xff)
+}
+
+/// How [`SetAttr`] sets a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSet {
+    /// The current time (utimensat's UTIME_NOW).
+    Now,
+    /// This time.
+    At(Timestamp),
+}
+
+/// The changes [`FileSystemMut::setattr`] applies: each `Some` field is set, the rest kept
+/// (chmod, chown, truncate, utimens in one call, as FUSE's setattr asks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    /// Permission bits (mode & 0o7777; the file type never changes).
+    pub mode: Option<u32>,
+    /// Owner.
+    pub uid: Option<u32>,
+    /// Group.
+    pub gid: Option<u32>,
+    /// New size of a regular file (truncate: grow with zeros or shrink, freeing blocks).
+    pub size: Option<u64>,
+    /// Access time.
+    pub atime: Option<TimeSet>,
+    /// Modification time.
+    pub mtime: Option<TimeSet>,
+}
+
+/// [`FileSystemMut::rename`] flag: fail with EEXIST when the target exists.
+pub const RENAME_NOREPLACE: u32 = 1;
+/// [`FileSystemMut::rename`] flag: swap the two names (not supported: EINVAL).
+pub const RENAME_EXCHANGE: u32 = 2;
+/// [`FileSystemMut::setxattr`] flag: fail with EEXIST when the attribute exists.
+pub const XATTR_CREATE: u32 = 1;
+/// [`FileSystemMut::setxattr`] flag: fail with ENODATA when the attribute does not exist.
+pub const XATTR_REPLACE: u32 = 2;
+
+/// A guest filesystem that can be changed, as FUSE and the FUSE-less edit commands change it.
+///
+/// Every method is one whole operation under the filesystem's write lock, leaving the
+/// filesystem consistent (`e2fsck -fn` clean) when it returns. Errors carry the errno FUSE
+/// should answer ([`errno`]): ENOENT, EEXIST, ENOTDIR, EISDIR, ENOTEMPTY, ENOSPC, EFBIG,
+/// ENAMETOOLONG, ENODATA, and Unsupported (EOPNOTSUPP) for structures the engine does not
+/// edit. Ownership and permission checks are the caller's (FUSE's `default_permissions`);
+/// new files get exactly the `mode`, `uid` and `gid` given, timestamps are the current time.
+pub trait FileSystemMut: FileSystem {
+    /// Creates regular file `name` in `parent` with permission bits `mode`.
+    fn create(&self, parent: Ino, name: &OsStr, mode: u32, uid: u32, gid: u32) -> Result<Attr>;
+
+    /// Creates directory `name` in `parent`.
+    fn mkdir(&self, parent: Ino, name: &OsStr, mode: u32, uid: u32, gid: u32) -> Result<Attr>;
+
+    /// Creates a special file: `mode` carries the type (S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK,
+    /// or S_IFREG) and permission bits; `rdev` is a device number as glibc's makedev makes it.
+    fn mknod(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr>;
+
+    /// Creates symlink `name` in `parent` pointing at `target` (mode 0777).
+    fn symlink(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        target: &OsStr,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr>;
+
+    /// Adds hard link `newname` in `newparent` to `ino` (not a directory).
+    fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> Result<Attr>;
+
+    /// Removes the non-directory `name` from `parent`; the inode and its blocks are freed with
+    /// its last link.
+    fn unlink(&self, parent: Ino, name: &OsStr) -> Result<()>;
+
+    /// Removes the empty directory `name` from `parent`.
+    fn rmdir(&self, parent: Ino, name: &OsStr) -> Result<()>;
+
+    /// Renames `parent/name` to `newparent/newname`, replacing an existing target (a file by
+    /// a file, an empty directory by a directory) unless `flags` has [`RENAME_NOREPLACE`].
+    fn rename(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        newparent: Ino,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()>;
+
+    /// Writes `data` at `offset` of regular file `ino` (extending it as needed); returns the
+    /// count written (all of it).
+    fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize>;
+
+    /// Applies `changes` to `ino`; returns the new attributes.
+    fn setattr(&self, ino: Ino, changes: &SetAttr) -> Result<Attr>;
+
+    /// Sets extended attribute `name` of `ino` to `value` ([`XATTR_CREATE`],
+    /// [`XATTR_REPLACE`]).
+    fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: u32) -> Result<()>;
+
+    /// Removes extended attribute `name` of `ino` (ENODATA when it has none).
+    fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()>;
+
+    /// Makes every change so far durable: the superblock's clean state and write time, then
+    /// the device's flush. Called by fsync, FUSE's destroy and umount.
+    fn flush(&self) -> Result<()>;
 }

@@ -136,3 +136,55 @@ pub fn compute_checksum(sb: &Superblock, group: u32, raw: &[u8]) -> Option<u16> 
     }
     Some(c)
 }
+
+impl GroupDesc {
+    /// Writes the counts, flags and location fields back into `raw` and re-seals the
+    /// descriptor checksum.
+    pub fn serialize(&mut self, sb: &Superblock) {
+        let big = sb.desc_size >= 64;
+        let b = &mut self.raw;
+        let lo16 = |v: u32| (v as u16).to_le_bytes();
+        let hi16 = |v: u32| ((v >> 16) as u16).to_le_bytes();
+        put(b, 0xC, lo16(self.bg_free_blocks_count));
+        put(b, 0xE, lo16(self.bg_free_inodes_count));
+        put(b, 0x10, lo16(self.bg_used_dirs_count));
+        put(b, 0x12, self.bg_flags.to_le_bytes());
+        put(b, 0x1C, lo16(self.bg_itable_unused));
+        if big {
+            put(b, 0x2C, hi16(self.bg_free_blocks_count));
+            put(b, 0x2E, hi16(self.bg_free_inodes_count));
+            put(b, 0x30, hi16(self.bg_used_dirs_count));
+            put(b, 0x32, hi16(self.bg_itable_unused));
+        }
+        if let Some(c) = compute_checksum(sb, self.group, &self.raw) {
+            self.bg_checksum = c;
+            put(&mut self.raw, BG_CHECKSUM, c.to_le_bytes());
+        }
+    }
+
+    /// Records the metadata_csum checksum of the block bitmap `bitmap` (the first
+    /// blocks-per-group / 8 bytes count).
+    pub fn set_block_bitmap_csum(&mut self, sb: &Superblock, bitmap: &[u8]) {
+        if let Some(seed) = sb.csum_seed {
+            let n = (sb.s_blocks_per_group as usize / 8).min(bitmap.len());
+            let c = crc32c_raw(seed, &bitmap[..n]);
+            put(&mut self.raw, 0x18, (c as u16).to_le_bytes());
+            if sb.desc_size >= 64 {
+                put(&mut self.raw, 0x38, ((c >> 16) as u16).to_le_bytes());
+            }
+        }
+    }
+
+    /// Records the metadata_csum checksum of the inode bitmap `bitmap` (the first
+    /// inodes-per-group / 8 bytes count).
+    pub fn set_inode_bitmap_csum(&mut self, sb: &Superblock, bitmap: &[u8]) {
+        if let Some(seed) = sb.csum_seed {
+            let n = (sb.s_inodes_per_group as usize / 8).min(bitmap.len());
+            let c = crc32c_raw(seed, &bitmap[..n]);
+            put(&mut self.raw, 0x1A, (c as u16).to_le_bytes());
+            if sb.desc_size >= 64 {
+                put(&mut self.raw, 0x3A, ((c >> 16) as u16).to_le_bytes());
+            }
+        }
+    }
+}

@@ -288,3 +288,87 @@ pub fn compute_checksum(fs_seed: u32, ino: u32, raw: &[u8], has_hi: bool) -> u32
     let seed = inode_csum_seed(fs_seed, ino, le32(raw, 0x64));
     crc32c_raw(seed, &r)
 }
+
+impl InodeTime {
+    /// Encodes as the 32-bit seconds field and the `_extra` word (epoch bits, nanoseconds).
+    pub fn encode(self) -> (u32, u32) {
+        let lo = self.secs as i32;
+        let epoch = ((self.secs - i64::from(lo)) >> 32) as u32 & 3;
+        (lo as u32, epoch | (self.nanos.min(999_999_999) << 2))
+    }
+
+    /// The current time.
+    pub fn now() -> InodeTime {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        InodeTime {
+            secs: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        }
+    }
+}
+
+impl Inode {
+    /// Writes the parsed fields back into `raw` and re-seals the checksum (metadata_csum):
+    /// the write side changes fields, then calls this before storing the slot.
+    pub fn serialize(&mut self, sb: &Superblock) {
+        let large = self.raw.len() > EXT4_GOOD_OLD_INODE_SIZE;
+        if large {
+            let extra = self.i_extra_isize.to_le_bytes();
+            put(&mut self.raw, 0x80, extra);
+        }
+        let inode_end = EXT4_GOOD_OLD_INODE_SIZE + usize::from(self.i_extra_isize);
+        let fits = |off: usize| large && off + 4 <= inode_end;
+        let b = &mut self.raw;
+        put(b, 0x0, self.i_mode.to_le_bytes());
+        put(b, 0x2, (self.i_uid as u16).to_le_bytes());
+        put(b, 0x78, ((self.i_uid >> 16) as u16).to_le_bytes());
+        put(b, 0x18, (self.i_gid as u16).to_le_bytes());
+        put(b, 0x7A, ((self.i_gid >> 16) as u16).to_le_bytes());
+        put(b, 0x4, (self.i_size as u32).to_le_bytes());
+        put(b, 0x6C, ((self.i_size >> 32) as u32).to_le_bytes());
+        for (t, base, extra) in [
+            (self.i_atime, 0x8, 0x8C),
+            (self.i_ctime, 0xC, 0x84),
+            (self.i_mtime, 0x10, 0x88),
+        ] {
+            let (s, x) = t.encode();
+            put(b, base, s.to_le_bytes());
+            if fits(extra) {
+                put(b, extra, x.to_le_bytes());
+            }
+        }
+        if let Some(t) = self.i_crtime {
+            let (s, x) = t.encode();
+            if fits(0x90) {
+                put(b, 0x90, s.to_le_bytes());
+            }
+            if fits(0x94) {
+                put(b, 0x94, x.to_le_bytes());
+            }
+        }
+        put(b, 0x14, self.i_dtime.to_le_bytes());
+        put(b, 0x1A, self.i_links_count.to_le_bytes());
+        put(b, 0x1C, (self.i_blocks as u32).to_le_bytes());
+        if sb.has_ro_compat(ro_compat::HUGE_FILE) {
+            put(b, 0x74, ((self.i_blocks >> 32) as u16).to_le_bytes());
+        }
+        put(b, 0x20, self.i_flags.to_le_bytes());
+        b[I_BLOCK..I_BLOCK + I_BLOCK_SIZE].copy_from_slice(&self.i_block);
+        put(b, 0x64, self.i_generation.to_le_bytes());
+        put(b, 0x68, (self.i_file_acl as u32).to_le_bytes());
+        if sb.desc_size >= 64 {
+            put(b, 0x76, ((self.i_file_acl >> 32) as u16).to_le_bytes());
+        }
+        if let Some(seed) = sb.csum_seed {
+            let has_hi = large && 0x84 <= inode_end;
+            let c = compute_checksum(seed, self.ino, &self.raw, has_hi);
+            put(&mut self.raw, 0x7C, (c as u16).to_le_bytes());
+            if has_hi {
+                put(&mut self.raw, 0x82, ((c >> 16) as u16).to_le_bytes());
+            }
+            self.i_checksum = if has_hi { c } else { c & 0xFFFF };
+        }
+    }
+}

@@ -79,6 +79,9 @@ pub struct ReplayInfo {
     pub transactions: u32,
     /// The blocks laid over the filesystem.
     pub overlay: Overlay,
+    /// The sequence number after the last committed transaction (the first one the log does
+    /// not hold), for marking the journal empty once the blocks are written home.
+    pub next_sequence: u32,
 }
 
 /// The parsed journal superblock (`journal_superblock_t`).
@@ -365,6 +368,7 @@ pub fn replay(j: &mut dyn JournalAccess, fs_block_size: u32, fs_blocks: u64) -> 
     let mut info = ReplayInfo {
         transactions: committed.len() as u32,
         overlay: Overlay::new(),
+        next_sequence: seq,
     };
     for (tseq, tags) in committed {
         for t in tags {
@@ -403,4 +407,26 @@ pub fn replay(j: &mut dyn JournalAccess, fs_block_size: u32, fs_blocks: u64) -> 
         }
     }
     Ok(info)
+}
+
+/// Marks a journal superblock (`b`, one block) empty after its transactions were written home,
+/// as jbd2's recovery does: `s_start` = 0 (nothing to replay) and `s_sequence` one past the
+/// last sequence the log may hold, so a stale block left in the log can never pass for a new
+/// transaction. Re-seals the csum v2/v3 checksum.
+pub fn mark_empty(b: &mut [u8], next_sequence: u32) {
+    put(b, 0x18, next_sequence.wrapping_add(1).to_be_bytes());
+    put(b, 0x1C, [0; 4]);
+    let incompat = if be32(b, 4) == JBD2_SUPERBLOCK_V2 {
+        be32(b, 0x28)
+    } else {
+        0
+    };
+    if incompat & (JBD2_FEATURE_INCOMPAT_CSUM_V2 | JBD2_FEATURE_INCOMPAT_CSUM_V3) != 0
+        && b.len() >= JSB_SIZE
+    {
+        let mut copy = b[..JSB_SIZE].to_vec();
+        put(&mut copy, JSB_CHECKSUM, [0; 4]);
+        let c = crc32c_raw(!0, &copy);
+        put(b, JSB_CHECKSUM, c.to_be_bytes());
+    }
 }

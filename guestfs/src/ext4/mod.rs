@@ -13,22 +13,30 @@
 //!
 //! Every structure is validated as it is read; the image is hostile. Metadata blocks are kept
 //! in a bounded cache ([`MAX_CACHE_BYTES`]); file data is read straight from the device.
-//! Writing is not implemented yet: the parsed structures keep their raw bytes and each module
-//! has its checksum function so the write side can change a field and re-seal it.
+//! Writing goes through [`Ext4Rw`] (module `write`): the parsed structures keep their raw bytes,
+//! each module serializes its fields back and re-seals its checksum.
 
 #![forbid(unsafe_code)]
 
+mod alloc;
 pub mod block_map;
 mod bytes;
 pub mod checksum;
 pub mod dir_entry;
+mod dir_write;
+pub mod dx_hash;
 pub mod extent;
+mod filemap;
 pub mod group_descriptor;
 pub mod htree;
 pub mod inode;
 pub mod journal;
 pub mod superblock;
+mod write;
 pub mod xattr;
+mod xattr_write;
+
+pub use write::Ext4Rw;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -111,6 +119,17 @@ impl BlockCache {
         g.map.get(&nr).cloned()
     }
 
+    fn remove(&self, nr: u64) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.map.remove(&nr);
+    }
+
+    fn clear(&self) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.map.clear();
+        g.order.clear();
+    }
+
     fn insert(&self, nr: u64, data: Arc<[u8]>) {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if g.map.insert(nr, data).is_none() {
@@ -130,6 +149,7 @@ pub struct Ext4 {
     sb: Superblock,
     overlay: journal::Overlay,
     replayed_transactions: u32,
+    journal_next_sequence: u32,
     cache: BlockCache,
 }
 
@@ -194,6 +214,7 @@ impl Ext4 {
             sb,
             overlay: journal::Overlay::new(),
             replayed_transactions: 0,
+            journal_next_sequence: 0,
         };
         if fs.sb.has_incompat(incompat::RECOVER) {
             if !opts.replay_journal {
@@ -221,6 +242,7 @@ impl Ext4 {
             let info = journal::replay(&mut reader, fs.sb.block_size, fs.sb.s_blocks_count)?;
             fs.overlay = info.overlay;
             fs.replayed_transactions = info.transactions;
+            fs.journal_next_sequence = info.next_sequence;
             // The journal may hold a newer superblock; geometry must not change.
             let sb = read_superblock(&*fs.dev, &fs.overlay)?;
             if sb.block_size != fs.sb.block_size || sb.s_blocks_count != fs.sb.s_blocks_count {

@@ -649,3 +649,41 @@ impl Superblock {
 pub fn compute_checksum(raw: &[u8; SUPERBLOCK_SIZE]) -> u32 {
     crc32c_raw(!0, &raw[..0x3FC])
 }
+
+/// `s_state`: cleanly unmounted.
+pub const EXT4_VALID_FS: u16 = 0x1;
+
+impl Superblock {
+    /// Writes the fields the write side changes (free counts, state, write time, features)
+    /// back into `raw` and re-seals the checksum with metadata_csum.
+    pub fn serialize(&mut self) {
+        use super::bytes::put;
+        let b = &mut self.raw[..];
+        put(b, 0xC, (self.s_free_blocks_count as u32).to_le_bytes());
+        if self.s_feature_incompat & incompat::BIT64 != 0 {
+            put(
+                b,
+                0x158,
+                ((self.s_free_blocks_count >> 32) as u32).to_le_bytes(),
+            );
+        }
+        put(b, 0x10, self.s_free_inodes_count.to_le_bytes());
+        put(b, 0x3A, self.s_state.to_le_bytes());
+        put(b, 0x30, self.s_wtime.to_le_bytes());
+        if self.s_rev_level >= 1 {
+            put(b, 0x5C, self.s_feature_compat.to_le_bytes());
+            put(b, 0x60, self.s_feature_incompat.to_le_bytes());
+            put(b, 0x64, self.s_feature_ro_compat.to_le_bytes());
+        }
+        if self.csum_seed.is_some() {
+            self.s_checksum = compute_checksum(&self.raw);
+            put(&mut self.raw[..], 0x3FC, self.s_checksum.to_le_bytes());
+        }
+    }
+
+    /// Blocks (or clusters) in group `g`: `s_blocks_per_group`, less for the last group.
+    pub fn blocks_in_group(&self, g: u32) -> u64 {
+        let first = self.group_first_block(g);
+        (self.s_blocks_count - first).min(u64::from(self.s_blocks_per_group))
+    }
+}
