@@ -464,6 +464,37 @@ fn header_fields_out_of_range() {
     open_fails(&lab, "incompat.qcow2", "feature");
 }
 
+/// Refcounts at their maximum (16-bit 0xffff, 64-bit u64::MAX) and a refcount table entry
+/// pointing past the end: nothing a reader needs, so both vdisk and qemu-img read the image
+/// (vdisk's metadata-preallocation heuristic counts refcounts and must not overflow).
+#[test]
+fn refcount_overflow() {
+    let lab = Lab::new();
+    for (name, opts) in [
+        ("rc16.qcow2", "refcount_bits=16"),
+        ("rc64.qcow2", "refcount_bits=64"),
+    ] {
+        let img = lab.qcow2(name, opts);
+        let rt = be64(&img, hdr::REFCOUNT_TABLE_OFFSET) as usize;
+        let block = (be64(&img, rt) & !0x1ff) as usize;
+        let max = format!("max-{name}");
+        lab.patched(&img, &max, |b| b[block..block + 65536].fill(0xff));
+        assert_eq!(like_qemu(&lab, &max), (true, true), "{max}");
+        // Every cluster now looks referenced: qemu's metadata-preallocation test says yes,
+        // and map must print what qemu-img map prints.
+        let ours = succeeds(lab.path(), &["map", "-f", "qcow2", "--output=json", &max]);
+        let theirs = tool_ok(
+            lab.path(),
+            "qemu-img",
+            &["map", "-f", "qcow2", "--output=json", &max],
+        );
+        assert_same_lines(&ours.stdout, &theirs, &max);
+        let eof = format!("rb-eof-{name}");
+        lab.patched(&img, &eof, |b| put64(b, rt, 1 << 50));
+        like_qemu(&lab, &eof);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Compression bombs: a compressed cluster whose stream inflates past one cluster.
 
