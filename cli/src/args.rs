@@ -36,6 +36,14 @@ pub enum Command {
     Compare(CompareArgs),
     /// Copy an image's guest content into a new image.
     Convert(ConvertArgs),
+    /// Check an image for consistency, and repair it with -r (qemu-img check).
+    Check(crate::cmd::check::CheckArgs),
+    /// List, create, apply or delete internal snapshots (qemu-img snapshot).
+    Snapshot(crate::cmd::snapshot::SnapshotArgs),
+    /// Change the virtual size of an image (qemu-img resize).
+    Resize(crate::cmd::resize::ResizeArgs),
+    /// Change format options of an existing image (qemu-img amend).
+    Amend(crate::cmd::amend::AmendArgs),
     /// Mount guest filesystems on a host directory through FUSE (guestmount).
     Mount(crate::cmd::guest::mount::MountArgs),
     /// Unmount a `vdisk mount` and wait for its server to exit (guestunmount).

@@ -75,8 +75,10 @@
 #![forbid(unsafe_code)]
 
 mod alloc;
+pub mod amend;
 pub mod bitmap;
 mod cache;
+pub mod check;
 mod create;
 mod compressed;
 pub mod extension;
@@ -84,7 +86,9 @@ pub mod header;
 mod info;
 mod l2;
 mod refcount;
+mod resize;
 pub mod snapshot;
+mod snapshot_write;
 mod util;
 mod write;
 
@@ -94,12 +98,14 @@ use std::sync::{Arc, RwLock};
 use vdisk_block::{BlockDevice, BlockDeviceExt, Error, Image, MapKind, Mapping, Result};
 
 pub use alloc::ImageFile;
+pub use amend::AmendOptions;
 pub use bitmap::Bitmap;
 pub use create::CreateOptions;
 pub use extension::{Extensions, FeatureName, FeatureType};
 pub use header::{CompressionType, Header};
 pub use info::{BitmapInfo, Qcow2Info};
 pub use snapshot::Snapshot;
+pub use snapshot_write::SnapshotInfo;
 
 use cache::Lru;
 use header::{autoclear, compatible, incompatible, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};

@@ -1,5 +1,7 @@
 //! One module per command; [`run`] dispatches.
 
+pub mod amend;
+pub mod check;
 mod compare;
 mod convert;
 mod create;
@@ -7,6 +9,8 @@ pub mod guest;
 mod info;
 mod map;
 mod progress;
+pub mod resize;
+pub mod snapshot;
 
 use std::path::Path;
 
@@ -22,6 +26,10 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Map(a) => map::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Convert(a) => convert::run(a),
+        Command::Check(a) => check::run(a),
+        Command::Snapshot(a) => snapshot::run(a),
+        Command::Resize(a) => resize::run(a),
+        Command::Amend(a) => amend::run(a),
         Command::Mount(a) => guest::mount::run(a),
         Command::Umount(a) => guest::umount::run(a),
         Command::Filesystems(a) => guest::filesystems::run(a),
