@@ -822,3 +822,390 @@ fn model_ext2() {
 fn model_ext3() {
     property("e3", 64, "mkfs.ext3", &["-T", "default"], 5, 2, 120);
 }
+
+/// Creates `n` empty files named `prefix{i}` in `dir` of `m` through `fs`.
+fn create_many(fs: &Ext4Rw, m: &mut Model, dir: &str, prefix: &str, n: u32) {
+    let d = resolve(fs, dir);
+    for i in 0..n {
+        let name = format!("{prefix}{i}");
+        fs.create(d, OsStr::new(&name), 0o600, 7, 8).unwrap();
+        m.add(
+            format!("{dir}/{name}"),
+            MNode {
+                kind: Kind::File(vec![]),
+                perm: 0o600,
+                uid: 7,
+                gid: 8,
+                xattrs: BTreeMap::new(),
+                mtime: None,
+            },
+        );
+    }
+}
+
+fn is_indexed(fs: &Ext4Rw, path: &str) -> bool {
+    let ino = resolve(fs, path) as u32;
+    let i = fs.engine().live_inode(ino).unwrap();
+    i.has_flag(vdisk_guestfs::ext4::inode::EXT4_INDEX_FL)
+}
+
+/// An htree directory of thousands of entries (built by e2fsck -fyD) takes inserts until its
+/// leaves split, its root gains a level (1 KiB blocks) and interior nodes split.
+fn htree_case(name: &str, args: &[&str], files: u32, more: u32, want_levels: u8) {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir(src.path().join("big")).unwrap();
+    for i in 0..files {
+        std::fs::write(
+            src.path().join(format!("big/file-with-a-longish-name-{i}")),
+            b"",
+        )
+        .unwrap();
+    }
+    let img = mkimg(name, 64, "mkfs.ext4", args, Some(src.path()));
+    let (code, out) = run_status("e2fsck", &["-fyD", img.to_str().unwrap()]);
+    assert!(code <= 1, "e2fsck -fyD: {out}");
+    {
+        let fs = Ext4Rw::open(RwDev::open(&img)).unwrap();
+        assert!(is_indexed(&fs, "big"), "{name}: e2fsck -D built no index");
+        let mut m = model_from_fs(&fs);
+        create_many(&fs, &mut m, "big", "added-entry-", more);
+        // Some removals and renames inside the indexed directory too.
+        let big = resolve(&fs, "big");
+        for i in (0..more).step_by(7) {
+            let n = format!("added-entry-{i}");
+            fs.unlink(big, OsStr::new(&n)).unwrap();
+            m.names.remove(&format!("big/{n}"));
+        }
+        for i in (1..files).step_by(11) {
+            let a = format!("file-with-a-longish-name-{i}");
+            let b = format!("renamed-{i}");
+            fs.rename(big, OsStr::new(&a), big, OsStr::new(&b), 0)
+                .unwrap();
+            let id = m.names.remove(&format!("big/{a}")).unwrap();
+            m.names.insert(format!("big/{b}"), id);
+        }
+        m.gc();
+        assert!(is_indexed(&fs, "big"), "{name}: the index was dropped");
+        let levels = {
+            let e = fs.engine();
+            let i = e.live_inode(resolve(&fs, "big") as u32).unwrap();
+            let vdisk_guestfs::ext4::Run::Data { start, .. } = e.map(&i, 0).unwrap() else {
+                panic!()
+            };
+            e.block(start, &String::new).unwrap()[0x1E]
+        };
+        assert_eq!(levels, want_levels, "{name}: htree levels");
+        fs.flush().unwrap();
+        drop(fs);
+        verify(&img, &m, name);
+    }
+}
+
+#[test]
+fn htree_inserts_4k() {
+    htree_case("htree4k", &["-T", "default", "-N", "16384"], 3000, 4000, 0);
+}
+
+#[test]
+fn htree_inserts_1k_levels() {
+    htree_case("htree1k", &["-b", "1024", "-N", "16384"], 2000, 3500, 1);
+}
+
+/// Many discontiguous writes give a file an extent tree of depth >= 2; writes into an
+/// unwritten (fallocated) extent convert it; truncates shrink the tree again.
+#[test]
+fn extent_tree_depth_and_unwritten() {
+    let img = mkimg("deep", 64, "mkfs.ext4", &["-b", "1024"], None);
+    // An fallocated file (unwritten extents) made by the kernel.
+    let dir = tempfile::tempdir().unwrap().keep();
+    run(
+        "mount",
+        &["-o", "loop", img.to_str().unwrap(), dir.to_str().unwrap()],
+    );
+    let guard = Mount { dir: dir.clone() };
+    run(
+        "fallocate",
+        &["-l", "3000000", dir.join("prealloc").to_str().unwrap()],
+    );
+    drop(guard);
+    let fs = Ext4Rw::open(RwDev::open(&img)).unwrap();
+    let mut m = model_from_fs(&fs);
+    let root = fs.root_ino();
+    fs.create(root, OsStr::new("deep"), 0o644, 0, 0).unwrap();
+    let deep = resolve(&fs, "deep");
+    let mut r = Rng(99);
+    let mut data = Vec::new();
+    // Every other 1 KiB block, in a shuffled order, 900 times: ~900 extents.
+    let mut order: Vec<u64> = (0..900).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, r.below(i as u64 + 1) as usize);
+    }
+    for b in order {
+        let bytes = r.bytes(1024);
+        let off = b * 2048;
+        fs.write(deep, off, &bytes).unwrap();
+        if data.len() < (off + 1024) as usize {
+            data.resize((off + 1024) as usize, 0);
+        }
+        data[off as usize..off as usize + 1024].copy_from_slice(&bytes);
+    }
+    let depth = |fs: &Ext4Rw| {
+        let i = fs.engine().live_inode(deep as u32).unwrap();
+        u16::from_le_bytes([i.i_block[6], i.i_block[7]])
+    };
+    assert!(depth(&fs) >= 2, "depth {}", depth(&fs));
+    // Into the unwritten extent: partial blocks and a run.
+    let pre = resolve(&fs, "prealloc");
+    let Kind::File(pd) = &mut m.nodes.get_mut(&m.names["prealloc"]).unwrap().kind else {
+        panic!()
+    };
+    for (off, len) in [
+        (300_000u64, 100usize),
+        (1_000_000, 50_000),
+        (2_999_990, 10),
+        (5, 3),
+    ] {
+        let bytes = r.bytes(len);
+        fs.write(pre, off, &bytes).unwrap();
+        pd[off as usize..off as usize + len].copy_from_slice(&bytes);
+    }
+    m.add(
+        "deep".into(),
+        MNode {
+            kind: Kind::File(data.clone()),
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            xattrs: BTreeMap::new(),
+            mtime: None,
+        },
+    );
+    fs.flush().unwrap();
+    drop(fs);
+    verify(&img, &m, "deep extents");
+    // Shrink: the tree loses depth; the freed blocks return.
+    let fs = Ext4Rw::open(RwDev::open(&img)).unwrap();
+    let deep = resolve(&fs, "deep");
+    fs.setattr(
+        deep,
+        &SetAttr {
+            size: Some(9000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(depth(&fs) <= 1, "depth {}", depth(&fs));
+    data.truncate(9000);
+    let id = m.names["deep"];
+    m.nodes.get_mut(&id).unwrap().kind = Kind::File(data);
+    fs.flush().unwrap();
+    drop(fs);
+    verify(&img, &m, "deep extents truncated");
+}
+
+const IFCFG: &str = "TYPE=Ethernet\nBOOTPROTO=none\nNAME=eth0\nDEVICE=eth0\nONBOOT=yes\nIPADDR=192.168.122.10\nPREFIX=24\nGATEWAY=192.168.122.1\n";
+const LABEL: &[u8] = b"system_u:object_r:net_conf_t:s0\0";
+const IFCFG_PATH: &str = "etc/sysconfig/network-scripts/ifcfg-eth0";
+
+/// The kernel's view of one file: content and its security.selinux label (python).
+fn kernel_file(img: &Path, path: &str) -> (Vec<u8>, Option<Vec<u8>>) {
+    let dir = tempfile::tempdir().unwrap().keep();
+    run(
+        "mount",
+        &[
+            "-o",
+            "loop,ro",
+            img.to_str().unwrap(),
+            dir.to_str().unwrap(),
+        ],
+    );
+    let guard = Mount { dir: dir.clone() };
+    let p = dir.join(path);
+    let content = std::fs::read(&p).unwrap();
+    let out = run(
+        "python3",
+        &[
+            "-c",
+            "import os,sys\ntry: print(os.getxattr(sys.argv[1], 'security.selinux').hex())\nexcept OSError: print('none')",
+            p.to_str().unwrap(),
+        ],
+    );
+    drop(guard);
+    let out = out.trim();
+    let label = (out != "none").then(|| {
+        (0..out.len() / 2)
+            .map(|i| u8::from_str_radix(&out[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    });
+    (content, label)
+}
+
+/// The seed edit: IPADDR changed in place (overwrite + truncate, the label kept) and
+/// editor-style (new file renamed over the old), on CentOS-7-like and default features.
+#[test]
+fn seed_edit_ifcfg() {
+    for (name, args) in [
+        (
+            "seed-c7",
+            &["-T", "default", "-O", "^metadata_csum,^64bit"][..],
+        ),
+        ("seed-def", &["-T", "default"][..]),
+    ] {
+        let src = tempfile::tempdir().unwrap();
+        let d = src.path().join("etc/sysconfig/network-scripts");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("ifcfg-eth0"), IFCFG).unwrap();
+        std::fs::write(d.join("ifcfg-lo"), "DEVICE=lo\n").unwrap();
+        let img = mkimg(name, 64, "mkfs.ext4", args, Some(src.path()));
+        // The label, set by the kernel as an installer would.
+        let dir = tempfile::tempdir().unwrap().keep();
+        run(
+            "mount",
+            &["-o", "loop", img.to_str().unwrap(), dir.to_str().unwrap()],
+        );
+        let guard = Mount { dir: dir.clone() };
+        run(
+            "python3",
+            &[
+                "-c",
+                "import os,sys\nos.setxattr(sys.argv[1], 'security.selinux', bytes.fromhex(sys.argv[2]))",
+                dir.join(IFCFG_PATH).to_str().unwrap(),
+                &hex(LABEL),
+            ],
+        );
+        drop(guard);
+        // In place, as sed -i's write-back through FUSE would without a rename.
+        let new1 = IFCFG.replace("192.168.122.10", "10.0.0.5");
+        {
+            let fs = Ext4Rw::open(RwDev::open(&img)).unwrap();
+            let ino = resolve(&fs, IFCFG_PATH);
+            assert_eq!(
+                fs.getxattr(ino, OsStr::new("security.selinux"))
+                    .unwrap()
+                    .as_deref(),
+                Some(LABEL)
+            );
+            fs.write(ino, 0, new1.as_bytes()).unwrap();
+            fs.setattr(
+                ino,
+                &SetAttr {
+                    size: Some(new1.len() as u64),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            fs.flush().unwrap();
+        }
+        fsck_clean(&img, &format!("{name}: in place"));
+        let (content, label) = kernel_file(&img, IFCFG_PATH);
+        assert_eq!(content, new1.as_bytes(), "{name}: in-place content");
+        assert_eq!(label.as_deref(), Some(LABEL), "{name}: label lost");
+        // Editor-style: write a new file, copy the label, rename it over the old one.
+        let new2 = new1.replace("10.0.0.5", "172.16.1.200");
+        {
+            let fs = Ext4Rw::open(RwDev::open(&img)).unwrap();
+            let dir = resolve(&fs, "etc/sysconfig/network-scripts");
+            let a = fs
+                .create(dir, OsStr::new(".ifcfg-eth0.swp"), 0o644, 0, 0)
+                .unwrap();
+            fs.write(a.ino, 0, new2.as_bytes()).unwrap();
+            fs.setxattr(a.ino, OsStr::new("security.selinux"), LABEL, 0)
+                .unwrap();
+            fs.rename(
+                dir,
+                OsStr::new(".ifcfg-eth0.swp"),
+                dir,
+                OsStr::new("ifcfg-eth0"),
+                0,
+            )
+            .unwrap();
+            fs.flush().unwrap();
+        }
+        fsck_clean(&img, &format!("{name}: rename over"));
+        let (content, label) = kernel_file(&img, IFCFG_PATH);
+        assert_eq!(content, new2.as_bytes(), "{name}: renamed content");
+        assert_eq!(
+            label.as_deref(),
+            Some(LABEL),
+            "{name}: label on the new file"
+        );
+    }
+}
+
+/// A filesystem whose journal needs recovery is replayed (for real) before the first write.
+#[test]
+fn journal_replayed_then_written() {
+    let img = scratch().join("jw.img");
+    let copy = scratch().join("jw-dirty.img");
+    File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    run(
+        "mkfs.ext4",
+        &["-q", "-F", "-T", "default", img.to_str().unwrap()],
+    );
+    let dir = tempfile::tempdir().unwrap().keep();
+    run(
+        "mount",
+        &[
+            "-o",
+            "loop,data=journal,commit=1",
+            img.to_str().unwrap(),
+            dir.to_str().unwrap(),
+        ],
+    );
+    let guard = Mount { dir: dir.clone() };
+    std::fs::write(
+        dir.join("replayed.txt"),
+        b"only in the journal\n".repeat(300),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.join("newdir")).unwrap();
+    for i in 0..30 {
+        std::fs::write(dir.join(format!("newdir/f{i}")), format!("file {i}\n")).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(3000));
+    run(
+        "cp",
+        &[
+            "--sparse=always",
+            img.to_str().unwrap(),
+            copy.to_str().unwrap(),
+        ],
+    );
+    drop(guard);
+    {
+        let fs = vdisk_guestfs::ext4::Ext4::open(ext4_common::FileDev::open(&copy)).unwrap();
+        assert!(
+            fs.superblock()
+                .has_incompat(vdisk_guestfs::ext4::superblock::incompat::RECOVER),
+            "the copy does not need recovery"
+        );
+    }
+    let fs = Ext4Rw::open(RwDev::open(&copy)).unwrap();
+    let mut m = model_from_fs(&fs);
+    assert!(
+        m.names.contains_key("newdir/f29"),
+        "replayed entries missing"
+    );
+    let nd = resolve(&fs, "newdir");
+    let a = fs
+        .create(nd, OsStr::new("after-replay"), 0o640, 1, 2)
+        .unwrap();
+    fs.write(a.ino, 0, b"written after replay\n").unwrap();
+    fs.unlink(nd, OsStr::new("f3")).unwrap();
+    m.names.remove("newdir/f3");
+    m.gc();
+    m.add(
+        "newdir/after-replay".into(),
+        MNode {
+            kind: Kind::File(b"written after replay\n".to_vec()),
+            perm: 0o640,
+            uid: 1,
+            gid: 2,
+            xattrs: BTreeMap::new(),
+            mtime: None,
+        },
+    );
+    fs.flush().unwrap();
+    drop(fs);
+    verify(&copy, &m, "journal replayed then written");
+}

@@ -235,11 +235,113 @@ impl Ext4 {
         Ok(())
     }
 
-    /// Finds `name` in `dir`'s blocks: (physical block, record offset, previous record offset).
-    fn dir_find(&self, dir: &Inode, name: &[u8]) -> Result<Option<(u64, usize, Option<usize>)>> {
+    /// The leaves of an htree directory that can hold `name` (the one the index names, and
+    /// those after it that continue its hash), or None when the index cannot say (then every
+    /// block must be searched).
+    fn dx_candidates(
+        &self,
+        _dir: &Inode,
+        blocks: &[(u64, u64)],
+        name: &[u8],
+    ) -> Result<Option<Vec<(u64, u64)>>> {
+        let phys = |l: u64| blocks.iter().find(|&&(x, _)| x == l).map(|&(_, p)| p);
+        let Some(root_p) = phys(0) else {
+            return Ok(None);
+        };
+        let root = self.block(root_p, &String::new)?;
+        if htree::classify(&root, 0) != DxKind::Root {
+            return Ok(None);
+        }
+        let hv = u8_at(&root, 0x1C);
+        let levels = u8_at(&root, 0x1E);
+        if levels > 1 || hv > dx_hash::DX_HASH_TEA {
+            return Ok(None);
+        }
+        let version = if self.sb.s_flags & dx_hash::EXT2_FLAGS_UNSIGNED_HASH != 0 {
+            hv + dx_hash::DX_HASH_UNSIGNED_DELTA
+        } else {
+            hv
+        };
+        let Some(h) = dx_hash::dirhash(name, version, &self.sb.s_hash_seed) else {
+            return Ok(None);
+        };
+        let mut b = root;
+        let mut co = 0x20;
+        for level in 0..=levels {
+            let count = usize::from(le16(&b, co + 2));
+            let limit = usize::from(le16(&b, co));
+            if count == 0 || count > limit {
+                return Ok(None);
+            }
+            let mut pos = 0;
+            for i in 1..count {
+                if le32(&b, co + 8 * i) <= h {
+                    pos = i;
+                } else {
+                    break;
+                }
+            }
+            let child = u64::from(le32(&b, co + 8 * pos + 4));
+            if level < levels {
+                let Some(p) = phys(child) else {
+                    return Ok(None);
+                };
+                b = self.block(p, &String::new)?;
+                co = 8;
+                continue;
+            }
+            let mut v = Vec::new();
+            let Some(p) = phys(child) else {
+                return Ok(None);
+            };
+            v.push((child, p));
+            let mut i = pos + 1;
+            loop {
+                if i >= count {
+                    // The continuation could be in the next node: let the caller scan all.
+                    if levels > 0 {
+                        return Ok(None);
+                    }
+                    break;
+                }
+                let eh = le32(&b, co + 8 * i);
+                if eh & !1 != h || eh & 1 == 0 {
+                    break;
+                }
+                let l = u64::from(le32(&b, co + 8 * i + 4));
+                let Some(p) = phys(l) else { return Ok(None) };
+                v.push((l, p));
+                i += 1;
+            }
+            return Ok(Some(v));
+        }
+        Ok(None)
+    }
+
+    /// Finds `name` in directory `dir`: its inode (through the index when it has one).
+    pub(crate) fn dir_lookup(&self, dir: &Inode, name: &[u8]) -> Result<Option<u32>> {
+        if dir.has_flag(EXT4_INLINE_DATA_FL) || !dir.has_flag(EXT4_INDEX_FL) {
+            return self.find_entry(dir, name);
+        }
+        Ok(self.dir_find(dir, name)?.map(|(_, _, _, ino)| ino))
+    }
+
+    /// Finds `name` in `dir`'s blocks: (physical block, record offset, previous record offset,
+    /// inode).
+    fn dir_find(
+        &self,
+        dir: &Inode,
+        name: &[u8],
+    ) -> Result<Option<(u64, usize, Option<usize>, u32)>> {
         let filetype = self.filetype();
         let indexed = dir.has_flag(EXT4_INDEX_FL);
-        for (l, p) in self.dir_blocks(dir)? {
+        let mut blocks = self.dir_blocks(dir)?;
+        if indexed {
+            if let Some(c) = self.dx_candidates(dir, &blocks, name)? {
+                blocks = c;
+            }
+        }
+        for (l, p) in blocks {
             let b = self.block(p, &|| format!("directory inode {} block {l}", dir.ino))?;
             if indexed && htree::classify(&b, l) != DxKind::Leaf {
                 continue;
@@ -248,7 +350,7 @@ impl Ext4 {
             let mut prev = None;
             for r in records(&b, end, filetype)? {
                 if r.ino != 0 && &b[r.at + 8..r.at + 8 + r.name_len] == name {
-                    return Ok(Some((p, r.at, prev)));
+                    return Ok(Some((p, r.at, prev, r.ino)));
                 }
                 prev = Some(r.at);
             }
@@ -258,7 +360,7 @@ impl Ext4 {
 
     /// Removes entry `name` from `dir`; returns the inode it named.
     pub(crate) fn dir_remove(&mut self, dir: &Inode, name: &[u8]) -> Result<u32> {
-        let (p, at, prev) = self
+        let (p, at, prev, _) = self
             .dir_find(dir, name)?
             .ok_or_else(|| crate::fs::errno_error("unlink", crate::fs::errno::ENOENT))?;
         let mut b = self.block(p, &String::new)?.to_vec();
@@ -289,7 +391,7 @@ impl Ext4 {
         ino: u32,
         ft: u8,
     ) -> Result<u32> {
-        let (p, at, _) = self
+        let (p, at, _, _) = self
             .dir_find(dir, name)?
             .ok_or_else(|| crate::fs::errno_error("rename", crate::fs::errno::ENOENT))?;
         let mut b = self.block(p, &String::new)?.to_vec();

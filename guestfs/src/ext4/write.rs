@@ -210,7 +210,7 @@ impl Ext4 {
     }
 
     fn lookup_in(&self, dir: &Inode, name: &[u8]) -> Result<Option<u32>> {
-        self.find_entry(dir, name)
+        self.dir_lookup(dir, name)
     }
 
     /// A fresh in-memory inode `ino` with `mode`, owned by uid:gid, times now.
