@@ -747,7 +747,15 @@ fn verify(img: &Path, m: &Model, what: &str) {
         let path = format!("/{p}");
         let ctx = format!("{what}: ext4-view {p}");
         match &m.nodes[id].kind {
-            Kind::File(d) => assert!(v.read(path.as_str()).unwrap() == *d, "{ctx}"),
+            Kind::File(d) => match v.read(path.as_str()) {
+                Ok(got) => assert!(got == *d, "{ctx}"),
+                // ext4-view 1.x reads a missing indirect block (a hole of an ext2/3 file) as
+                // block 0 and calls it corrupt; the kernel and e2fsck (checked above) agree.
+                Err(e) if format!("{e:?}").contains("BlockRead { block_index: 0,") => {
+                    eprintln!("{ctx}: ext4-view cannot read a sparse block-mapped file");
+                }
+                Err(e) => panic!("{ctx}: {e}"),
+            },
             Kind::Dir => {
                 let n = v.read_dir(path.as_str()).unwrap().count();
                 assert_eq!(n, m.children(p).len() + 2, "{ctx}");
@@ -763,8 +771,35 @@ fn verify(img: &Path, m: &Model, what: &str) {
 
 /// Runs `seqs` sequences of `ops` random operations on a fresh image of each sequence.
 fn property(name: &str, mb: u64, mkfs: &str, args: &[&str], seed: u64, seqs: u32, ops: u32) {
+    property_on(name, mb, mkfs, args, seed, seqs, ops, None)
+}
+
+/// A small tree for images made with `mkfs -d`: files whose maps need indirect blocks on
+/// ext2/3 (single and double), several extents on ext4, a subdirectory, a symlink.
+fn populated_tree() -> tempfile::TempDir {
+    let src = tempfile::tempdir().unwrap();
+    let mut r = Rng(7);
+    std::fs::create_dir_all(src.path().join("etc/sub")).unwrap();
+    std::fs::write(src.path().join("etc/hosts"), b"127.0.0.1 localhost\n").unwrap();
+    std::fs::write(src.path().join("etc/sub/big"), r.bytes(2_300_000)).unwrap();
+    std::fs::write(src.path().join("mid"), r.bytes(200_000)).unwrap();
+    std::os::unix::fs::symlink("etc/hosts", src.path().join("link")).unwrap();
+    src
+}
+
+#[allow(clippy::too_many_arguments)]
+fn property_on(
+    name: &str,
+    mb: u64,
+    mkfs: &str,
+    args: &[&str],
+    seed: u64,
+    seqs: u32,
+    ops: u32,
+    src: Option<&Path>,
+) {
     for s in 0..seqs {
-        let img = mkimg(&format!("{name}-{s}"), mb, mkfs, args, None);
+        let img = mkimg(&format!("{name}-{s}"), mb, mkfs, args, src);
         let mut r = Rng(seed.wrapping_mul(1000).wrapping_add(u64::from(s)) | 1);
         let mut m = Model::default();
         let mut log = Vec::new();
@@ -792,7 +827,7 @@ fn property(name: &str, mb: u64, mkfs: &str, args: &[&str], seed: u64, seqs: u32
 
 #[test]
 fn model_default_features() {
-    property("def4k", 64, "mkfs.ext4", &["-T", "default"], 1, 3, 150);
+    property("def4k", 64, "mkfs.ext4", &["-T", "default"], 1, 5, 200);
 }
 
 #[test]
@@ -803,24 +838,49 @@ fn model_centos7_features() {
         "mkfs.ext4",
         &["-T", "default", "-O", "^metadata_csum,^64bit"],
         2,
-        2,
-        150,
+        4,
+        200,
     );
 }
 
 #[test]
 fn model_1k_blocks() {
-    property("k1", 32, "mkfs.ext4", &["-b", "1024"], 3, 2, 150);
+    property("k1", 32, "mkfs.ext4", &["-b", "1024"], 3, 4, 200);
 }
 
 #[test]
 fn model_ext2() {
-    property("e2", 32, "mkfs.ext2", &["-b", "1024"], 4, 2, 120);
+    property("e2", 32, "mkfs.ext2", &["-b", "1024"], 4, 3, 200);
+}
+
+#[test]
+fn model_populated_ext3_and_ext4() {
+    let src = populated_tree();
+    property_on(
+        "p3",
+        64,
+        "mkfs.ext3",
+        &["-b", "1024"],
+        6,
+        2,
+        200,
+        Some(src.path()),
+    );
+    property_on(
+        "p4",
+        64,
+        "mkfs.ext4",
+        &["-T", "default"],
+        7,
+        2,
+        200,
+        Some(src.path()),
+    );
 }
 
 #[test]
 fn model_ext3() {
-    property("e3", 64, "mkfs.ext3", &["-T", "default"], 5, 2, 120);
+    property("e3", 64, "mkfs.ext3", &["-T", "default"], 5, 3, 200);
 }
 
 /// Creates `n` empty files named `prefix{i}` in `dir` of `m` through `fs`.
