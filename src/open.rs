@@ -296,7 +296,14 @@ fn open_at_depth(
     let (driver, backing) = match format {
         Format::Raw => (Driver::Raw(file.clone()), None),
         Format::Qcow2 => {
-            let mut q = Qcow2::open(file.clone()).map_err(|e| e.with_path(path))?;
+            // The image itself may be written; backing files never are (read_only is
+            // forced below the top of the chain).
+            let mut q = if read_only {
+                Qcow2::open(file.clone())
+            } else {
+                Qcow2::open_rw(file.clone())
+            }
+            .map_err(|e| e.with_path(path))?;
             if let Some(name) = q.data_file_name().map(str::to_owned) {
                 if opts.backing == BackingPolicy::Refuse {
                     return Err(Error::invalid(format!(
@@ -307,7 +314,11 @@ fn open_at_depth(
                 // qemu resolves a relative data file name against the current directory,
                 // not the image's (unlike backing files); we open the same file it would.
                 let data = Arc::new(RawFile::open(&name, &raw_opts)?);
-                q.set_data_file(data.clone());
+                if read_only {
+                    q.set_data_file(data.clone());
+                } else {
+                    q.set_data_file_rw(data.clone());
+                }
                 data_file = Some(data);
             } else if q.needs_data_file() {
                 return Err(Error::corrupt(

@@ -149,7 +149,14 @@ pub(crate) fn header_cluster(h: &mut Header, ext: &Extensions, backing: Option<&
     } else {
         h.to_bytes().len()
     };
-    let area = ext.to_bytes(h.version);
+    let mut area = ext.to_bytes(h.version);
+    let name_len = backing.map_or(0, str::len);
+    if (hlen + area.len() + name_len) as u64 > h.cluster_size() && !ext.feature_names.is_empty() {
+        // qemu leaves the feature name table out when it does not fit (small clusters).
+        let mut lean = ext.clone();
+        lean.feature_names.clear();
+        area = lean.to_bytes(h.version);
+    }
     let name_at = hlen + area.len();
     match backing {
         Some(b) => {
