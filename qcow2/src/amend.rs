@@ -40,7 +40,9 @@ pub fn amend<F: ImageFile + 'static>(file: Arc<F>, opts: &AmendOptions) -> Resul
     let old_version = q.header.version;
     let new_version = opts.version.unwrap_or(old_version);
     if new_version != 2 && new_version != 3 {
-        return Err(Error::invalid(format!("Unknown compatibility level {new_version}")));
+        return Err(Error::invalid(format!(
+            "Unknown compatibility level {new_version}"
+        )));
     }
     if opts.lazy_refcounts == Some(true) && new_version < 3 {
         return Err(Error::invalid(
@@ -124,7 +126,9 @@ pub fn amend<F: ImageFile + 'static>(file: Arc<F>, opts: &AmendOptions) -> Resul
         let ro = Qcow2::open(Arc::clone(&file) as Arc<dyn BlockDevice>)?;
         let res = crate::check::check(&ro, Some((crate::check::Repair::Leaks, &*file)))?;
         if res.corruptions > 0 || res.check_errors > 0 {
-            return Err(Error::corrupt("the rewritten refcount structures are inconsistent"));
+            return Err(Error::corrupt(
+                "the rewritten refcount structures are inconsistent",
+            ));
         }
         drop(ro);
         q = Qcow2::open_rw(Arc::clone(&file))?;
@@ -151,7 +155,9 @@ impl Qcow2 {
             return Err(Error::unsupported("compat=0.10 requires refcount_bits=16"));
         }
         if self.needs_data_file() {
-            return Err(Error::unsupported("Cannot downgrade an image with a data file"));
+            return Err(Error::unsupported(
+                "Cannot downgrade an image with a data file",
+            ));
         }
         let size = self.view.size;
         if self
@@ -159,7 +165,9 @@ impl Qcow2 {
             .iter()
             .any(|s| s.vm_state_size > u64::from(u32::MAX) || s.disk_size != size)
         {
-            return Err(Error::unsupported("Internal snapshots prevent downgrade of image"));
+            return Err(Error::unsupported(
+                "Internal snapshots prevent downgrade of image",
+            ));
         }
         let features = self.header.incompatible_features & !incompatible::DIRTY;
         if features & !incompatible::COMPRESSION_TYPE != 0 {
@@ -195,7 +203,12 @@ impl Qcow2 {
 
     /// Every L1 table: the active one and each snapshot's.
     fn all_l1_tables(&self) -> Result<Vec<Vec<u64>>> {
-        let mut out = vec![self.view.l1.read().unwrap_or_else(|e| e.into_inner()).clone()];
+        let mut out = vec![self
+            .view
+            .l1
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()];
         for s in &self.snapshots {
             out.push(self.read_l1(s.l1_table_offset, s.l1_size)?);
         }
@@ -252,7 +265,11 @@ impl Qcow2 {
                         }
                     }
                     self.rw()?.file.write_at(&zeros, offset)?;
-                    let ne = if l2_refcount == 1 { offset | OFLAG_COPIED } else { offset };
+                    let ne = if l2_refcount == 1 {
+                        offset | OFLAG_COPIED
+                    } else {
+                        offset
+                    };
                     self.set_l2_entry(&mut m, l2, j, ne, 0)?;
                 }
                 self.maybe_flush_meta(&mut m)?;

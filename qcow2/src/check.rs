@@ -30,7 +30,9 @@ use vdisk_block::{BlockDevice, Error, Preallocation, Result};
 use crate::alloc::ImageFile;
 
 use crate::header::{incompatible, MAX_L1_BYTES};
-use crate::l2::{decode_table, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO};
+use crate::l2::{
+    decode_table, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO,
+};
 use crate::refcount::get_refcount;
 use crate::Qcow2;
 
@@ -56,7 +58,6 @@ const BME_TABLE_ENTRY_FLAG_ALL_ONES: u64 = 1;
 /// qemu refuses to check files of more clusters than this (`INT_MAX`): the in-memory array
 /// grows with the file.
 pub const MAX_CHECK_CLUSTERS: u64 = i32::MAX as u64;
-
 
 /// What `-r` allows the check to repair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +158,9 @@ pub fn rebuild_refcounts(q: &Qcow2, file: &dyn ImageFile) -> Result<CheckResult>
 /// image whose references are inconsistent, and a width too small for some refcount.
 pub fn change_refcount_order(q: &Qcow2, file: &dyn ImageFile, new_order: u32) -> Result<()> {
     if new_order > crate::header::MAX_REFCOUNT_ORDER {
-        return Err(Error::invalid("Refcount width must be a power of two and may not exceed 64 bits"));
+        return Err(Error::invalid(
+            "Refcount width must be a power of two and may not exceed 64 bits",
+        ));
     }
     let mut c = Checker::new(q, Some((Repair::All, file)))?;
     // Count at full width first, so that no count overflows.
@@ -172,7 +175,11 @@ pub fn change_refcount_order(q: &Qcow2, file: &dyn ImageFile, new_order: u32) ->
             "the image has inconsistent metadata; repair it with 'check -r all' before changing the refcount width",
         ));
     }
-    let max = if new_order == 6 { u64::MAX } else { (1u64 << (1u32 << new_order)) - 1 };
+    let max = if new_order == 6 {
+        u64::MAX
+    } else {
+        (1u64 << (1u32 << new_order)) - 1
+    };
     let mut narrow = RefArray::new(new_order, c.cluster_bits);
     narrow.resize(wide.len)?;
     for k in 0..wide.len {
@@ -241,7 +248,8 @@ impl RefArray {
         }
         let cs = 1u64 << self.cluster_bits;
         let bytes = ((len << self.order).div_ceil(8)).div_ceil(cs) * cs;
-        let bytes = usize::try_from(bytes).map_err(|_| Error::unsupported("image too large to check"))?;
+        let bytes =
+            usize::try_from(bytes).map_err(|_| Error::unsupported("image too large to check"))?;
         if bytes > self.bytes.len() {
             self.bytes.resize(bytes, 0);
         }
@@ -301,7 +309,12 @@ const CHECK_FRAG_INFO: u32 = 2;
 impl<'a> Checker<'a> {
     fn new(q: &'a Qcow2, repair: Option<(Repair, &'a dyn ImageFile)>) -> Result<Checker<'a>> {
         let h = &q.header;
-        let disk = load_reftable(&*q.file, h.refcount_table_offset, h.refcount_table_clusters, h.cluster_bits)?;
+        let disk = load_reftable(
+            &*q.file,
+            h.refcount_table_offset,
+            h.refcount_table_clusters,
+            h.cluster_bits,
+        )?;
         let csize_shift = 62 - (h.cluster_bits - 8);
         Ok(Checker {
             q,
@@ -485,7 +498,9 @@ impl<'a> Checker<'a> {
         let file_len = self.file.size();
         // "Last cluster of qcow2 image may be semi-allocated, so it may be OK to reference
         // some space after file end but it should be less than one cluster."
-        if i128::from(offset) + i128::from(size) - i128::from(file_len) >= i128::from(self.cluster_size()) {
+        if i128::from(offset) + i128::from(size) - i128::from(file_len)
+            >= i128::from(self.cluster_size())
+        {
             self.msg(format!(
                 "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset {offset:#x} size {size:#x}"
             ));
@@ -500,7 +515,10 @@ impl<'a> Checker<'a> {
             }
             let r = refs.get(k);
             if r == self.refcount_max {
-                self.msg(format!("ERROR: overflow cluster offset={:#x}", k << self.cluster_bits));
+                self.msg(format!(
+                    "ERROR: overflow cluster offset={:#x}",
+                    k << self.cluster_bits
+                ));
                 self.msg("Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing".into());
                 self.res.corruptions += 1;
                 continue;
@@ -533,7 +551,10 @@ impl<'a> Checker<'a> {
         self.check_refcounts_l1(refs, h.l1_table_offset, h.l1_size, CHECK_FRAG_INFO, true)?;
         // snapshots
         if self.data_file && !q.snapshots.is_empty() {
-            self.msg(format!("ERROR {} snapshots in image with data file", q.snapshots.len()));
+            self.msg(format!(
+                "ERROR {} snapshots in image with data file",
+                q.snapshots.len()
+            ));
             self.res.corruptions += 1;
         }
         for sn in &q.snapshots {
@@ -587,7 +608,9 @@ impl<'a> Checker<'a> {
                 continue;
             }
             if e & L1E_RESERVED_MASK != 0 {
-                self.msg(format!("ERROR found L1 entry with reserved bits set: {e:x}"));
+                self.msg(format!(
+                    "ERROR found L1 entry with reserved bits set: {e:x}"
+                ));
                 self.res.corruptions += 1;
             }
             let l2_offset = e & L1E_OFFSET_MASK;
@@ -604,17 +627,29 @@ impl<'a> Checker<'a> {
     }
 
     /// References of one L2 table (`check_refcounts_l2`).
-    fn check_refcounts_l2(&mut self, refs: &mut RefArray, l2_offset: u64, flags: u32, active: bool) -> Result<()> {
+    fn check_refcounts_l2(
+        &mut self,
+        refs: &mut RefArray,
+        l2_offset: u64,
+        flags: u32,
+        active: bool,
+    ) -> Result<()> {
         let cs = self.cluster_size();
         let table = decode_table(&self.read_padded(l2_offset, cs)?);
         let words = if self.extended { 2 } else { 1 };
         let mut next_contiguous = 0u64;
         for i in 0..self.l2_size as usize {
             let entry = table[i * words];
-            let bitmap = if self.extended { table[i * words + 1] } else { 0 };
+            let bitmap = if self.extended {
+                table[i * words + 1]
+            } else {
+                0
+            };
             let kind = self.cluster_type(entry);
             if kind != Kind::Compressed && entry & L2E_STD_RESERVED_MASK != 0 {
-                self.msg(format!("ERROR found l2 entry with reserved bits set: {entry:x}"));
+                self.msg(format!(
+                    "ERROR found l2 entry with reserved bits set: {entry:x}"
+                ));
                 self.res.corruptions += 1;
             }
             match kind {
@@ -627,7 +662,9 @@ impl<'a> Checker<'a> {
                         self.res.corruptions += 1;
                     }
                     if self.data_file {
-                        self.msg(format!("ERROR compressed cluster {i} with data file, entry={entry:#x}"));
+                        self.msg(format!(
+                            "ERROR compressed cluster {i} with data file, entry={entry:#x}"
+                        ));
                         self.res.corruptions += 1;
                         continue;
                     }
@@ -670,7 +707,9 @@ impl<'a> Checker<'a> {
                                 "{} offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.",
                                 if fix { "Repairing" } else { "ERROR" }
                             ));
-                            if fix && self.fix_l2_entry_by_zero(l2_offset, i as u64, bitmap, active)? {
+                            if fix
+                                && self.fix_l2_entry_by_zero(l2_offset, i as u64, bitmap, active)?
+                            {
                                 continue;
                             }
                         } else {
@@ -694,7 +733,10 @@ impl<'a> Checker<'a> {
                 Kind::Unallocated => {
                     if bitmap & L2_BITMAP_ALL_ALLOC != 0 {
                         self.res.corruptions += 1;
-                        self.msg("ERROR: Unallocated cluster has non-zero subcluster allocation map".into());
+                        self.msg(
+                            "ERROR: Unallocated cluster has non-zero subcluster allocation map"
+                                .into(),
+                        );
                     }
                 }
             }
@@ -703,7 +745,13 @@ impl<'a> Checker<'a> {
     }
 
     /// Turns an unaligned preallocated zero cluster into a plain zero cluster on disk.
-    fn fix_l2_entry_by_zero(&mut self, l2_offset: u64, index: u64, bitmap: u64, _active: bool) -> Result<bool> {
+    fn fix_l2_entry_by_zero(
+        &mut self,
+        l2_offset: u64,
+        index: u64,
+        bitmap: u64,
+        _active: bool,
+    ) -> Result<bool> {
         let (entry_size, bytes) = if self.extended {
             let mut b = bitmap | (bitmap << 32);
             b &= L2_BITMAP_ALL_ZEROES;
@@ -770,7 +818,8 @@ impl<'a> Checker<'a> {
             for e in table {
                 let offset = e & BME_TABLE_ENTRY_OFFSET_MASK;
                 let bad = e & BME_TABLE_ENTRY_RESERVED_MASK != 0
-                    || (offset != 0 && (e & BME_TABLE_ENTRY_FLAG_ALL_ONES != 0 || offset % cs != 0));
+                    || (offset != 0
+                        && (e & BME_TABLE_ENTRY_FLAG_ALL_ONES != 0 || offset % cs != 0));
                 if bad {
                     self.res.corruptions += 1;
                     continue;
@@ -791,7 +840,9 @@ impl<'a> Checker<'a> {
             let offset = e & REFT_OFFSET_MASK;
             let cluster = offset >> self.cluster_bits;
             if e & REFT_RESERVED_MASK != 0 {
-                self.msg(format!("ERROR refcount table entry {i} has reserved bits set"));
+                self.msg(format!(
+                    "ERROR refcount table entry {i} has reserved bits set"
+                ));
                 self.res.corruptions += 1;
                 *rebuild = true;
                 continue;
@@ -872,7 +923,11 @@ impl<'a> Checker<'a> {
             self.disk.blocks.insert(t, (b, false));
         }
         let (b, _) = &self.disk.blocks[&t];
-        Ok(get_refcount(b, cluster & ((1 << rb_bits) - 1), self.refcount_order))
+        Ok(get_refcount(
+            b,
+            cluster & ((1 << rb_bits) - 1),
+            self.refcount_order,
+        ))
     }
 
     /// Changes the on-disk refcount of `cluster` (its block exists: its refcount was read).
@@ -880,7 +935,12 @@ impl<'a> Checker<'a> {
         let rb_bits = self.cluster_bits + 3 - self.refcount_order;
         let t = cluster >> rb_bits;
         if let Some((b, dirty)) = self.disk.blocks.get_mut(&t) {
-            set_packed(b, cluster & ((1 << rb_bits) - 1), self.refcount_order, value);
+            set_packed(
+                b,
+                cluster & ((1 << rb_bits) - 1),
+                self.refcount_order,
+                value,
+            );
             *dirty = true;
         }
     }
@@ -923,7 +983,10 @@ impl<'a> Checker<'a> {
             let r1 = match self.disk_refcount(i) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.msg(format!("Can't get refcount for cluster {i}: {}", e.message()));
+                    self.msg(format!(
+                        "Can't get refcount for cluster {i}: {}",
+                        e.message()
+                    ));
                     self.res.check_errors += 1;
                     continue;
                 }
@@ -1019,7 +1082,10 @@ impl<'a> Checker<'a> {
                         l1_entry & !OFLAG_COPIED
                     };
                     let w = self.wfile()?;
-                    if let Err(e) = w.write_at(&fixed.to_be_bytes(), l1_offset + i as u64 * 8).and_then(|()| w.flush()) {
+                    if let Err(e) = w
+                        .write_at(&fixed.to_be_bytes(), l1_offset + i as u64 * 8)
+                        .and_then(|()| w.flush())
+                    {
                         self.res.check_errors += 1;
                         return Err(e);
                     }
@@ -1050,7 +1116,11 @@ impl<'a> Checker<'a> {
                         if repair { "Repairing" } else { "ERROR" }
                     ));
                     if repair {
-                        table[j * words] = if refcount == 1 { e | OFLAG_COPIED } else { e & !OFLAG_COPIED };
+                        table[j * words] = if refcount == 1 {
+                            e | OFLAG_COPIED
+                        } else {
+                            e & !OFLAG_COPIED
+                        };
                         dirty += 1;
                     }
                 }
@@ -1121,7 +1191,13 @@ impl<'a> Checker<'a> {
     /// Writes the refcount blocks covering clusters `[first, end)` that hold a non-zero
     /// refcount, allocating them in `refs` (`rebuild_refcounts_write_refblocks`). Returns
     /// whether the refcount table had to grow.
-    fn write_refblocks(&mut self, refs: &mut RefArray, first: u64, mut end: u64, reftable: &mut Vec<u64>) -> Result<bool> {
+    fn write_refblocks(
+        &mut self,
+        refs: &mut RefArray,
+        first: u64,
+        mut end: u64,
+        reftable: &mut Vec<u64>,
+    ) -> Result<bool> {
         let rb_bits = self.cluster_bits + 3 - self.refcount_order;
         let per_table_cluster = self.cluster_size() / 8;
         let mut first_free = 0u64;
@@ -1202,12 +1278,19 @@ enum Kind {
 }
 
 /// Reads the refcount table (bounded by the header limit, which the header parser checked).
-fn load_reftable(file: &dyn BlockDevice, offset: u64, clusters: u32, cluster_bits: u32) -> Result<DiskRefcounts> {
+fn load_reftable(
+    file: &dyn BlockDevice,
+    offset: u64,
+    clusters: u32,
+    cluster_bits: u32,
+) -> Result<DiskRefcounts> {
     let len = u64::from(clusters) << cluster_bits;
     let mut buf = vec![0u8; len as usize];
     let size = file.size();
     if offset < size {
-        let avail = usize::try_from(size - offset).unwrap_or(usize::MAX).min(buf.len());
+        let avail = usize::try_from(size - offset)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         file.read_at(&mut buf[..avail], offset)?;
     }
     Ok(DiskRefcounts {

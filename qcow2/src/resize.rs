@@ -23,7 +23,10 @@ impl Qcow2 {
             let Some((len, run)) = self.lookup(pos, size - pos)? else {
                 break;
             };
-            if !matches!(run, crate::l2::Run::Unallocated { host: None } | crate::l2::Run::Zero { host: None }) {
+            if !matches!(
+                run,
+                crate::l2::Run::Unallocated { host: None } | crate::l2::Run::Zero { host: None }
+            ) {
                 return Ok(true);
             }
             pos += len;
@@ -35,7 +38,12 @@ impl Qcow2 {
     /// preallocation mode other than `Off` allocates metadata and data for the new range
     /// (`Metadata` writes tables only; `Falloc` and `Full` also reserve the clusters in the
     /// file). Shrinking discards everything past the new end; it needs `Off`.
-    pub fn resize_image(&mut self, new_size: u64, prealloc: Preallocation, _shrink: bool) -> Result<()> {
+    pub fn resize_image(
+        &mut self,
+        new_size: u64,
+        prealloc: Preallocation,
+        _shrink: bool,
+    ) -> Result<()> {
         self.rw()?;
         if new_size % 512 != 0 {
             return Err(Error::invalid("The new size must be a multiple of 512"));
@@ -45,7 +53,9 @@ impl Qcow2 {
             return Ok(());
         }
         if !self.snapshots.is_empty() && self.header.version < 3 {
-            return Err(Error::unsupported("Can't resize a v2 image which has snapshots"));
+            return Err(Error::unsupported(
+                "Can't resize a v2 image which has snapshots",
+            ));
         }
         let g = self.geom;
         let cs = g.cluster_size();
@@ -55,7 +65,9 @@ impl Qcow2 {
         }
         if new_size < old {
             if prealloc != Preallocation::Off {
-                return Err(Error::invalid("Preallocation can't be used for shrinking an image"));
+                return Err(Error::invalid(
+                    "Preallocation can't be used for shrinking an image",
+                ));
             }
             self.discard_tail(new_size.next_multiple_of(cs), old)?;
             self.shrink_l1(new_l1)?;

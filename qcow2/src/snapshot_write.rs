@@ -23,7 +23,9 @@ use vdisk_block::{BlockDevice, Error, Result};
 
 use crate::alloc::{encode_table, Meta};
 use crate::header::{Header, MAX_SNAPSHOTS};
-use crate::l2::{decode_table, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO};
+use crate::l2::{
+    decode_table, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO,
+};
 use crate::snapshot::{MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOT_TABLE_BYTES};
 use crate::util::{be16, be32, be64, read_vec};
 use crate::Qcow2;
@@ -64,14 +66,25 @@ pub(crate) fn read_raw_table(file: &dyn BlockDevice, h: &Header) -> Result<(Vec<
         let name_len = usize::from(be16(&head, 14));
         let extra_len = be32(&head, 36);
         if extra_len > MAX_SNAPSHOT_EXTRA_DATA {
-            return Err(Error::corrupt_at(at, format!("snapshot {i} has too much extra data")));
+            return Err(Error::corrupt_at(
+                at,
+                format!("snapshot {i} has too much extra data"),
+            ));
         }
         let extra_len = extra_len as usize;
-        let var = read_vec(file, at + ENTRY_HEADER as u64, (extra_len + id_len + name_len) as u64, "snapshot table")?;
+        let var = read_vec(
+            file,
+            at + ENTRY_HEADER as u64,
+            (extra_len + id_len + name_len) as u64,
+            "snapshot table",
+        )?;
         let extra = &var[..extra_len];
         end = at + (ENTRY_HEADER + extra_len + id_len + name_len) as u64;
         if end - h.snapshots_offset > MAX_SNAPSHOT_TABLE_BYTES {
-            return Err(Error::corrupt_at(h.snapshots_offset, "snapshot table is too large"));
+            return Err(Error::corrupt_at(
+                h.snapshots_offset,
+                "snapshot table is too large",
+            ));
         }
         out.push(RawEntry {
             l1_table_offset: be64(&head, 0),
@@ -81,9 +94,21 @@ pub(crate) fn read_raw_table(file: &dyn BlockDevice, h: &Header) -> Result<(Vec<
             date_sec: be32(&head, 16),
             date_nsec: be32(&head, 20),
             vm_clock_nsec: be64(&head, 24),
-            vm_state_size: if extra_len >= 8 { be64(extra, 0) } else { u64::from(be32(&head, 32)) },
-            disk_size: if extra_len >= 16 { be64(extra, 8) } else { h.size },
-            icount: if extra_len >= 24 { be64(extra, 16) } else { u64::MAX },
+            vm_state_size: if extra_len >= 8 {
+                be64(extra, 0)
+            } else {
+                u64::from(be32(&head, 32))
+            },
+            disk_size: if extra_len >= 16 {
+                be64(extra, 8)
+            } else {
+                h.size
+            },
+            icount: if extra_len >= 24 {
+                be64(extra, 16)
+            } else {
+                u64::MAX
+            },
             unknown_extra: extra.get(EXTRA_DATA..).unwrap_or_default().to_vec(),
         });
         at = end;
@@ -197,7 +222,9 @@ impl Qcow2 {
                 continue;
             }
             if l2 & (cs - 1) != 0 {
-                return Err(Error::corrupt(format!("L2 table offset {l2:#x} is not cluster aligned")));
+                return Err(Error::corrupt(format!(
+                    "L2 table offset {l2:#x} is not cluster aligned"
+                )));
             }
             let table = self.l2_table(l2)?;
             for i in 0..(1usize << g.l2_bits) {
@@ -242,7 +269,12 @@ impl Qcow2 {
         let g = self.geom;
         let cs = g.cluster_size();
         let words = g.words_per_entry();
-        let l1: Vec<u64> = self.view.l1.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let l1: Vec<u64> = self
+            .view
+            .l1
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for (i, &l1e) in l1.iter().enumerate() {
             let l2 = l1e & L1E_OFFSET_MASK;
             if l2 == 0 {
@@ -263,14 +295,22 @@ impl Qcow2 {
                 } else {
                     0
                 };
-                let ne = if refcount == 1 { e | OFLAG_COPIED } else { e & !OFLAG_COPIED };
+                let ne = if refcount == 1 {
+                    e | OFLAG_COPIED
+                } else {
+                    e & !OFLAG_COPIED
+                };
                 if ne != e {
                     let bm = if g.extended { table[j * words + 1] } else { 0 };
                     self.set_l2_entry(m, l2, j as u64, ne, bm)?;
                 }
             }
             let refcount = self.refcount(m, l2 / cs)?;
-            let ne = if refcount == 1 { l1e | OFLAG_COPIED } else { l1e & !OFLAG_COPIED };
+            let ne = if refcount == 1 {
+                l1e | OFLAG_COPIED
+            } else {
+                l1e & !OFLAG_COPIED
+            };
             if ne != l1e {
                 self.set_l1_entry(m, i as u64, ne)?;
             }
@@ -281,7 +321,9 @@ impl Qcow2 {
     /// Creates an internal snapshot of the current disk state (`qemu-img snapshot -c`).
     pub fn create_snapshot(&mut self, info: &SnapshotInfo) -> Result<()> {
         if self.needs_data_file() {
-            return Err(Error::unsupported("internal snapshots are not supported with an external data file"));
+            return Err(Error::unsupported(
+                "internal snapshots are not supported with an external data file",
+            ));
         }
         if self.snapshots.len() as u64 >= u64::from(MAX_SNAPSHOTS) {
             return Err(Error::unsupported("too many snapshots"));
@@ -296,7 +338,12 @@ impl Qcow2 {
             + 1;
         let (date_sec, date_nsec) = info.date.unwrap_or_else(now);
         let cs = self.geom.cluster_size();
-        let l1: Vec<u64> = self.view.l1.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let l1: Vec<u64> = self
+            .view
+            .l1
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let l1_size = l1.len() as u32;
         let mut m = self.lock_meta()?;
         // Active tables changed in memory must be on disk before we copy and count them.
@@ -342,7 +389,12 @@ impl Qcow2 {
         let mut m = self.lock_meta()?;
         self.update_tree_refcounts(&mut m, &l1, -1)?;
         if sn.l1_size > 0 {
-            self.update_refcount(&mut m, sn.l1_table_offset, (u64::from(sn.l1_size) * 8).next_multiple_of(cs), -1)?;
+            self.update_refcount(
+                &mut m,
+                sn.l1_table_offset,
+                (u64::from(sn.l1_size) * 8).next_multiple_of(cs),
+                -1,
+            )?;
         }
         self.invalidate_caches_clean(&mut m)?;
         self.fix_copied_flags(&mut m)?;
@@ -369,7 +421,12 @@ impl Qcow2 {
         // The snapshot's tree gains its references before the active L1 points to it.
         self.update_tree_refcounts(&mut m, &sn_l1, 1)?;
         self.flush_meta(&mut m)?;
-        let old_l1: Vec<u64> = self.view.l1.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let old_l1: Vec<u64> = self
+            .view
+            .l1
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let file = &self.rw()?.file;
         file.write_at(&encode_table(&new_l1), self.view.l1_table_offset)?;
         file.flush()?;
@@ -392,7 +449,12 @@ impl Qcow2 {
         if size == 0 {
             return Ok(Vec::new());
         }
-        Ok(decode_table(&read_vec(&*self.file, offset, u64::from(size) * 8, "snapshot L1 table")?))
+        Ok(decode_table(&read_vec(
+            &*self.file,
+            offset,
+            u64::from(size) * 8,
+            "snapshot L1 table",
+        )?))
     }
 }
 
@@ -400,11 +462,15 @@ impl Qcow2 {
 fn leading_number(id: &[u8]) -> u64 {
     id.iter()
         .take_while(|b| b.is_ascii_digit())
-        .fold(0u64, |acc, &b| acc.saturating_mul(10).saturating_add(u64::from(b - b'0')))
+        .fold(0u64, |acc, &b| {
+            acc.saturating_mul(10).saturating_add(u64::from(b - b'0'))
+        })
 }
 
 /// The current time as (seconds, nanoseconds), at microsecond precision as qemu takes it.
 fn now() -> (u32, u32) {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     (d.as_secs() as u32, d.subsec_micros() * 1000)
 }

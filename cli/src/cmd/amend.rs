@@ -76,7 +76,9 @@ pub fn parse_amend_options(list: &[String]) -> Result<AmendOptions, Failure> {
                 "size" => o.size = Some(parse_size(&v)?),
                 k if CREATE_ONLY.contains(&k) => {
                     eprintln!("vdisk: Invalid parameter '{k}'");
-                    return Err(Failure::new("This option is only supported for image creation"));
+                    return Err(Failure::new(
+                        "This option is only supported for image creation",
+                    ));
                 }
                 k => return Err(Failure::new(format!("Invalid parameter '{k}'"))),
             }

@@ -90,7 +90,10 @@ pub fn run(a: CheckArgs) -> CmdResult {
 /// Runs the check on an opened image, printing qemu's stderr lines as it would.
 fn run_check(img: &OpenedImage, repair: Option<Repair>) -> Result<CheckResult, Failure> {
     let Driver::Qcow2(q) = &img.driver else {
-        return Err(Failure::with_code("This image format does not support checks", 63));
+        return Err(Failure::with_code(
+            "This image format does not support checks",
+            63,
+        ));
     };
     let result = match repair {
         Some(r) => check(q, Some((r, &*img.file))),

@@ -72,8 +72,14 @@ pub fn run(a: SnapshotArgs) -> CmdResult {
     // Reopen the image read-write on the same (locked, writable) file.
     let file = img.file.clone();
     drop(img);
-    let mut q = Qcow2::open_rw(Arc::clone(&file))
-        .map_err(|e| Failure::new(format!("Could not {} snapshot '{}': {}", verb(&a), target(&a), e.message())))?;
+    let mut q = Qcow2::open_rw(Arc::clone(&file)).map_err(|e| {
+        Failure::new(format!(
+            "Could not {} snapshot '{}': {}",
+            verb(&a),
+            target(&a),
+            e.message()
+        ))
+    })?;
     let r = if let Some(name) = &a.create {
         q.create_snapshot(&SnapshotInfo {
             name: name.clone(),
@@ -100,7 +106,14 @@ pub fn run(a: SnapshotArgs) -> CmdResult {
         Ok(())
     };
     r.and_then(|()| vdisk::block::BlockDevice::flush(&q))
-        .map_err(|e| Failure::new(format!("Could not {} snapshot '{}': {}", verb(&a), target(&a), e.message())))?;
+        .map_err(|e| {
+            Failure::new(format!(
+                "Could not {} snapshot '{}': {}",
+                verb(&a),
+                target(&a),
+                e.message()
+            ))
+        })?;
     Ok(0)
 }
 

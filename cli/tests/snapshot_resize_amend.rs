@@ -1,0 +1,261 @@
+//! Snapshots, resize and amend through `vdisk`, interleaved with writes by qemu-io, against a
+//! model of raw files: after every step `qemu-img check` finds nothing and `qemu-img compare`
+//! finds the model's content. Snapshots made by qemu are applied and deleted by vdisk and
+//! the other way round.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::{tool, tool_ok, vdisk, vdisk_ok};
+
+/// A small deterministic generator (xorshift), so a failing sequence can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn assert_clean(d: &Path, img: &str, model: &str, what: &str) {
+    let c = tool(d, "qemu-img", &["check", "-f", "qcow2", img]);
+    assert_eq!(
+        c.status.code(),
+        Some(0),
+        "{what}: qemu-img check: {}{}",
+        String::from_utf8_lossy(&c.stdout),
+        String::from_utf8_lossy(&c.stderr)
+    );
+    let c = tool(
+        d,
+        "qemu-img",
+        &["compare", "-f", "qcow2", "-F", "raw", img, model],
+    );
+    assert_eq!(
+        c.status.code(),
+        Some(0),
+        "{what}: {}",
+        String::from_utf8_lossy(&c.stdout)
+    );
+}
+
+fn size_of(d: &Path, f: &str) -> u64 {
+    std::fs::metadata(d.join(f)).unwrap().len()
+}
+
+#[test]
+fn random_snapshot_resize_sequences_stay_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for seed in 1..=3u64 {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ seed);
+        tool_ok(
+            d,
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                "cluster_size=4096",
+                "t.qcow2",
+                "4M",
+            ],
+        );
+        tool_ok(
+            d,
+            "qemu-img",
+            &["create", "-q", "-f", "raw", "model.raw", "4M"],
+        );
+        let mut snaps: BTreeMap<String, String> = BTreeMap::new();
+        let mut next = 0;
+        for step in 0..10 {
+            let what = format!("seed {seed} step {step}");
+            let size = size_of(d, "model.raw");
+            match rng.below(6) {
+                0 | 1 => {
+                    let len = (rng.below(16) + 1) * 2048;
+                    let off = rng.below(size.saturating_sub(len) / 512 + 1) * 512;
+                    let pat = rng.below(250) + 1;
+                    let cmd = format!("write -P {pat} {off} {len}");
+                    tool_ok(d, "qemu-io", &["-f", "qcow2", "-c", &cmd, "t.qcow2"]);
+                    tool_ok(d, "qemu-io", &["-f", "raw", "-c", &cmd, "model.raw"]);
+                }
+                2 => {
+                    next += 1;
+                    let name = format!("s{next}");
+                    // Either tool creates; the other applies and deletes.
+                    if rng.below(2) == 0 {
+                        vdisk_ok(d, &["snapshot", "-f", "qcow2", "-c", &name, "t.qcow2"]);
+                    } else {
+                        tool_ok(d, "qemu-img", &["snapshot", "-c", &name, "t.qcow2"]);
+                    }
+                    let copy = format!("{name}.raw");
+                    std::fs::copy(d.join("model.raw"), d.join(&copy)).unwrap();
+                    snaps.insert(name, copy);
+                }
+                3 if !snaps.is_empty() => {
+                    let k = rng.below(snaps.len() as u64) as usize;
+                    let (name, copy) = snaps.iter().nth(k).unwrap();
+                    vdisk_ok(d, &["snapshot", "-f", "qcow2", "-a", name, "t.qcow2"]);
+                    std::fs::copy(d.join(copy), d.join("model.raw")).unwrap();
+                }
+                4 if !snaps.is_empty() => {
+                    let k = rng.below(snaps.len() as u64) as usize;
+                    let name = snaps.keys().nth(k).unwrap().clone();
+                    vdisk_ok(d, &["snapshot", "-f", "qcow2", "-d", &name, "t.qcow2"]);
+                    snaps.remove(&name);
+                }
+                _ => {
+                    let new = (rng.below(12) + 1) * 512 * 1024;
+                    vdisk_ok(
+                        d,
+                        &[
+                            "resize",
+                            "-q",
+                            "-f",
+                            "qcow2",
+                            "--shrink",
+                            "t.qcow2",
+                            &new.to_string(),
+                        ],
+                    );
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(d.join("model.raw"))
+                        .unwrap();
+                    f.set_len(new).unwrap();
+                }
+            }
+            assert_clean(d, "t.qcow2", "model.raw", &what);
+        }
+        // Whatever is left, qemu applies and deletes too.
+        for (name, copy) in &snaps {
+            tool_ok(d, "qemu-img", &["snapshot", "-a", name, "t.qcow2"]);
+            assert_clean(
+                d,
+                "t.qcow2",
+                copy,
+                &format!("seed {seed}: qemu applies {name}"),
+            );
+            tool_ok(d, "qemu-img", &["snapshot", "-d", name, "t.qcow2"]);
+        }
+        let list = vdisk_ok(d, &["snapshot", "-f", "qcow2", "-l", "t.qcow2"]);
+        assert_eq!(list, "", "seed {seed}: snapshots left");
+    }
+}
+
+#[test]
+fn snapshot_list_matches_qemu_img() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tool_ok(
+        d,
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "l.qcow2", "1M"],
+    );
+    assert_eq!(
+        vdisk_ok(d, &["snapshot", "-f", "qcow2", "-l", "l.qcow2"]),
+        ""
+    );
+    tool_ok(d, "qemu-img", &["snapshot", "-c", "first", "l.qcow2"]);
+    vdisk_ok(d, &["snapshot", "-f", "qcow2", "-c", "second", "l.qcow2"]);
+    let ours = vdisk_ok(d, &["snapshot", "-f", "qcow2", "-l", "l.qcow2"]);
+    let theirs = tool_ok(d, "qemu-img", &["snapshot", "-l", "l.qcow2"]);
+    common::assert_same_lines(&ours, &theirs, "snapshot -l");
+    let o = vdisk(d, &["snapshot", "-f", "qcow2", "-a", "nope", "l.qcow2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "vdisk: Could not apply snapshot 'nope': Failed to load snapshot: No such file or directory\n"
+    );
+}
+
+#[test]
+fn resize_refuses_shrink_without_flag_and_amend_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tool_ok(
+        d,
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "m.qcow2", "64M"],
+    );
+    tool_ok(
+        d,
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 1 0 1M",
+            "-c",
+            "write -z 2M 64k",
+            "-c",
+            "write -c 4M 64k",
+            "m.qcow2",
+        ],
+    );
+    tool_ok(d, "qemu-img", &["snapshot", "-c", "s", "m.qcow2"]);
+    tool_ok(d, "qemu-img", &["convert", "-O", "raw", "m.qcow2", "m.raw"]);
+    let o = vdisk(d, &["resize", "-f", "qcow2", "m.qcow2", "32M"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr)
+        .starts_with("vdisk: Use the --shrink option to perform a shrink operation.\n"));
+    assert_eq!(
+        vdisk_ok(d, &["resize", "-f", "qcow2", "m.qcow2", "+1G"]),
+        "Image resized.\n"
+    );
+    vdisk_ok(
+        d,
+        &["resize", "-q", "-f", "qcow2", "--shrink", "m.qcow2", "64M"],
+    );
+    assert_clean(d, "m.qcow2", "m.raw", "resize");
+    for o in [
+        "lazy_refcounts=on",
+        "refcount_bits=8",
+        "refcount_bits=64",
+        "refcount_bits=16",
+        "compat=0.10",
+        "compat=1.1",
+        "backing_file=m.raw,backing_fmt=raw",
+        "backing_file=",
+    ] {
+        vdisk_ok(d, &["amend", "-f", "qcow2", "-o", o, "m.qcow2"]);
+        assert_clean(d, "m.qcow2", "m.raw", o);
+    }
+    let info = tool_ok(d, "qemu-img", &["info", "m.qcow2"]);
+    assert!(
+        info.contains("compat: 1.1") && info.contains("refcount bits: 16"),
+        "{info}"
+    );
+    let o = vdisk(
+        d,
+        &["amend", "-f", "qcow2", "-o", "refcount_bits=1", "m.qcow2"],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a shared cluster does not fit in 1 bit"
+    );
+    assert_clean(d, "m.qcow2", "m.raw", "refused amend");
+}
+
+#[test]
+fn raw_resize() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tool_ok(d, "qemu-img", &["create", "-q", "-f", "raw", "r.raw", "1M"]);
+    assert_eq!(
+        vdisk_ok(d, &["resize", "-f", "raw", "r.raw", "+1M"]),
+        "Image resized.\n"
+    );
+    assert_eq!(size_of(d, "r.raw"), 2 << 20);
+    vdisk_ok(d, &["resize", "-f", "raw", "--shrink", "r.raw", "-512K"]);
+    assert_eq!(size_of(d, "r.raw"), 1536 << 10);
+}
