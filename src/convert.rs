@@ -1,8 +1,9 @@
 //! `convert`: copy a chain's guest bytes into another image, driven by mappings.
 //!
 //! ```text
-//!   main thread: chain_status() over the source -> jobs (<= CHUNK each) -> bounded queue
-//!   N workers:   read job (skipped for zero ranges) -> scan for zero runs -> write runs
+//!   main thread: CHUNK-aligned windows of the guest -> bounded queue
+//!   N workers:   chain_status() inside the window -> read the data parts only
+//!                -> scan for zero runs -> write runs (or compress whole clusters)
 //! ```
 //!
 //! Ranges the source maps as zero or unallocated are never read; data is read in large chunks
@@ -20,7 +21,7 @@ use vdisk_raw::RawFile;
 use crate::engine::chain_status;
 use crate::open::OpenedImage;
 
-/// Bytes moved per job.
+/// Bytes per job: a multiple of every qcow2 cluster size, so jobs never split a cluster.
 const CHUNK: u64 = 2 << 20;
 /// The most worker threads we start, whatever is asked: beyond this the disk, not the CPU,
 /// is the limit, and each worker holds a CHUNK buffer.
@@ -53,22 +54,31 @@ impl Default for ConvertOptions {
     }
 }
 
-/// One piece of work: guest bytes `[offset, offset + len)`, known zero or to be read.
+/// One piece of work: guest bytes `[offset, offset + len)`, a CHUNK-aligned window.
 #[derive(Debug, Clone, Copy)]
 struct Job {
     offset: u64,
     len: u64,
-    zero: bool,
 }
 
-/// Where a conversion writes: a device, and its fast way to write zeros when it has one (used
-/// when the target is not known to read as zeros already).
+/// Stores one whole cluster compressed (a qcow2 target under `convert -c`).
+pub trait CompressedWriter: Sync {
+    /// The cluster size compressed writes work in.
+    fn cluster_size(&self) -> u64;
+    /// Writes cluster `index` (its whole data; the last cluster may be short) compressed.
+    fn write_compressed(&self, index: u64, data: &[u8]) -> Result<()>;
+}
+
+/// Where a conversion writes: a device, its fast way to write zeros when it has one (used
+/// when the target is not known to read as zeros already), and a compressed writer for `-c`.
 #[derive(Clone, Copy)]
 pub struct Target<'a> {
     /// The device written.
     pub dev: &'a dyn BlockDevice,
     /// Its write-zeroes ability, if any; without it zeros are written as data.
     pub zeroes: Option<&'a (dyn WriteZeroes + Sync)>,
+    /// Write data clusters compressed through this, when set.
+    pub compressed: Option<&'a dyn CompressedWriter>,
 }
 
 impl<'a> Target<'a> {
@@ -77,6 +87,7 @@ impl<'a> Target<'a> {
         Target {
             dev: file,
             zeroes: Some(file),
+            compressed: None,
         }
     }
 }
@@ -94,6 +105,7 @@ pub fn copy_image(
         Target {
             dev: dst,
             zeroes: None,
+            compressed: None,
         },
         0,
         opts,
@@ -121,6 +133,13 @@ pub fn copy_image_at(
     {
         return Err(Error::invalid("output file is smaller than input file"));
     }
+    if let Some(c) = dst.compressed {
+        if base % c.cluster_size() != 0 {
+            return Err(Error::invalid(
+                "a compressed conversion needs every source to start on a cluster boundary",
+            ));
+        }
+    }
     let workers = match opts.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -146,7 +165,7 @@ pub fn copy_image_at(
                     if failed.load(Ordering::Relaxed) {
                         continue;
                     }
-                    if let Err(e) = run_job(&*image, dst, base, job, &mut buf, opts) {
+                    if let Err(e) = run_job(src, &*image, dst, base, job, &mut buf, opts) {
                         failed.store(true, Ordering::Relaxed);
                         first_error
                             .lock()
@@ -161,15 +180,11 @@ pub fn copy_image_at(
         let mut off = 0;
         let producer: Result<()> = (|| {
             while off < total && !failed.load(Ordering::Relaxed) {
-                let Some(ext) = chain_status(src, off, (total - off).min(CHUNK))? else {
-                    break;
-                };
                 let job = Job {
                     offset: off,
-                    len: ext.length,
-                    zero: ext.zero,
+                    len: (total - off).min(CHUNK),
                 };
-                off += ext.length;
+                off += job.len;
                 if tx.send(job).is_err() {
                     break;
                 }
@@ -199,6 +214,7 @@ pub fn copy_image_at(
 }
 
 fn run_job(
+    src: &OpenedImage,
     image: &dyn BlockDevice,
     dst: Target<'_>,
     base: u64,
@@ -206,30 +222,49 @@ fn run_job(
     buf: &mut [u8],
     opts: ConvertOptions,
 ) -> Result<()> {
-    let n = job.len as usize;
+    let data = &mut buf[..job.len as usize];
+    // Walk the mapping inside the window: read what holds data, note what is known zero.
+    let mut any_data = false;
+    let mut pos = job.offset;
+    let end = job.offset + job.len;
+    while pos < end {
+        let Some(ext) = chain_status(src, pos, end - pos)? else {
+            break;
+        };
+        let r = (pos - job.offset) as usize..(ext.end() - job.offset) as usize;
+        if ext.zero && !ext.data {
+            data[r].fill(0);
+        } else {
+            image.read_at(&mut data[r], pos)?;
+            any_data = true;
+        }
+        pos = ext.end();
+    }
     let at = base + job.offset;
-    if job.zero {
-        if opts.sparse_size == 0 {
-            // -S 0: every byte written, the target fully allocated.
-            buf[..n].fill(0);
-            dst.dev.write_at(&buf[..n], at)?;
-        } else if !opts.target_is_zero {
-            match dst.zeroes {
-                Some(z) => z.write_zeroes(at, job.len, true)?,
-                None => {
-                    buf[..n].fill(0);
-                    dst.dev.write_at(&buf[..n], at)?;
-                }
+    if let Some(c) = dst.compressed {
+        // Whole clusters, compressed; all-zero clusters stay unallocated in the new target.
+        let cs = c.cluster_size() as usize;
+        for (i, cluster) in data.chunks(cs).enumerate() {
+            if any_data && !is_zero(cluster) {
+                c.write_compressed(at / cs as u64 + i as u64, cluster)?;
             }
         }
         return Ok(());
     }
-    image.read_at(&mut buf[..n], job.offset)?;
     if opts.sparse_size == 0 {
-        dst.dev.write_at(&buf[..n], at)
-    } else {
-        write_runs(dst, &buf[..n], at, opts)
+        // -S 0: every byte written, the target fully allocated.
+        return dst.dev.write_at(data, at);
     }
+    if !any_data {
+        if !opts.target_is_zero {
+            match dst.zeroes {
+                Some(z) => z.write_zeroes(at, job.len, true)?,
+                None => dst.dev.write_at(data, at)?,
+            }
+        }
+        return Ok(());
+    }
+    write_runs(dst, data, at, opts)
 }
 
 /// Writes `data` (bytes for target offset `base`) as runs: zero runs of `sparse_size` bytes
@@ -351,6 +386,7 @@ mod tests {
         let target = Target {
             dev: &dst,
             zeroes: None,
+            compressed: None,
         };
         write_runs(target, &data, 0, ConvertOptions::default()).unwrap();
         let out = dst.to_vec();
@@ -362,6 +398,7 @@ mod tests {
         let target = Target {
             dev: &dst,
             zeroes: Some(&dst),
+            compressed: None,
         };
         let opts = ConvertOptions {
             target_is_zero: false,
