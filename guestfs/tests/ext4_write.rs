@@ -971,6 +971,48 @@ fn htree_inserts_1k_levels() {
     htree_case("htree1k", &["-b", "1024", "-N", "16384"], 2000, 3500, 1);
 }
 
+/// A directory we create grows past one block: it gets an index as the kernel would give it,
+/// then takes thousands of entries through it.
+#[test]
+fn htree_grown_from_linear() {
+    for (name, args) in [
+        ("grown4k", &["-T", "default", "-N", "8192"][..]),
+        (
+            "grown1k-c7",
+            &["-b", "1024", "-N", "8192", "-O", "^metadata_csum,^64bit"][..],
+        ),
+    ] {
+        let img = mkimg(name, 64, "mkfs.ext4", args, None);
+        let fs = Ext4Rw::open(RwDev::open(&img)).unwrap();
+        let mut m = model_from_fs(&fs);
+        fs.mkdir(fs.root_ino(), OsStr::new("grown"), 0o755, 0, 0)
+            .unwrap();
+        m.add(
+            "grown".into(),
+            MNode {
+                kind: Kind::Dir,
+                perm: 0o755,
+                uid: 0,
+                gid: 0,
+                xattrs: BTreeMap::new(),
+                mtime: None,
+            },
+        );
+        create_many(&fs, &mut m, "grown", "entry-number-", 2500);
+        assert!(is_indexed(&fs, "grown"), "{name}: no index");
+        let g = resolve(&fs, "grown");
+        for i in (0..2500).step_by(3) {
+            let n = format!("entry-number-{i}");
+            fs.unlink(g, OsStr::new(&n)).unwrap();
+            m.names.remove(&format!("grown/{n}"));
+        }
+        m.gc();
+        fs.flush().unwrap();
+        drop(fs);
+        verify(&img, &m, name);
+    }
+}
+
 /// Many discontiguous writes give a file an extent tree of depth >= 2; writes into an
 /// unwritten (fallocated) extent convert it; truncates shrink the tree again.
 #[test]

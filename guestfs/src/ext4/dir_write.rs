@@ -19,6 +19,9 @@ use super::inode::{Inode, EXT4_INDEX_FL, EXT4_INLINE_DATA_FL};
 use super::superblock::{incompat, ro_compat};
 use super::Ext4;
 
+/// Where an entry was found: (physical block, record offset, previous record offset, inode).
+type Found = (u64, usize, Option<usize>, u32);
+
 /// Bytes a record with a name of `n` bytes needs.
 pub(crate) fn rec_len_for(n: usize) -> usize {
     (8 + n + 3) & !3
@@ -180,7 +183,7 @@ impl Ext4 {
 
     /// Appends block `content` (already sealed for `dir`) to directory `dir`; stores the inode.
     /// Returns (logical, physical).
-    fn dir_append(&mut self, dir: &mut Inode, content: &mut Vec<u8>) -> Result<(u64, u64)> {
+    fn dir_append(&mut self, dir: &mut Inode, content: &mut [u8]) -> Result<(u64, u64)> {
         let mut m = self.load_map(dir)?;
         let l = dir.i_size / self.bs();
         if l >= 1 << 31 {
@@ -219,7 +222,9 @@ impl Ext4 {
                 false => self.unindex(dir)?,
             }
         }
-        for (_, p) in self.dir_blocks(dir)? {
+        let blocks = self.dir_blocks(dir)?;
+        // Newest blocks first: that is where free space usually is.
+        for &(_, p) in blocks.iter().rev() {
             let mut b = self
                 .block(p, &|| format!("directory inode {} block", dir.ino))?
                 .to_vec();
@@ -227,6 +232,18 @@ impl Ext4 {
                 self.seal_leaf(dir, &mut b);
                 return self.put_block(p, &b);
             }
+        }
+        // A full one-block directory gets an index, as the kernel's make_indexed_dir() does.
+        if blocks.len() == 1
+            && blocks[0].0 == 0
+            && self.sb.has_compat(super::superblock::compat::DIR_INDEX)
+            && self.make_indexed(dir, blocks[0].1)?
+        {
+            if self.dx_add(dir, name, ino, ft)? {
+                return Ok(());
+            }
+            self.unindex(dir)?;
+            return self.dir_add(dir, name, ino, ft);
         }
         let mut b = self.empty_leaf(dir);
         self.leaf_insert(&mut b, name, ino, ft)?;
@@ -328,11 +345,7 @@ impl Ext4 {
 
     /// Finds `name` in `dir`'s blocks: (physical block, record offset, previous record offset,
     /// inode).
-    fn dir_find(
-        &self,
-        dir: &Inode,
-        name: &[u8],
-    ) -> Result<Option<(u64, usize, Option<usize>, u32)>> {
+    fn dir_find(&self, dir: &Inode, name: &[u8]) -> Result<Option<Found>> {
         let filetype = self.filetype();
         let indexed = dir.has_flag(EXT4_INDEX_FL);
         let mut blocks = self.dir_blocks(dir)?;
@@ -609,6 +622,89 @@ impl Ext4 {
         dx_insert(&mut rb, 0x20, rpos + 1, (up_hash, hi_l as u32));
         self.seal_dx(dir, &mut rb, DxKind::Root);
         self.put_block(root_p, &rb)?;
+        Ok(true)
+    }
+
+    /// Turns full one-block directory `dir` (block 0 at `p0`) into an htree: its entries are
+    /// sorted by hash into two new leaves, block 0 becomes the dx root. False when the
+    /// directory's first block does not look as expected (it then stays linear).
+    fn make_indexed(&mut self, dir: &mut Inode, p0: u64) -> Result<bool> {
+        let b0 = self.block(p0, &String::new)?.to_vec();
+        let bs = b0.len();
+        let filetype = self.filetype();
+        let end = bs - self.csum_tail();
+        let recs = records(&b0, end, filetype)?;
+        if recs.len() < 2
+            || &b0[8..9] != b"."
+            || recs[0].name_len != 1
+            || recs[1].name_len != 2
+            || &b0[recs[1].at + 8..recs[1].at + 10] != b".."
+            || recs[1].at != 12
+        {
+            return Ok(false);
+        }
+        let hv = self.sb.s_def_hash_version;
+        if hv > dx_hash::DX_HASH_TEA {
+            return Ok(false);
+        }
+        let version = if self.sb.s_flags & dx_hash::EXT2_FLAGS_UNSIGNED_HASH != 0 {
+            hv + dx_hash::DX_HASH_UNSIGNED_DELTA
+        } else {
+            hv
+        };
+        let seed = self.sb.s_hash_seed;
+        let mut ents: Vec<(u32, Vec<u8>, u32, u8)> = Vec::new();
+        for r in &recs[2..] {
+            if r.ino != 0 {
+                let n = b0[r.at + 8..r.at + 8 + r.name_len].to_vec();
+                let t = if filetype { b0[r.at + 7] } else { 0 };
+                let h = dx_hash::dirhash(&n, version, &seed).unwrap_or(0);
+                ents.push((h, n, r.ino, t));
+            }
+        }
+        if ents.len() < 2 {
+            return Ok(false);
+        }
+        ents.sort_by_key(|e| e.0);
+        let s = ents.len() / 2;
+        let split_hash = ents[s].0 | u32::from(ents[s].0 == ents[s - 1].0);
+        let mut lower = self.empty_leaf(dir);
+        let mut upper = self.empty_leaf(dir);
+        for (i, e) in ents.iter().enumerate() {
+            let t = if i < s { &mut lower } else { &mut upper };
+            if !self.leaf_insert(t, &e.1, e.2, e.3)? {
+                return Ok(false);
+            }
+        }
+        self.seal_leaf(dir, &mut lower);
+        self.seal_leaf(dir, &mut upper);
+        let (l1, _) = self.dir_append(dir, &mut lower)?;
+        let (l2, _) = self.dir_append(dir, &mut upper)?;
+        let mut root = vec![0u8; bs];
+        root[..12].copy_from_slice(&b0[..12]);
+        put(&mut root, 4, 12u16.to_le_bytes());
+        let parent = le32(&b0, 12);
+        put_rec(
+            &mut root,
+            12,
+            parent,
+            bs - 12,
+            b"..",
+            dir_entry::ft::DIR,
+            filetype,
+        );
+        root[0x1C] = hv;
+        root[0x1D] = 8;
+        let limit = self.dx_limits(DxKind::Root);
+        put(&mut root, 0x20, (limit as u16).to_le_bytes());
+        put(&mut root, 0x22, 2u16.to_le_bytes());
+        put(&mut root, 0x24, (l1 as u32).to_le_bytes());
+        put(&mut root, 0x28, split_hash.to_le_bytes());
+        put(&mut root, 0x2C, (l2 as u32).to_le_bytes());
+        self.seal_dx(dir, &mut root, DxKind::Root);
+        self.put_block(p0, &root)?;
+        dir.i_flags |= EXT4_INDEX_FL;
+        self.store_inode(dir)?;
         Ok(true)
     }
 
