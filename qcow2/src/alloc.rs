@@ -318,7 +318,11 @@ impl Qcow2 {
 
     /// First cluster index of the unallocated space at the end of the file.
     fn end_cluster(&self) -> Result<u64> {
-        Ok(self.rw()?.file.size().div_ceil(1 << self.header.cluster_bits))
+        Ok(self
+            .rw()?
+            .file
+            .size()
+            .div_ceil(1 << self.header.cluster_bits))
     }
 
     /// Replaces the refcount table with one of at least `min_entries` entries, placed after
@@ -507,7 +511,10 @@ impl Qcow2 {
             self.write_refblocks(m)?;
             file.flush()?;
             for &t in &missing {
-                file.write_at(&m.reftable[t as usize].to_be_bytes(), m.reftable_offset + t * 8)?;
+                file.write_at(
+                    &m.reftable[t as usize].to_be_bytes(),
+                    m.reftable_offset + t * 8,
+                )?;
             }
             return Ok(start << m.cluster_bits);
         }
@@ -674,14 +681,21 @@ impl Qcow2 {
             return Ok(());
         }
         if min_entries * 8 > crate::header::MAX_L1_BYTES {
-            return Err(Error::unsupported("the L1 table would exceed its maximum size"));
+            return Err(Error::unsupported(
+                "the L1 table would exceed its maximum size",
+            ));
         }
         let cs = self.geom.cluster_size();
         let mut m = self.lock_meta()?;
         self.flush_meta(&mut m)?;
         let bytes = (min_entries * 8).next_multiple_of(cs);
         let new_off = self.alloc_clusters(&mut m, bytes / cs)?;
-        let mut l1 = self.view.l1.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut l1 = self
+            .view
+            .l1
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         l1.resize(min_entries as usize, 0);
         let file = Arc::clone(&self.rw()?.file);
         file.write_at(&encode_table(&l1), new_off)?;
@@ -730,9 +744,10 @@ impl Qcow2 {
     pub(crate) fn l2_entry(&self, l2_offset: u64, index: u64) -> Result<(u64, u64)> {
         let t = self.l2_table(l2_offset)?;
         let w = index as usize * self.geom.words_per_entry();
-        let e = t.get(w).copied().ok_or_else(|| {
-            Error::corrupt_at(l2_offset, "L2 index outside its table")
-        })?;
+        let e = t
+            .get(w)
+            .copied()
+            .ok_or_else(|| Error::corrupt_at(l2_offset, "L2 index outside its table"))?;
         let b = if self.geom.extended {
             t.get(w + 1).copied().unwrap_or(0)
         } else {

@@ -69,10 +69,7 @@ impl CreateOptions {
     /// Refuses combinations qemu refuses, with qemu's messages.
     pub fn validate(&self) -> Result<()> {
         let cs = self.cluster_size;
-        if !cs.is_power_of_two()
-            || cs < 1 << MIN_CLUSTER_BITS
-            || cs > 1 << MAX_CLUSTER_BITS
-        {
+        if !cs.is_power_of_two() || !(1 << MIN_CLUSTER_BITS..=1 << MAX_CLUSTER_BITS).contains(&cs) {
             return Err(Error::invalid(
                 "Cluster size must be a power of two between 512 and 2048k",
             ));
@@ -102,7 +99,9 @@ impl CreateOptions {
                 return Err(Error::invalid("Non-zlib compression type is only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
             }
             if self.data_file.is_some() {
-                return Err(Error::invalid("External data files are only supported with compatibility level 1.1 and above"));
+                return Err(Error::invalid(
+                    "External data files are only supported with compatibility level 1.1 and above",
+                ));
             }
         }
         if self.extended_l2 && cs < 1 << MIN_EXTENDED_L2_CLUSTER_BITS {
@@ -143,7 +142,11 @@ impl CreateOptions {
 
 /// The header cluster's bytes: the header (with `h.backing_file_offset`/`size` filled in),
 /// the extension area, the backing file name. Errors when it does not fit in one cluster.
-pub(crate) fn header_cluster(h: &mut Header, ext: &Extensions, backing: Option<&str>) -> Result<Vec<u8>> {
+pub(crate) fn header_cluster(
+    h: &mut Header,
+    ext: &Extensions,
+    backing: Option<&str>,
+) -> Result<Vec<u8>> {
     let hlen = if h.version == 2 {
         V2_HEADER_LENGTH as usize
     } else {
@@ -230,10 +233,7 @@ impl Qcow2 {
             compression_type: opts.compression_type,
         };
         let ext = Extensions {
-            backing_format: opts
-                .backing_file
-                .as_ref()
-                .and(opts.backing_format.clone()),
+            backing_format: opts.backing_file.as_ref().and(opts.backing_format.clone()),
             feature_names: if v3 {
                 Extensions::qemu_feature_names()
             } else {

@@ -423,8 +423,10 @@ impl Header {
             (self.header_length as usize).max(KNOWN_HEADER_BYTES)
         };
         let mut b = vec![0u8; len];
-        let put32 = |b: &mut [u8], at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_be_bytes());
-        let put64 = |b: &mut [u8], at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+        let put32 =
+            |b: &mut [u8], at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+        let put64 =
+            |b: &mut [u8], at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_be_bytes());
         b[0..4].copy_from_slice(&MAGIC);
         put32(&mut b, 4, self.version);
         put64(&mut b, 8, self.backing_file_offset);

@@ -123,7 +123,11 @@ mod tests {
         assert_eq!(get_refcount(&[1], 99, 4), 0);
         for order in 0..=6 {
             let mut b = vec![0u8; 64];
-            let max = if order == 6 { u64::MAX } else { (1u64 << (1 << order)) - 1 };
+            let max = if order == 6 {
+                u64::MAX
+            } else {
+                (1u64 << (1 << order)) - 1
+            };
             set_refcount(&mut b, 3, order, max);
             set_refcount(&mut b, 4, order, 1);
             assert_eq!(get_refcount(&b, 3, order), max);

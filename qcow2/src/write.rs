@@ -105,11 +105,7 @@ impl Qcow2 {
     }
 
     fn wait<'a>(&'a self, m: MutexGuard<'a, Meta>) -> Result<MutexGuard<'a, Meta>> {
-        Ok(self
-            .rw()?
-            .cond
-            .wait(m)
-            .unwrap_or_else(|e| e.into_inner()))
+        Ok(self.rw()?.cond.wait(m).unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Waits for and takes the exclusive claim on guest cluster `cluster`.
@@ -526,8 +522,9 @@ fn compress(kind: CompressionType, data: &[u8], max: usize) -> Result<Option<Vec
             flate2::Compress::new_with_window_bits(flate2::Compression::default(), false, 12),
             data,
         )?,
-        CompressionType::Zstd => zstd::bulk::compress(data, 0)
-            .map_err(|e| Error::io("compress", None, e))?,
+        CompressionType::Zstd => {
+            zstd::bulk::compress(data, 0).map_err(|e| Error::io("compress", None, e))?
+        }
     };
     Ok((out.len() <= max).then_some(out))
 }

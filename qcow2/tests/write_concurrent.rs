@@ -61,12 +61,15 @@ fn run(opts: CreateOptions, with_backing: bool) {
                         }
                         6 => {
                             let off = half + (r >> 8) % (half / 512 - 64) * 512;
-                            let buf: Vec<u8> = (0..1 + (r >> 40) % 64).flat_map(|_| sector(t, seq)).collect();
+                            let buf: Vec<u8> = (0..1 + (r >> 40) % 64)
+                                .flat_map(|_| sector(t, seq))
+                                .collect();
                             q.write_at(&buf, off).unwrap();
                         }
                         7 => {
                             let off = half + (r >> 8) % (half / 512 - 256) * 512;
-                            q.write_zeroes(off, 512 * (1 + (r >> 40) % 256), r & 1 == 0).unwrap();
+                            q.write_zeroes(off, 512 * (1 + (r >> 40) % 256), r & 1 == 0)
+                                .unwrap();
                         }
                         8 => {
                             let off = half + (r >> 8) % (half / 512 - 256) * 512;
@@ -101,7 +104,11 @@ fn run(opts: CreateOptions, with_backing: bool) {
             "shared sector {i} is torn"
         );
     }
-    let out = Command::new("qemu-img").arg("check").arg(&img).output().unwrap();
+    let out = Command::new("qemu-img")
+        .arg("check")
+        .arg(&img)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "qemu-img check: {}",

@@ -50,7 +50,10 @@ fn crash_child() {
         .unwrap(),
     );
     let q = Qcow2::open_rw(f).unwrap();
-    let mut log = std::fs::OpenOptions::new().append(true).open(&log_path).unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log_path)
+        .unwrap();
     let mut x = seed | 1;
     let mut pending: HashMap<u64, u64> = HashMap::new();
     for gen in 1.. {
@@ -72,7 +75,11 @@ fn crash_child() {
 }
 
 fn verify(img: &Path, log: &Path) -> usize {
-    let out = Command::new("qemu-img").arg("check").arg(img).output().unwrap();
+    let out = Command::new("qemu-img")
+        .arg("check")
+        .arg(img)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         matches!(out.status.code(), Some(0 | 3)),
@@ -84,8 +91,12 @@ fn verify(img: &Path, log: &Path) -> usize {
     for line in std::fs::read_to_string(log).unwrap().lines() {
         let mut it = line.split(' ');
         // A line torn by the kill is incomplete: ignore it.
-        let (Some(s), Some(g)) = (it.next(), it.next()) else { continue };
-        let (Ok(s), Ok(g)) = (s.parse::<u64>(), g.parse::<u64>()) else { continue };
+        let (Some(s), Some(g)) = (it.next(), it.next()) else {
+            continue;
+        };
+        let (Ok(s), Ok(g)) = (s.parse::<u64>(), g.parse::<u64>()) else {
+            continue;
+        };
         let e = flushed.entry(s).or_default();
         *e = (*e).max(g);
     }
@@ -110,12 +121,37 @@ fn killed_writer_leaves_a_consistent_image() {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let configs = [
-        CreateOptions { size: SIZE, ..Default::default() },
-        CreateOptions { size: SIZE, cluster_size: 4096, ..Default::default() },
-        CreateOptions { size: SIZE, cluster_size: 512, refcount_bits: 64, ..Default::default() },
-        CreateOptions { size: SIZE, cluster_size: 64 << 10, extended_l2: true, ..Default::default() },
-        CreateOptions { size: SIZE, version: 2, ..Default::default() },
-        CreateOptions { size: SIZE, lazy_refcounts: true, ..Default::default() },
+        CreateOptions {
+            size: SIZE,
+            ..Default::default()
+        },
+        CreateOptions {
+            size: SIZE,
+            cluster_size: 4096,
+            ..Default::default()
+        },
+        CreateOptions {
+            size: SIZE,
+            cluster_size: 512,
+            refcount_bits: 64,
+            ..Default::default()
+        },
+        CreateOptions {
+            size: SIZE,
+            cluster_size: 64 << 10,
+            extended_l2: true,
+            ..Default::default()
+        },
+        CreateOptions {
+            size: SIZE,
+            version: 2,
+            ..Default::default()
+        },
+        CreateOptions {
+            size: SIZE,
+            lazy_refcounts: true,
+            ..Default::default()
+        },
     ];
     let mut total = 0;
     for i in 0..24u64 {
@@ -138,5 +174,8 @@ fn killed_writer_leaves_a_consistent_image() {
         child.wait().unwrap();
         total += verify(&img, &log);
     }
-    assert!(total > 100, "the children flushed too little to test anything ({total} slots)");
+    assert!(
+        total > 100,
+        "the children flushed too little to test anything ({total} slots)"
+    );
 }

@@ -18,10 +18,25 @@ use vdisk_raw::RawFile;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write { off: u64, len: u64, seed: u8 },
-    Zero { off: u64, len: u64, unmap: bool },
-    Discard { off: u64, len: u64 },
-    Compressed { cluster: u64, seed: u8, compressible: bool },
+    Write {
+        off: u64,
+        len: u64,
+        seed: u8,
+    },
+    Zero {
+        off: u64,
+        len: u64,
+        unmap: bool,
+    },
+    Discard {
+        off: u64,
+        len: u64,
+    },
+    Compressed {
+        cluster: u64,
+        seed: u8,
+        compressible: bool,
+    },
     Flush,
     Reopen,
 }
@@ -277,7 +292,14 @@ fn refcount_table_grows() {
             len: size / 8,
             seed: i as u8,
         })
-        .chain([Op::Reopen, Op::Compressed { cluster: 3, seed: 1, compressible: true }])
+        .chain([
+            Op::Reopen,
+            Op::Compressed {
+                cluster: 3,
+                seed: 1,
+                compressible: true,
+            },
+        ])
         .collect();
     run_case(&cfg, &ops);
 }

@@ -139,9 +139,9 @@ fn create_qcow2(a: &CreateArgs, filename: &Path, opts: &[(String, String)]) -> C
             }
             "cluster_size" => o.cluster_size = parse_size(v)?,
             "refcount_bits" => {
-                o.refcount_bits = v.parse().map_err(|_| {
-                    fail(format!("Parameter 'refcount_bits' expects a number"))
-                })?;
+                o.refcount_bits = v
+                    .parse()
+                    .map_err(|_| fail(format!("Parameter 'refcount_bits' expects a number")))?;
             }
             "lazy_refcounts" => {
                 o.lazy_refcounts = parse_bool(&name, k, v)?;
@@ -273,10 +273,7 @@ fn create_qcow2(a: &CreateArgs, filename: &Path, opts: &[(String, String)]) -> C
     }
     o.validate().map_err(|e| fail(e.to_string()))?;
 
-    let existed_data = o
-        .data_file
-        .as_ref()
-        .is_some_and(|d| Path::new(d).exists());
+    let existed_data = o.data_file.as_ref().is_some_and(|d| Path::new(d).exists());
     let result = (|| -> vdisk::block::Result<()> {
         let file = std::sync::Arc::new(RawFile::create(filename, 0, Preallocation::Off)?);
         let data = match &o.data_file {
