@@ -176,34 +176,24 @@ pub fn copy_image_at(
                 }
             }));
         }
-        // Produce jobs from the mapping; report progress between sends.
+        // Hand out the windows in order; report progress between sends.
         let mut off = 0;
-        let producer: Result<()> = (|| {
-            while off < total && !failed.load(Ordering::Relaxed) {
-                let job = Job {
-                    offset: off,
-                    len: (total - off).min(CHUNK),
-                };
-                off += job.len;
-                if tx.send(job).is_err() {
-                    break;
-                }
-                progress(done.load(Ordering::Relaxed), total);
+        while off < total && !failed.load(Ordering::Relaxed) {
+            let job = Job {
+                offset: off,
+                len: (total - off).min(CHUNK),
+            };
+            off += job.len;
+            if tx.send(job).is_err() {
+                break;
             }
-            Ok(())
-        })();
+            progress(done.load(Ordering::Relaxed), total);
+        }
         drop(tx);
         // The last jobs are in flight: keep the progress moving until the workers finish.
         while !handles.iter().all(|h| h.is_finished()) {
             progress(done.load(Ordering::Relaxed), total);
             std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        if let Err(e) = producer {
-            failed.store(true, Ordering::Relaxed);
-            first_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert(e);
         }
     });
     if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {

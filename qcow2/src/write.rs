@@ -30,10 +30,20 @@ fn sc_mask(a: u64, b: u64) -> u64 {
 }
 
 impl Qcow2 {
-    /// Opens an image for reading and writing. Refuses images flagged corrupt, images whose
-    /// refcounts may be stale (dirty bit) and images with persistent bitmaps.
+    /// Opens an image for reading and writing. Refuses images flagged corrupt and images with
+    /// persistent bitmaps. A dirty image (lazy refcounts, not closed cleanly) first has its
+    /// refcounts rebuilt from its tables, as qemu does on a read-write open.
     pub fn open_rw<F: ImageFile + 'static>(file: Arc<F>) -> Result<Qcow2> {
         let mut q = Qcow2::open(file.clone() as Arc<dyn BlockDevice>)?;
+        let h = &q.header;
+        if h.incompatible_features & incompatible::DIRTY != 0
+            && h.incompatible_features & incompatible::CORRUPT == 0
+            && !file.is_read_only()
+        {
+            crate::check::rebuild_refcounts(&q, &*file)?;
+            // The repair rewrote refcounts and cleared the dirty bit on disk: start afresh.
+            q = Qcow2::open(file.clone() as Arc<dyn BlockDevice>)?;
+        }
         q.enable_writes(file)?;
         Ok(q)
     }
@@ -50,7 +60,8 @@ impl Qcow2 {
             ));
         }
         if h.incompatible_features & incompatible::DIRTY != 0 {
-            // TODO(check): call crate::check::rebuild_refcounts(self) here once it exists.
+            // open_rw rebuilds the refcounts of a dirty image first; reaching here means the
+            // repair left the bit set.
             return Err(Error::unsupported(
                 "the image is dirty (its refcounts may be stale); repair it with 'vdisk check -r all' before writing",
             ));
