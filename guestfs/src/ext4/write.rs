@@ -301,15 +301,10 @@ impl Ext4 {
     /// Writes `data` at `off` of `inode` (regular file or slow symlink), allocating blocks,
     /// converting unwritten extents; updates size and i_blocks and stores the inode.
     fn write_data(&mut self, inode: &mut Inode, off: u64, data: &[u8]) -> Result<()> {
-        if inode.has_flag(EXT4_INLINE_DATA_FL) {
-            return Err(Error::unsupported(format!(
-                "inode {} keeps its data inline; vdisk does not write inline-data files",
-                inode.ino
-            )));
-        }
         if data.is_empty() {
             return Ok(());
         }
+        self.uninline(inode)?;
         let bs = self.bs();
         let end = off
             .checked_add(data.len() as u64)
@@ -401,6 +396,42 @@ impl Ext4 {
         Ok(())
     }
 
+    /// Moves the data of an inline-data regular file into blocks (the kernel's
+    /// ext4_convert_inline_data): afterwards the file is an ordinary extent (or block-mapped)
+    /// file with the same bytes. The new block is written before the inode that maps it; the
+    /// inode is stored once, with `system.data` gone and the flag cleared.
+    fn uninline(&mut self, inode: &mut Inode) -> Result<()> {
+        if !inode.has_flag(EXT4_INLINE_DATA_FL) {
+            return Ok(());
+        }
+        if inode.file_type() != inode::S_IFREG {
+            return Err(Error::unsupported(format!(
+                "inode {} keeps its data inline; vdisk converts only regular files",
+                inode.ino
+            )));
+        }
+        let mut data = self.inline_data(inode)?;
+        data.truncate(inode.i_size.min(data.len() as u64) as usize);
+        self.drop_system_data(inode)?;
+        inode.i_flags &= !EXT4_INLINE_DATA_FL;
+        if self.sb.has_incompat(incompat::EXTENTS) {
+            inode.i_flags |= EXT4_EXTENTS_FL;
+            inode.i_block = new_root();
+        } else {
+            inode.i_block = [0; 60];
+        }
+        let size = inode.i_size;
+        inode.i_size = 0;
+        if !data.is_empty() {
+            // Stores the inode (mapping, size) after writing the block.
+            self.write_data(inode, 0, &data)?;
+        }
+        inode.i_size = size;
+        let m = self.load_map(inode)?;
+        self.set_i_blocks(inode, &m);
+        self.store_inode(inode)
+    }
+
     /// Zeros the bytes of the block holding offset `size` from there to the block's end (so
     /// growing the file later reads zeros there).
     fn zero_tail(&mut self, inode: &Inode, m: &super::filemap::FileMap, size: u64) -> Result<()> {
@@ -420,12 +451,7 @@ impl Ext4 {
 
     /// Sets the size of regular file `inode` (stores it; frees blocks past the new end).
     fn truncate(&mut self, inode: &mut Inode, size: u64) -> Result<()> {
-        if inode.has_flag(EXT4_INLINE_DATA_FL) {
-            return Err(Error::unsupported(format!(
-                "inode {} keeps its data inline; vdisk does not truncate inline-data files",
-                inode.ino
-            )));
-        }
+        self.uninline(inode)?;
         let bs = self.bs();
         let max = if inode.has_flag(EXT4_EXTENTS_FL) {
             ((1u64 << 32) - 1) * bs

@@ -302,3 +302,31 @@ impl Ext4 {
         Ok(())
     }
 }
+
+impl Ext4 {
+    /// Removes `system.data` (inline data) from the in-inode attribute area of `inode`, in
+    /// memory only: the caller stores the inode once its data lives elsewhere.
+    pub(crate) fn drop_system_data(&self, inode: &mut Inode) -> Result<()> {
+        let ino = inode.ino;
+        let what = || format!("inode {ino}");
+        let mut ibody = xattr::parse_ibody(inode.xattr_area(), 0, &what)?;
+        ibody.retain(|e| !e.is_system_data());
+        let area_start = EXT4_GOOD_OLD_INODE_SIZE + usize::from(inode.i_extra_isize);
+        if inode.raw.len() <= area_start {
+            return Ok(());
+        }
+        let mut area = vec![0u8; inode.raw.len() - area_start];
+        if !ibody.is_empty() && area.len() > 4 {
+            put(&mut area, 0, EXT4_XATTR_MAGIC.to_le_bytes());
+            let mut rest = area[4..].to_vec();
+            if !lay_out(&mut rest, 0, 0, &ibody, true) {
+                return Err(Error::corrupt(format!(
+                    "inode {ino}: in-inode attributes do not fit their area"
+                )));
+            }
+            area[4..].copy_from_slice(&rest);
+        }
+        inode.raw[area_start..].copy_from_slice(&area);
+        Ok(())
+    }
+}
