@@ -1027,7 +1027,7 @@ fn htree_grown_from_linear() {
 fn inline_data_files_converted() {
     let src = tempfile::tempdir().unwrap();
     std::fs::write(src.path().join("tiny"), b"hello, inline world\n").unwrap();
-    std::fs::write(src.path().join("f200"), Rng(3).bytes(200)).unwrap();
+    std::fs::write(src.path().join("f100"), Rng(3).bytes(100)).unwrap();
     std::fs::write(src.path().join("small"), b"abc").unwrap();
     std::fs::write(src.path().join("empty"), b"").unwrap();
     let img = mkimg(
@@ -1045,7 +1045,7 @@ fn inline_data_files_converted() {
         i.has_flag(vdisk_guestfs::ext4::inode::EXT4_INLINE_DATA_FL)
     };
     assert!(
-        inline("tiny") && inline("f200") && inline("small"),
+        inline("tiny") && inline("f100") && inline("small"),
         "mkfs made no inline files"
     );
     let mut r = Rng(11);
@@ -1061,16 +1061,16 @@ fn inline_data_files_converted() {
         }
         d[off as usize..off as usize + len].copy_from_slice(&bytes);
     };
-    fs.setxattr(resolve(&fs, "f200"), OsStr::new("user.kept"), b"v", 0)
+    fs.setxattr(resolve(&fs, "f100"), OsStr::new("user.kept"), b"v", 0)
         .unwrap();
-    let id = m.names["f200"];
+    let id = m.names["f100"];
     m.nodes
         .get_mut(&id)
         .unwrap()
         .xattrs
         .insert(b"user.kept".to_vec(), b"v".to_vec());
     apply(&mut m, "tiny", 20, 5000);
-    apply(&mut m, "f200", 10, 30);
+    apply(&mut m, "f100", 10, 30);
     apply(&mut m, "empty", 7000, 10);
     fs.setattr(
         resolve(&fs, "small"),
