@@ -21,8 +21,8 @@
 //! | `reload_refcounts(m)`                           | drop cached refcount blocks and re-read the table from `self.header` (after rewriting refcounts on disk) |
 //! | `invalidate_caches()`                           | forget cached L2 tables and compressed clusters (after flush, when tables were rewritten behind the cache) |
 //!
-//! A dirty image is not opened read-write until `crate::check::rebuild_refcounts(&mut Qcow2)`
-//! exists (the check/repair developer provides it; `open_rw` calls it then).
+//! A dirty image (lazy refcounts, not closed cleanly) has its refcounts rebuilt by
+//! `crate::check::rebuild_refcounts` in `open_rw` before any of this runs.
 //!
 //! # Crash safety
 //!
