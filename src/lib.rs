@@ -33,4 +33,5 @@ pub use open::{open, BackingPolicy, Driver, Format, OpenOptions, OpenedImage, MA
 pub use vdisk_block as block;
 pub mod compare;
 pub mod convert;
+pub mod create;
 pub mod engine;
