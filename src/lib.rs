@@ -31,7 +31,9 @@ pub mod qapi;
 
 pub use open::{open, BackingPolicy, Driver, Format, OpenOptions, OpenedImage, MAX_BACKING_DEPTH};
 pub use vdisk_block as block;
+pub mod commit;
 pub mod compare;
 pub mod convert;
 pub mod create;
 pub mod engine;
+pub mod rebase;

@@ -44,6 +44,10 @@ pub enum Command {
     Resize(crate::cmd::resize::ResizeArgs),
     /// Change format options of an existing image (qemu-img amend).
     Amend(crate::cmd::amend::AmendArgs),
+    /// Change the backing file of an image, keeping its guest content (qemu-img rebase).
+    Rebase(crate::cmd::rebase::RebaseArgs),
+    /// Write an overlay's data into its backing file (qemu-img commit).
+    Commit(crate::cmd::commit::CommitArgs),
     /// Mount guest filesystems on a host directory through FUSE (guestmount).
     Mount(crate::cmd::guest::mount::MountArgs),
     /// Unmount a `vdisk mount` and wait for its server to exit (guestunmount).

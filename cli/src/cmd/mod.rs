@@ -2,6 +2,7 @@
 
 pub mod amend;
 pub mod check;
+pub mod commit;
 mod compare;
 mod convert;
 mod create;
@@ -9,6 +10,7 @@ pub mod guest;
 mod info;
 mod map;
 mod progress;
+pub mod rebase;
 pub mod resize;
 pub mod snapshot;
 
@@ -30,6 +32,8 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Snapshot(a) => snapshot::run(a),
         Command::Resize(a) => resize::run(a),
         Command::Amend(a) => amend::run(a),
+        Command::Rebase(a) => rebase::run(a),
+        Command::Commit(a) => commit::run(a),
         Command::Mount(a) => guest::mount::run(a),
         Command::Umount(a) => guest::umount::run(a),
         Command::Filesystems(a) => guest::filesystems::run(a),
@@ -49,6 +53,12 @@ pub fn parse_format(s: &str) -> Result<Format, Failure> {
 /// be guessed.
 pub fn open_image(path: &Path, opts: &OpenOptions) -> Result<OpenedImage, Failure> {
     let img = vdisk::open(path, opts)?;
+    warn_probed(&img);
+    Ok(img)
+}
+
+/// Warns on stderr for each image of the chain whose format had to be guessed.
+pub fn warn_probed(img: &OpenedImage) {
     for layer in img.chain() {
         if layer.probed {
             eprintln!(
@@ -60,5 +70,4 @@ pub fn open_image(path: &Path, opts: &OpenOptions) -> Result<OpenedImage, Failur
             );
         }
     }
-    Ok(img)
 }
