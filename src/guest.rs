@@ -9,6 +9,11 @@
 //!     -> Stack: one tree, "/" from the first, "/boot" from the second
 //! ```
 //!
+//! Editing opens the same way with `OpenOptions { read_only: false, .. }`: the top image of
+//! each chain is writable (and write-locked), its backing files stay read-only and are never
+//! written (copy-on-write), partitions and LVs write through to their extents, and
+//! [`mount_specs_rw`] opens each ext2/3/4 filesystem with the write engine ([`Ext4Rw`]).
+//!
 //! ```no_run
 //! use vdisk::guest::{GuestDisks, MountSpec, mount_specs};
 //! use vdisk::OpenOptions;
@@ -29,6 +34,7 @@ use std::sync::Arc;
 use vdisk_block::{BlockDevice, Error, Result};
 use vdisk_guestfs::detect::detect;
 use vdisk_guestfs::devices::{mapper_name, FilesystemEntry, Guest};
+use vdisk_guestfs::ext4::Ext4Rw;
 use vdisk_guestfs::fs::{errno, Ext4Fs, FileKind, FileSystem};
 use vdisk_guestfs::partition::{PartitionInfo, TableKind};
 use vdisk_guestfs::stack::Stack;
@@ -68,6 +74,17 @@ impl GuestDisks {
         GuestDisks::from_images(images)
     }
 
+    /// Makes every write durable: each image's flush (qcow2 metadata written back, then the
+    /// host files synced). Backing files were opened read-only and have nothing to flush.
+    pub fn flush(&self) -> Result<()> {
+        for img in &self.images {
+            image_device(img)
+                .flush()
+                .map_err(|e| e.with_path(&img.filename))?;
+        }
+        Ok(())
+    }
+
     /// The guest made of images already open.
     pub fn from_images(images: Vec<OpenedImage>) -> Result<GuestDisks> {
         let devices: Vec<Arc<dyn BlockDevice>> = images.iter().map(image_device).collect();
@@ -92,6 +109,29 @@ pub fn open_filesystem(
     device: &str,
     fstype: Option<&str>,
 ) -> Result<Arc<dyn FileSystem>> {
+    let dev = ext_device(guest, device, fstype)?;
+    Ok(Arc::new(
+        Ext4Fs::open(dev).map_err(|e| e.with_path(device))?,
+    ))
+}
+
+/// Opens the filesystem on guest device `device` for writing, as [`open_filesystem`] picks
+/// the driver: ext2, ext3 and ext4 through the ext4 write engine. The device must be
+/// writable (its image opened read-write).
+pub fn open_filesystem_rw(
+    guest: &Guest,
+    device: &str,
+    fstype: Option<&str>,
+) -> Result<Arc<Ext4Rw>> {
+    let dev = ext_device(guest, device, fstype)?;
+    Ok(Arc::new(
+        Ext4Rw::open(dev).map_err(|e| e.with_path(device))?,
+    ))
+}
+
+/// The device `device`, when it holds a filesystem the ext4 engine serves (detected, or named
+/// by `fstype`); an Unsupported error naming the type otherwise.
+fn ext_device(guest: &Guest, device: &str, fstype: Option<&str>) -> Result<Arc<dyn BlockDevice>> {
     let dev = guest.open_device(device)?;
     let kind = match fstype {
         Some(t) => t.to_string(),
@@ -105,9 +145,7 @@ pub fn open_filesystem(
         },
     };
     match kind.as_str() {
-        "ext2" | "ext3" | "ext4" => Ok(Arc::new(
-            Ext4Fs::open(dev).map_err(|e| e.with_path(device))?,
-        )),
+        "ext2" | "ext3" | "ext4" => Ok(dev),
         "swap" => Err(Error::unsupported(format!(
             "{device}: this is a swap device, not a filesystem"
         ))),
@@ -129,8 +167,8 @@ pub struct MountSpec {
     pub device: String,
     /// Where in the guest tree ("/" unless given).
     pub mountpoint: String,
-    /// Mount options, as given. The read-only engine needs none; they are accepted and
-    /// ignored as a read-only mount ignores most options.
+    /// Mount options, as given. `ro` mounts this filesystem read-only in a read-write tree;
+    /// the others are accepted and ignored.
     pub options: Option<String>,
     /// The filesystem type, overriding detection.
     pub fstype: Option<String>,
@@ -188,6 +226,51 @@ pub fn mount_specs(guest: &Guest, specs: &[MountSpec]) -> Result<Stack> {
         stack
             .mount(s.mountpoint.as_bytes(), fs)
             .map_err(|e| e.with_path(&s.device))?;
+    }
+    Ok(stack)
+}
+
+impl MountSpec {
+    /// True when the options ask for a read-only mount (`ro`).
+    pub fn read_only(&self) -> bool {
+        self.options
+            .as_deref()
+            .is_some_and(|o| o.split(',').any(|x| x == "ro"))
+    }
+}
+
+/// Mounts `specs` into one tree as [`mount_specs`] does, each filesystem read-write unless
+/// its options say `ro`. The images must have been opened read-write.
+pub fn mount_specs_rw(guest: &Guest, specs: &[MountSpec]) -> Result<Stack> {
+    let mut order: Vec<&MountSpec> = specs.iter().collect();
+    order.sort_by_key(|s| depth(&s.mountpoint));
+    let Some(first) = order.first().filter(|s| depth(&s.mountpoint) == 0) else {
+        return Err(Error::invalid(
+            "nothing is mounted on / (give -m DEV, or -m DEV:/, or -i)",
+        ));
+    };
+    let mut stack = if first.read_only() {
+        Stack::new(open_filesystem(
+            guest,
+            &first.device,
+            first.fstype.as_deref(),
+        )?)
+    } else {
+        Stack::new_rw(open_filesystem_rw(
+            guest,
+            &first.device,
+            first.fstype.as_deref(),
+        )?)
+    };
+    for s in &order[1..] {
+        let r = if s.read_only() {
+            let fs = open_filesystem(guest, &s.device, s.fstype.as_deref())?;
+            stack.mount(s.mountpoint.as_bytes(), fs)
+        } else {
+            let fs = open_filesystem_rw(guest, &s.device, s.fstype.as_deref())?;
+            stack.mount_rw(s.mountpoint.as_bytes(), fs)
+        };
+        r.map_err(|e| e.with_path(&s.device))?;
     }
     Ok(stack)
 }
@@ -819,6 +902,23 @@ pub fn mount_inspected(guest: &Guest, os: &OsInfo) -> Result<(Stack, Vec<String>
     for (mp, dev) in os.mountpoints.iter().filter(|(m, _)| m != "/") {
         let r = open_filesystem(guest, dev, None)
             .and_then(|fs| stack.mount(mp.as_bytes(), fs).map_err(|e| e.with_path(dev)));
+        if let Err(e) = r {
+            warnings.push(format!("{mp}: not mounted: {e}"));
+        }
+    }
+    Ok((stack, warnings))
+}
+
+/// Mounts what inspection found read-write, as [`mount_inspected`] does read-only.
+pub fn mount_inspected_rw(guest: &Guest, os: &OsInfo) -> Result<(Stack, Vec<String>)> {
+    let mut warnings = Vec::new();
+    let mut stack = Stack::new_rw(open_filesystem_rw(guest, &os.root, None)?);
+    for (mp, dev) in os.mountpoints.iter().filter(|(m, _)| m != "/") {
+        let r = open_filesystem_rw(guest, dev, None).and_then(|fs| {
+            stack
+                .mount_rw(mp.as_bytes(), fs)
+                .map_err(|e| e.with_path(dev))
+        });
         if let Err(e) = r {
             warnings.push(format!("{mp}: not mounted: {e}"));
         }

@@ -59,7 +59,7 @@ fn stacked_mount_serves_every_file_and_umount_waits_for_the_server() {
     let mnt = d.path("mnt");
     let guard = mount(
         &d,
-        &["-m", "/dev/centos/root", "-m", "/dev/sda1:/boot"],
+        &["--ro", "-m", "/dev/centos/root", "-m", "/dev/sda1:/boot"],
         &mnt,
     );
     // Usable at once: no retry, no sleep.
@@ -207,13 +207,10 @@ fn mount_errors_leave_nothing_mounted() {
     for (args, want) in [
         (vec!["-m", "/dev/centos/swap"], "swap"),
         (
-            vec!["-m", "/dev/centos/root", "--rw"],
-            "not implemented yet",
+            vec!["-m", "/dev/centos/root", "--rw", "--ro"],
+            "cannot be used with",
         ),
-        (
-            vec!["-m", "/dev/centos/root", "-o", "rw"],
-            "not implemented yet",
-        ),
+        (vec!["-m", "/dev/centos/swap", "-o", "rw"], "swap"),
         (vec!["-m", "/dev/nope"], "no such device"),
         (
             vec!["-m", "/dev/centos/root", "-o", "bogus_option"],

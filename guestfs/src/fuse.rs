@@ -5,13 +5,17 @@
 //!                                                  |
 //!                                                  v
 //!                                   dyn FileSystem (Ext4Fs, or a Stack of them)
+//!                                   dyn FileSystemMut (Ext4Rw, or a Stack) when read-write
 //! ```
 //!
 //! The adapter only translates: each helper returns `Result<_, Errno>` from the library's
 //! errors ([`crate::fs::errno`]), each trait method sends exactly one reply, attributes
-//! convert through `From`, and the mount is read-only ([`MountConfig::read_only`]); the write
-//! operations are fuser's defaults (ENOSYS), the kernel refuses writes to a read-only mount
-//! with EROFS before they reach us.
+//! convert through `From`. A read-only mount ([`session`]) answers every change with EROFS;
+//! a read-write one ([`session_rw`]) passes create, mknod, mkdir, unlink, rmdir, symlink,
+//! link, rename, write, setattr and the xattr calls to [`FileSystemMut`], and makes
+//! everything durable on fsync and when the session ends ([`FileSystemMut::flush`]). New
+//! files belong to the caller (the request's uid and gid), or to the directory's group when
+//! it is set-group-ID, as the kernel does.
 //!
 //! FUSE names the root directory 1; the filesystem's root inode (2 for ext4) and inode 1 trade
 //! numbers on the way through, every other inode keeps its number.
@@ -38,14 +42,19 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::time::SystemTime;
+
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, SessionACL,
+    BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use vdisk_block::Error;
 
-use crate::fs::{self, Attr, FileKind, FileSystem, Ino};
+use crate::fs::{
+    self, Attr, FileKind, FileSystem, FileSystemMut, Ino, SetAttr, TimeSet, Timestamp,
+};
 
 /// The most bytes one FUSE read asks for is bounded by the kernel (max_pages); this bounds
 /// what we allocate for a read whatever the request says.
@@ -55,14 +64,19 @@ pub const MAX_READ: u32 = 1 << 20;
 /// read-only mount: we hold its lock, which keeps writers out.
 const READ_ONLY_TTL: Duration = Duration::from_secs(3600);
 
+/// How long the kernel may cache names and attributes of a read-write mount. Every change
+/// passes through the kernel, which updates or drops what it cached; the short time (as
+/// libfuse's default) bounds the damage should some path be missed.
+const READ_WRITE_TTL: Duration = Duration::from_secs(1);
+
 /// How a guest filesystem is mounted.
 #[derive(Debug, Clone)]
 pub struct MountConfig {
     /// The mount's source as /proc/self/mountinfo shows it ("vdisk:1234": `vdisk umount`
     /// reads the serving process's id from it).
     pub fsname: String,
-    /// Mount read-only. Read-write mounts are not implemented yet (the write side of the
-    /// ext4 engine arrives separately); [`session`] refuses `false`.
+    /// Mount read-only. [`session`] serves only read-only mounts; [`session_rw`] serves
+    /// either.
     pub read_only: bool,
     /// Who may use the mount besides its owner.
     pub acl: SessionACL,
@@ -156,6 +170,9 @@ impl MountConfig {
     }
 }
 
+/// A mounted FUSE session serving a [`FuseFs`].
+pub type Session = fuser::Session<FuseFs>;
+
 /// Mounts `fs` on `mountpoint` and completes the FUSE handshake: when this returns the mount
 /// exists and requests queue until [`fuser::Session::run`] serves them (dropping the session
 /// unmounts).
@@ -167,15 +184,32 @@ pub fn session(
     if !cfg.read_only {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            "read-write mounts are not implemented yet (mount with --ro)",
+            "this filesystem was opened read-only; it cannot be mounted read-write",
         ));
     }
     fuser::Session::new(FuseFs::new(fs), mountpoint, &cfg.to_fuser())
 }
 
+/// Mounts the writable `fs` on `mountpoint` as [`session`] does: read-write, or read-only
+/// when `cfg.read_only`.
+pub fn session_rw<F: FileSystemMut + 'static>(
+    fs: Arc<F>,
+    mountpoint: &Path,
+    cfg: &MountConfig,
+) -> io::Result<fuser::Session<FuseFs>> {
+    let ffs = if cfg.read_only {
+        FuseFs::new(fs)
+    } else {
+        FuseFs::new_rw(fs)
+    };
+    fuser::Session::new(ffs, mountpoint, &cfg.to_fuser())
+}
+
 /// A [`FileSystem`] as a `fuser::Filesystem`.
 pub struct FuseFs {
     fs: Arc<dyn FileSystem>,
+    /// The same filesystem, when mounted read-write.
+    rw: Option<Arc<dyn FileSystemMut>>,
     root: Ino,
     ttl: Duration,
 }
@@ -186,9 +220,22 @@ impl FuseFs {
         let root = fs.root_ino();
         FuseFs {
             fs,
+            rw: None,
             root,
             ttl: READ_ONLY_TTL,
         }
+    }
+
+    /// The adapter over `fs`, read-write.
+    pub fn new_rw<F: FileSystemMut + 'static>(fs: Arc<F>) -> FuseFs {
+        let mut f = FuseFs::new(fs.clone());
+        f.rw = Some(fs);
+        f.ttl = READ_WRITE_TTL;
+        f
+    }
+
+    fn rw(&self) -> Result<&Arc<dyn FileSystemMut>, Errno> {
+        self.rw.as_ref().ok_or(Errno::EROFS)
     }
 
     /// FUSE's inode number → the filesystem's (1 and the root trade places).
@@ -238,14 +285,15 @@ impl FuseFs {
     }
 
     fn do_open(&self, ino: INodeNo, flags: OpenFlags, dir: bool) -> Result<FopenFlags, Errno> {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY && self.rw.is_none() {
             return Err(Errno::EROFS);
         }
         let kind = self.fs.getattr(self.ino(ino)).map_err(errno)?.kind;
         match (dir, kind == FileKind::Dir) {
             (true, false) => Err(Errno::ENOTDIR),
             (false, true) => Err(Errno::EISDIR),
-            // Nothing changes under a read-only mount: the page cache may keep what it read.
+            // Nothing changes under a read-only mount, and under a read-write one every change
+            // passes through the kernel: the page cache may keep what it read.
             (false, false) => Ok(FopenFlags::FOPEN_KEEP_CACHE),
             (true, true) => Ok(FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
         }
@@ -295,6 +343,152 @@ impl FuseFs {
             out.push(0);
         }
         Ok(out)
+    }
+
+    /// The owner of a new file in `parent` made by `req`, and its mode: the caller's uid and
+    /// gid, or the directory's gid when the directory is set-group-ID (a new directory then
+    /// inherits the bit), as the kernel's inode_init_owner does.
+    fn new_owner(
+        &self,
+        req: &Request,
+        parent: Ino,
+        mode: u32,
+        is_dir: bool,
+    ) -> Result<(u32, u32, u32), Errno> {
+        let p = self.fs.getattr(parent).map_err(errno)?;
+        if p.mode & 0o2000 != 0 {
+            let mode = if is_dir { mode | 0o2000 } else { mode };
+            return Ok((req.uid(), p.gid, mode));
+        }
+        Ok((req.uid(), req.gid(), mode))
+    }
+
+    fn do_mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> Result<FileAttr, Errno> {
+        let rw = self.rw()?;
+        let parent = self.ino(parent);
+        let kind = mode & 0o170000;
+        let (uid, gid, mode) = self.new_owner(req, parent, mode, kind == 0o040000)?;
+        let a = match kind {
+            0o040000 => rw.mkdir(parent, name, mode & 0o7777, uid, gid),
+            0 | 0o100000 => rw.create(parent, name, mode & 0o7777, uid, gid),
+            _ => rw.mknod(parent, name, mode, glibc_rdev(rdev), uid, gid),
+        }
+        .map_err(errno)?;
+        Ok(self.attr(&a))
+    }
+
+    fn do_symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        target: &Path,
+    ) -> Result<FileAttr, Errno> {
+        let rw = self.rw()?;
+        let parent = self.ino(parent);
+        let (uid, gid, _) = self.new_owner(req, parent, 0o777, false)?;
+        let a = rw
+            .symlink(parent, name, target.as_os_str(), uid, gid)
+            .map_err(errno)?;
+        Ok(self.attr(&a))
+    }
+
+    fn do_link(&self, ino: INodeNo, newparent: INodeNo, name: &OsStr) -> Result<FileAttr, Errno> {
+        let a = self
+            .rw()?
+            .link(self.ino(ino), self.ino(newparent), name)
+            .map_err(errno)?;
+        Ok(self.attr(&a))
+    }
+
+    fn do_rename(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<(), Errno> {
+        // NOREPLACE is the only flag the engine has; EXCHANGE and WHITEOUT are refused as
+        // filesystems without them refuse them.
+        if !(flags - RenameFlags::RENAME_NOREPLACE).is_empty() {
+            return Err(Errno::EINVAL);
+        }
+        let f = if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            fs::RENAME_NOREPLACE
+        } else {
+            0
+        };
+        self.rw()?
+            .rename(self.ino(parent), name, self.ino(newparent), newname, f)
+            .map_err(errno)
+    }
+
+    fn do_write(&self, ino: INodeNo, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let n = self
+            .rw()?
+            .write(self.ino(ino), offset, data)
+            .map_err(errno)?;
+        u32::try_from(n).map_err(|_| Errno::EFBIG)
+    }
+
+    fn do_setattr(&self, ino: INodeNo, c: &SetAttr) -> Result<FileAttr, Errno> {
+        let ino = self.ino(ino);
+        if *c == SetAttr::default() {
+            return Ok(self.attr(&self.fs.getattr(ino).map_err(errno)?));
+        }
+        Ok(self.attr(&self.rw()?.setattr(ino, c).map_err(errno)?))
+    }
+
+    fn do_flush_all(&self) -> Result<(), Errno> {
+        match &self.rw {
+            Some(rw) => rw.flush().map_err(errno),
+            None => Ok(()),
+        }
+    }
+}
+
+/// FUSE's 32-bit device number (the kernel's `new_encode_dev`) → glibc's 64-bit `dev_t`.
+fn glibc_rdev(dev: u32) -> u64 {
+    let dev = u64::from(dev);
+    let major = (dev & 0xfff00) >> 8;
+    let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    ((major & 0xffff_f000) << 32)
+        | ((major & 0xfff) << 8)
+        | ((minor & 0xffff_ff00) << 12)
+        | (minor & 0xff)
+}
+
+/// A time FUSE sets → the library's.
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(st) => TimeSet::At(timestamp(st)),
+    }
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => Timestamp {
+            secs: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nanos: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let (mut secs, mut nanos) = (-(d.as_secs() as i64), 0u32);
+            if d.subsec_nanos() > 0 {
+                secs -= 1;
+                nanos = 1_000_000_000 - d.subsec_nanos();
+            }
+            Timestamp { secs, nanos }
+        }
     }
 }
 
@@ -451,9 +645,258 @@ impl Filesystem for FuseFs {
         reply_xattr(reply, size, self.do_listxattr(ino));
     }
 
+    fn destroy(&mut self) {
+        // Errors cannot be reported here; the server flushes again after the session ends
+        // and reports them there.
+        let _ = self.do_flush_all();
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let c = SetAttr {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+        };
+        match self.do_setattr(ino, &c) {
+            Ok(a) => reply.attr(&self.ttl, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.do_mknod(req, parent, name, mode, rdev) {
+            Ok(a) => reply.entry(&self.ttl, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.do_mknod(req, parent, name, (mode & 0o7777) | 0o040000, 0) {
+            Ok(a) => reply.entry(&self.ttl, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self
+            .rw()
+            .and_then(|rw| rw.unlink(self.ino(parent), name).map_err(errno))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self
+            .rw()
+            .and_then(|rw| rw.rmdir(self.ino(parent), name).map_err(errno))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        match self.do_symlink(req, parent, link_name, target) {
+            Ok(a) => reply.entry(&self.ttl, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.do_rename(parent, name, newparent, newname, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.do_link(ino, newparent, newname) {
+            Ok(a) => reply.entry(&self.ttl, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.do_write(ino, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Writes reach the filesystem as they come (nothing is buffered per open file);
+        // durability is fsync's and unmount's business.
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.do_flush_all() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.do_flush_all() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let flags = u32::try_from(flags).unwrap_or(u32::MAX);
+        if flags & !(fs::XATTR_CREATE | fs::XATTR_REPLACE) != 0 {
+            return reply.error(Errno::EINVAL);
+        }
+        match self.rw().and_then(|rw| {
+            rw.setxattr(self.ino(ino), name, value, flags)
+                .map_err(errno)
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self
+            .rw()
+            .and_then(|rw| rw.removexattr(self.ino(ino), name).map_err(errno))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.do_mknod(req, parent, name, (mode & 0o7777) | 0o100000, 0) {
+            Ok(a) => reply.created(
+                &self.ttl,
+                &a,
+                Generation(0),
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
         match self.do_getattr(ino) {
-            Ok(_) if mask.contains(fuser::AccessFlags::W_OK) => reply.error(Errno::EROFS),
+            Ok(_) if mask.contains(fuser::AccessFlags::W_OK) && self.rw.is_none() => {
+                reply.error(Errno::EROFS)
+            }
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -473,6 +916,28 @@ mod tests {
         assert_eq!(
             fuse_rdev(glibc),
             (300 & 0xff) | (259 << 8) | ((300 & !0xff) << 12)
+        );
+    }
+
+    #[test]
+    fn device_numbers_round_trip() {
+        for glibc in [
+            0x801u64,
+            (259u64 << 8) | (300 & 0xff) | ((300u64 & !0xff) << 12),
+        ] {
+            assert_eq!(glibc_rdev(fuse_rdev(glibc)), glibc);
+        }
+    }
+
+    #[test]
+    fn times_before_the_epoch() {
+        let t = SystemTime::UNIX_EPOCH - Duration::from_millis(1500);
+        assert_eq!(
+            timestamp(t),
+            Timestamp {
+                secs: -2,
+                nanos: 500_000_000
+            }
         );
     }
 

@@ -15,6 +15,11 @@
 //! serve one mounted device or a whole tree the same way, and [`FileSystem::resolve`] follows
 //! symlinks and `..` across mountpoints as the guest's kernel would. A directory that a
 //! later layer is mounted on is replaced by that layer's root, in lookups and in listings.
+//!
+//! Layers mounted read-write (with [`Stack::new_rw`] and [`Stack::mount_rw`]) make the stack a
+//! [`FileSystemMut`] too: each change goes to the layer that owns the inode, a change to a
+//! read-only layer fails with EROFS, links and renames between layers fail with EXDEV (as
+//! across mountpoints in the kernel), and a mountpoint cannot be removed or renamed (EBUSY).
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -22,7 +27,14 @@ use std::sync::Arc;
 
 use vdisk_block::{Error, Result};
 
-use crate::fs::{errno, errno_error, Attr, DirEntry, FileKind, FileSystem, Ino, StatFs};
+use crate::fs::{
+    errno, errno_error, Attr, DirEntry, FileKind, FileSystem, FileSystemMut, Ino, SetAttr, StatFs,
+};
+
+/// Cross-device link (EXDEV): a link or rename between two mounted filesystems.
+const EXDEV: i32 = 18;
+/// Device or resource busy (EBUSY): removing or renaming a mountpoint.
+const EBUSY: i32 = 16;
 
 /// The most filesystems one stack holds. libguestfs mounts one filesystem per fstab line;
 /// real guests have a handful, and the bound keeps the layer field of inode numbers small.
@@ -38,6 +50,8 @@ struct Layer {
     /// Where it is mounted, as given ("/", "/boot").
     path: Vec<u8>,
     fs: Arc<dyn FileSystem>,
+    /// The same filesystem, writable, when it was mounted read-write.
+    rw: Option<Arc<dyn FileSystemMut>>,
     /// The stacked inode of the directory holding the mountpoint ("..") of this layer's root.
     parent: Ino,
 }
@@ -68,10 +82,27 @@ impl Stack {
             layers: vec![Layer {
                 path: b"/".to_vec(),
                 fs: root,
+                rw: None,
                 parent,
             }],
             covered: HashMap::new(),
         }
+    }
+
+    /// A stack with `root` mounted read-write at `/`.
+    pub fn new_rw<F: FileSystemMut + 'static>(root: Arc<F>) -> Stack {
+        let mut s = Stack::new(root.clone());
+        s.layers[0].rw = Some(root);
+        s
+    }
+
+    /// Mounts `fs` read-write over the directory at guest path `path` (as [`Stack::mount`]).
+    pub fn mount_rw<F: FileSystemMut + 'static>(&mut self, path: &[u8], fs: Arc<F>) -> Result<()> {
+        self.mount(path, fs.clone())?;
+        if let Some(l) = self.layers.last_mut() {
+            l.rw = Some(fs);
+        }
+        Ok(())
     }
 
     /// Mounts `fs` over the directory at guest path `path` of the tree built so far
@@ -106,6 +137,7 @@ impl Stack {
         self.layers.push(Layer {
             path: path.to_vec(),
             fs,
+            rw: None,
             parent,
         });
         self.covered.insert(target, index);
@@ -145,6 +177,50 @@ impl Stack {
 
     fn index_of(ino: Ino) -> usize {
         usize::try_from(ino >> LAYER_SHIFT).unwrap_or(usize::MAX)
+    }
+
+    /// The writable filesystem and local inode of a stacked inode (EROFS for a read-only
+    /// layer).
+    fn split_rw(&self, ino: Ino) -> Result<(&Arc<dyn FileSystemMut>, Ino)> {
+        let (layer, local) = self.split(ino)?;
+        let rw = layer
+            .rw
+            .as_ref()
+            .ok_or_else(|| errno_error("write", errno::EROFS))?;
+        Ok((rw, local))
+    }
+
+    /// `attr` of layer `index`, renumbered as the stack numbers it.
+    fn stacked(&self, index: usize, mut attr: Attr) -> Result<Attr> {
+        attr.ino = self.join(index, attr.ino)?;
+        Ok(attr)
+    }
+
+    /// EBUSY when `parent/name` is the root of a mounted layer (a mountpoint): it cannot be
+    /// removed or renamed while mounted.
+    fn not_a_mountpoint(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        let (layer, local) = self.split(parent)?;
+        let Some(found) = layer.fs.lookup(local, name)? else {
+            return Ok(());
+        };
+        let raw = ((Self::index_of(parent) as u64) << LAYER_SHIFT) | found;
+        if self.covered.contains_key(&raw) {
+            return Err(errno_error("stack", EBUSY));
+        }
+        Ok(())
+    }
+
+    /// Flushes every read-write layer, reporting the first error after trying them all.
+    fn flush_all(&self) -> Result<()> {
+        let mut first = None;
+        for l in &self.layers {
+            if let Some(rw) = &l.rw {
+                if let Err(e) = rw.flush() {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 }
 
@@ -218,6 +294,114 @@ impl FileSystem for Stack {
     /// `/boot` cannot report its own.
     fn statfs(&self) -> Result<StatFs> {
         self.layers[0].fs.statfs()
+    }
+}
+
+impl FileSystemMut for Stack {
+    fn create(&self, parent: Ino, name: &OsStr, mode: u32, uid: u32, gid: u32) -> Result<Attr> {
+        let (fs, local) = self.split_rw(parent)?;
+        let a = fs.create(local, name, mode, uid, gid)?;
+        self.stacked(Self::index_of(parent), a)
+    }
+
+    fn mkdir(&self, parent: Ino, name: &OsStr, mode: u32, uid: u32, gid: u32) -> Result<Attr> {
+        let (fs, local) = self.split_rw(parent)?;
+        let a = fs.mkdir(local, name, mode, uid, gid)?;
+        self.stacked(Self::index_of(parent), a)
+    }
+
+    fn mknod(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        let (fs, local) = self.split_rw(parent)?;
+        let a = fs.mknod(local, name, mode, rdev, uid, gid)?;
+        self.stacked(Self::index_of(parent), a)
+    }
+
+    fn symlink(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        target: &OsStr,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        let (fs, local) = self.split_rw(parent)?;
+        let a = fs.symlink(local, name, target, uid, gid)?;
+        self.stacked(Self::index_of(parent), a)
+    }
+
+    fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> Result<Attr> {
+        if Self::index_of(ino) != Self::index_of(newparent) {
+            return Err(errno_error("link", EXDEV));
+        }
+        let (fs, local) = self.split_rw(ino)?;
+        let (_, local_parent) = self.split(newparent)?;
+        let a = fs.link(local, local_parent, newname)?;
+        self.stacked(Self::index_of(ino), a)
+    }
+
+    fn unlink(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        let (fs, local) = self.split_rw(parent)?;
+        self.not_a_mountpoint(parent, name)?;
+        fs.unlink(local, name)
+    }
+
+    fn rmdir(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        let (fs, local) = self.split_rw(parent)?;
+        self.not_a_mountpoint(parent, name)?;
+        fs.rmdir(local, name)
+    }
+
+    fn rename(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        newparent: Ino,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        if Self::index_of(parent) != Self::index_of(newparent) {
+            return Err(errno_error("rename", EXDEV));
+        }
+        let (fs, local) = self.split_rw(parent)?;
+        let (_, local_new) = self.split(newparent)?;
+        self.not_a_mountpoint(parent, name)?;
+        self.not_a_mountpoint(newparent, newname)?;
+        fs.rename(local, name, local_new, newname, flags)
+    }
+
+    fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
+        let (fs, local) = self.split_rw(ino)?;
+        fs.write(local, offset, data)
+    }
+
+    fn setattr(&self, ino: Ino, changes: &SetAttr) -> Result<Attr> {
+        let (fs, local) = self.split_rw(ino)?;
+        let mut a = fs.setattr(local, changes)?;
+        a.ino = ino;
+        Ok(a)
+    }
+
+    fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: u32) -> Result<()> {
+        let (fs, local) = self.split_rw(ino)?;
+        fs.setxattr(local, name, value, flags)
+    }
+
+    fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()> {
+        let (fs, local) = self.split_rw(ino)?;
+        fs.removexattr(local, name)
+    }
+
+    /// Flushes every read-write layer.
+    fn flush(&self) -> Result<()> {
+        self.flush_all()
     }
 }
 

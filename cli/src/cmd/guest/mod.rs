@@ -21,6 +21,7 @@ use std::sync::Arc;
 use vdisk::guest::{self, GuestDisks, MountSpec};
 use vdisk::OpenOptions;
 use vdisk_guestfs::fs::FileSystem;
+use vdisk_guestfs::stack::Stack;
 
 use crate::cmd::parse_format;
 use crate::Failure;
@@ -55,9 +56,19 @@ pub struct MountSelect {
 /// Opens the `-a` images read-only (warning when a format had to be probed) and reads their
 /// partitions and volumes.
 pub fn open_disks(d: &DiskArgs) -> Result<GuestDisks, Failure> {
+    open_disks_with(d, true)
+}
+
+/// Opens the `-a` images read-write (write-locked; their backing files read-only) and reads
+/// their partitions and volumes.
+pub fn open_disks_rw(d: &DiskArgs) -> Result<GuestDisks, Failure> {
+    open_disks_with(d, false)
+}
+
+fn open_disks_with(d: &DiskArgs, read_only: bool) -> Result<GuestDisks, Failure> {
     let opts = OpenOptions {
         format: d.format.as_deref().map(parse_format).transpose()?,
-        read_only: true,
+        read_only,
         ..OpenOptions::default()
     };
     let mut images = Vec::with_capacity(d.add.len());
@@ -107,6 +118,34 @@ pub fn open_tree(
         .map(|m| m.parse::<MountSpec>())
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Arc::new(guest::mount_specs(&disks.guest, &specs)?))
+}
+
+/// The guest tree to change, as [`open_tree`] builds it, with each filesystem opened by the
+/// write engine (a `-m DEV:MP:ro` one stays read-only). The disks must be open read-write.
+pub fn open_tree_rw(
+    disks: &GuestDisks,
+    sel: &MountSelect,
+    inspect_by_default: bool,
+) -> Result<Arc<Stack>, Failure> {
+    if sel.inspector || (sel.mount.is_empty() && inspect_by_default) {
+        let os = guest::single_os(&disks.guest)?;
+        let (stack, warnings) = guest::mount_inspected_rw(&disks.guest, &os)?;
+        for w in warnings {
+            warn(&w);
+        }
+        return Ok(Arc::new(stack));
+    }
+    if sel.mount.is_empty() {
+        return Err(Failure::new(
+            "nothing to mount: give -m DEV[:MOUNTPOINT] or -i",
+        ));
+    }
+    let specs = sel
+        .mount
+        .iter()
+        .map(|m| m.parse::<MountSpec>())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Arc::new(guest::mount_specs_rw(&disks.guest, &specs)?))
 }
 
 /// Prints a warning on stderr.

@@ -7,11 +7,17 @@
 //!     pipe + fork ------------------------> child: setsid, stdio -> /dev/null
 //!     wait on the pipe                      mount (fsname "vdisk:<pid>") + FUSE INIT
 //!       "ok"  -> exit 0   <---------------- write "ok" (or "err <message>"), close
-//!       "err" -> the message, exit 1        serve until unmounted, close images, exit
+//!       "err" -> the message, exit 1        serve until unmounted (or SIGTERM/SIGINT/
+//!                                           SIGHUP: unmount), flush, close images, exit
 //! ```
 //!
 //! The images are opened (and locked) before the fork; the locks are OFD locks, owned by the
 //! open file description, so they stay held by the child after the parent exits.
+//!
+//! Read-write is the default, as guestmount's: the top image of each `-a` chain is opened
+//! for writing, its backing files read-only. When the session ends the server flushes the
+//! filesystems (superblock state) and the images (qcow2 metadata, host file sync) before it
+//! exits, and `vdisk umount` waits for that exit.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -19,10 +25,12 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use vdisk_guestfs::fs::FileSystem;
+use vdisk::guest::GuestDisks;
+use vdisk_guestfs::fs::{FileSystem, FileSystemMut};
 use vdisk_guestfs::fuse::{self, MountConfig};
+use vdisk_guestfs::stack::Stack;
 
-use super::{open_disks, open_tree, DiskArgs, MountSelect};
+use super::{open_disks, open_disks_rw, open_tree, open_tree_rw, DiskArgs, MountSelect};
 use crate::{CmdResult, Failure};
 
 /// `vdisk mount -a IMAGE… [--format FMT] (-m DEV[:MOUNTPOINT[:OPTIONS]]… | -i) [--ro | --rw]
@@ -33,11 +41,10 @@ pub struct MountArgs {
     disks: DiskArgs,
     #[command(flatten)]
     select: MountSelect,
-    /// Mount read-only. This is the default for now: read-write mounts arrive with the
-    /// ext4 write engine.
+    /// Mount read-only: the images are opened for reading only (and not write-locked).
     #[arg(short = 'r', long, conflicts_with = "rw")]
     ro: bool,
-    /// Mount read-write (guestmount's default). Not implemented yet: vdisk mounts read-only.
+    /// Mount read-write (the default, as guestmount's).
     #[arg(short = 'w', long)]
     rw: bool,
     /// FUSE mount options, comma-separated, may repeat (allow_other, allow_root,
@@ -60,12 +67,6 @@ pub struct MountArgs {
 
 /// Mounts, then serves in the background (or in the foreground with `--foreground`).
 pub fn run(mut a: MountArgs) -> CmdResult {
-    if a.rw {
-        return Err(Failure::new(
-            "--rw: read-write mounts are not implemented yet; vdisk mounts read-only (--ro) \
-             until the ext4 write engine lands",
-        ));
-    }
     match std::fs::metadata(&a.mountdir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -89,29 +90,35 @@ pub fn run(mut a: MountArgs) -> CmdResult {
         a.pid_file = Some(std::path::absolute(&p)?);
     }
     let mut cfg = MountConfig::read_only(String::new());
+    cfg.read_only = a.ro;
     for opt in a.options.iter().flat_map(|o| o.split(',')) {
         cfg.push_option(opt)?;
-    }
-    if !cfg.read_only {
-        return Err(Failure::new(
-            "-o rw: read-write mounts are not implemented yet; vdisk mounts read-only",
-        ));
     }
     if let Some(n) = a.threads {
         cfg.threads = n.clamp(1, 64);
     }
-    let disks = open_disks(&a.disks)?;
-    let tree = open_tree(&disks, &a.select, false)?;
+    let (disks, tree) = if cfg.read_only {
+        let disks = open_disks(&a.disks)?;
+        let tree = Tree::Ro(open_tree(&disks, &a.select, false)?);
+        (disks, tree)
+    } else {
+        let disks = open_disks_rw(&a.disks)?;
+        let tree = Tree::Rw(open_tree_rw(&disks, &a.select, false)?);
+        (disks, tree)
+    };
 
     if a.foreground {
         cfg.fsname = format!("vdisk:{}", std::process::id());
-        let session = fuse::session(tree, &a.mountdir, &cfg)
+        let signals = block_stop_signals();
+        let session = tree
+            .session(&a.mountdir, &cfg)
             .map_err(|e| Failure::new(format!("{}: {e}", a.mountdir.display())))?;
         write_pid_file(&a)?;
-        session
-            .run()
-            .map_err(|e| Failure::new(format!("{}: {e}", a.mountdir.display())))?;
+        stop_on_signals(signals, a.mountdir.clone());
+        let served = session.run();
+        close(tree, &disks).map_err(|e| Failure::new(format!("{}: {e}", a.mountdir.display())))?;
         drop(disks);
+        served.map_err(|e| Failure::new(format!("{}: {e}", a.mountdir.display())))?;
         return Ok(0);
     }
 
@@ -127,7 +134,7 @@ pub fn run(mut a: MountArgs) -> CmdResult {
         ))),
         0 => {
             drop(rd);
-            let code = child(&a, cfg, tree, wr);
+            let code = child(&a, cfg, tree, &disks, wr);
             drop(disks);
             std::process::exit(code);
         }
@@ -154,15 +161,46 @@ fn parent(rd: OwnedFd, a: &MountArgs) -> CmdResult {
     }
 }
 
-/// The serving process: detach, mount, report, serve.
-fn child(a: &MountArgs, mut cfg: MountConfig, tree: Arc<dyn FileSystem>, wr: OwnedFd) -> i32 {
+/// What is served: a read-only tree, or a writable one.
+enum Tree {
+    Ro(Arc<dyn FileSystem>),
+    Rw(Arc<Stack>),
+}
+
+impl Tree {
+    fn session(
+        &self,
+        mountdir: &std::path::Path,
+        cfg: &MountConfig,
+    ) -> std::io::Result<fuse::Session> {
+        match self {
+            Tree::Ro(t) => fuse::session(t.clone(), mountdir, cfg),
+            Tree::Rw(t) => fuse::session_rw(t.clone(), mountdir, cfg),
+        }
+    }
+}
+
+/// After the session: the filesystems' state, then the images (qcow2 metadata, host sync).
+fn close(tree: Tree, disks: &GuestDisks) -> vdisk::block::Result<()> {
+    if let Tree::Rw(t) = &tree {
+        t.flush()?;
+    }
+    drop(tree);
+    disks.flush()
+}
+
+/// The serving process: detach, mount, report, serve, flush.
+fn child(a: &MountArgs, mut cfg: MountConfig, tree: Tree, disks: &GuestDisks, wr: OwnedFd) -> i32 {
     let mut report = File::from(wr);
     if let Err(e) = detach() {
         let _ = write!(report, "err cannot detach from the terminal: {e}");
         return 1;
     }
     cfg.fsname = format!("vdisk:{}", std::process::id());
-    let session = match fuse::session(tree, &a.mountdir, &cfg) {
+    // Blocked before fuser starts its threads, so they all inherit the mask and only the
+    // waiting thread takes these signals.
+    let signals = block_stop_signals();
+    let session = match tree.session(&a.mountdir, &cfg) {
         Ok(s) => s,
         Err(e) => {
             let _ = write!(report, "err {}: {e}", a.mountdir.display());
@@ -177,10 +215,60 @@ fn child(a: &MountArgs, mut cfg: MountConfig, tree: Arc<dyn FileSystem>, wr: Own
         // Nobody is waiting: the mount stays, served as promised.
     }
     drop(report);
-    match session.run() {
-        Ok(()) => 0,
-        Err(_) => 1,
+    stop_on_signals(signals, a.mountdir.clone());
+    let served = session.run();
+    let closed = close(tree, disks);
+    match (served, closed) {
+        (Ok(()), Ok(())) => 0,
+        _ => 1,
     }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and the threads it starts later), and
+/// returns the set for [`stop_on_signals`].
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; these calls only edit it and this thread's mask.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
+/// A thread that waits for one of `set` and then unmounts `mountdir`, which ends the session
+/// so the server flushes and closes the images as after `vdisk umount`. A busy mount is
+/// detached lazily: the kernel keeps the connection (and we keep serving) until the last
+/// open file is closed.
+fn stop_on_signals(set: libc::sigset_t, mountdir: PathBuf) {
+    std::thread::spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is an initialised sigset_t whose signals are blocked in every thread.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            return;
+        }
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(path) = std::ffi::CString::new(mountdir.as_os_str().as_bytes()) else {
+            return;
+        };
+        // SAFETY: `path` is a NUL-terminated string alive for the calls.
+        let done = unsafe {
+            libc::umount2(path.as_ptr(), 0) == 0
+                || libc::umount2(path.as_ptr(), libc::MNT_DETACH) == 0
+        };
+        if !done {
+            // Not root: the setuid helper unmounts for us.
+            let _ = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&mountdir)
+                .status();
+        }
+    });
 }
 
 fn write_pid_file(a: &MountArgs) -> Result<(), Failure> {
