@@ -36,4 +36,5 @@ pub mod compare;
 pub mod convert;
 pub mod create;
 pub mod engine;
+pub mod measure;
 pub mod rebase;

@@ -48,6 +48,8 @@ pub enum Command {
     Rebase(crate::cmd::rebase::RebaseArgs),
     /// Write an overlay's data into its backing file (qemu-img commit).
     Commit(crate::cmd::commit::CommitArgs),
+    /// Compute the file size a new image needs (qemu-img measure).
+    Measure(crate::cmd::measure::MeasureArgs),
     /// Mount guest filesystems on a host directory through FUSE (guestmount).
     Mount(crate::cmd::guest::mount::MountArgs),
     /// Unmount a `vdisk mount` and wait for its server to exit (guestunmount).

@@ -9,6 +9,7 @@ mod create;
 pub mod guest;
 mod info;
 mod map;
+pub mod measure;
 mod progress;
 pub mod rebase;
 pub mod resize;
@@ -34,6 +35,7 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Amend(a) => amend::run(a),
         Command::Rebase(a) => rebase::run(a),
         Command::Commit(a) => commit::run(a),
+        Command::Measure(a) => measure::run(a),
         Command::Mount(a) => guest::mount::run(a),
         Command::Umount(a) => guest::umount::run(a),
         Command::Filesystems(a) => guest::filesystems::run(a),
