@@ -808,28 +808,53 @@ fn property_on(
 ) {
     for s in 0..seqs {
         let img = mkimg(&format!("{name}-{s}"), mb, mkfs, args, src);
-        let mut r = Rng(seed.wrapping_mul(1000).wrapping_add(u64::from(s)) | 1);
-        let mut m = Model::default();
-        let mut log = Vec::new();
-        {
-            let fs = Ext4Rw::open(RwDev::open(&img)).unwrap();
-            let bs = u64::from(fs.statfs().unwrap().block_size);
-            m = {
-                let _ = &mut m;
-                model_from_fs(&fs)
-            };
-            for _ in 0..ops {
-                step(&mut r, &fs, &mut m, bs, &mut log);
+        let seed = seed.wrapping_mul(1000).wrapping_add(u64::from(s));
+        let (m, log) = run_ops(RwDev::open(&img), seed, ops);
+        verify(&img, &m, &describe(&format!("{name} seq {s}"), &log));
+    }
+}
+
+/// Opens `dev` with [`Ext4Rw`], runs `ops` random operations from `seed` mirrored in a model
+/// of the tree found there, flushes and closes. Returns the model and the operations' log.
+fn run_ops(dev: Arc<dyn BlockDevice>, seed: u64, ops: u32) -> (Model, Vec<String>) {
+    run_ops_with(dev, seed, ops, &|_, _, _| {})
+}
+
+/// [`run_ops`] with `first` run (on the engine, the model, the block size) before the
+/// random operations.
+fn run_ops_with(
+    dev: Arc<dyn BlockDevice>,
+    seed: u64,
+    ops: u32,
+    first: &dyn Fn(&Ext4Rw, &mut Model, u64),
+) -> (Model, Vec<String>) {
+    let mut r = Rng(seed | 1);
+    let mut log = Vec::new();
+    let fs = Ext4Rw::open(dev).unwrap();
+    let bs = u64::from(fs.statfs().unwrap().block_size);
+    let mut m = model_from_fs(&fs);
+    first(&fs, &mut m, bs);
+    for _ in 0..ops {
+        step(&mut r, &fs, &mut m, bs, &mut log);
+    }
+    fs.flush().unwrap();
+    (m, log)
+}
+
+/// A failure message naming the operations (shortened when long).
+fn describe(what: &str, log: &[String]) -> String {
+    let what = format!("{what} (ops: {})", log.join("; "));
+    if what.len() > 6000 {
+        let cut = |mut i: usize| {
+            while !what.is_char_boundary(i) {
+                i -= 1;
             }
-            fs.flush().unwrap();
-        }
-        let what = format!("{name} seq {s} (ops: {})", log.join("; "));
-        let what = if what.len() > 6000 {
-            format!("{}…{}", &what[..1000], &what[what.len() - 4000..])
-        } else {
-            what
+            i
         };
-        verify(&img, &m, &what);
+        let (a, b) = (cut(1000), cut(what.len() - 4000));
+        format!("{}…{}", &what[..a], &what[b..])
+    } else {
+        what
     }
 }
 
@@ -849,6 +874,223 @@ fn model_centos7_features() {
         4,
         200,
     );
+}
+
+/// CentOS 7's mkfs.ext4 (e2fsprogs 1.42.9) made no metadata_csum and no 64bit but
+/// uninit_bg: crc16 group descriptor checksums, BLOCK_UNINIT / INODE_UNINIT groups, lazily
+/// zeroed inode tables (itable_unused). 4 KiB and 1 KiB blocks (the latter: many groups).
+#[test]
+fn model_centos7_uninit_bg() {
+    let c7 = "^metadata_csum,^64bit,uninit_bg";
+    let probe = mkimg("c7u-probe", 64, "mkfs.ext4", &["-O", c7], None);
+    let h = run("dumpe2fs", &["-h", probe.to_str().unwrap()]);
+    assert!(
+        h.contains("uninit_bg") && !h.contains("metadata_csum") && !h.contains("64bit"),
+        "mkfs did not make a CentOS-7-like filesystem:\n{h}"
+    );
+    let lazy = "lazy_itable_init=1";
+    property(
+        "c7u4k",
+        64,
+        "mkfs.ext4",
+        &["-T", "default", "-O", c7, "-E", lazy],
+        8,
+        2,
+        250,
+    );
+    property(
+        "c7u1k",
+        64,
+        "mkfs.ext4",
+        &["-b", "1024", "-O", c7, "-E", lazy],
+        9,
+        2,
+        250,
+    );
+}
+
+/// A device over an image opened through the vdisk crate (a qcow2 chain).
+struct ImageDev(Arc<dyn vdisk::block::Image>);
+
+impl BlockDevice for ImageDev {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.0.write_at(buf, offset)
+    }
+    fn flush(&self) -> Result<()> {
+        self.0.flush()
+    }
+    fn is_read_only(&self) -> bool {
+        self.0.is_read_only()
+    }
+}
+
+fn file_bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}
+
+/// An htree directory of thousands of entries ("big") and a file whose extent tree has
+/// depth >= 2 ("deep": every other block written), made through `fs` and mirrored in `m`.
+fn big_and_deep(fs: &Ext4Rw, m: &mut Model, bs: u64) {
+    fs.mkdir(fs.root_ino(), OsStr::new("big"), 0o755, 0, 0)
+        .unwrap();
+    m.add(
+        "big".into(),
+        MNode {
+            kind: Kind::Dir,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            xattrs: BTreeMap::new(),
+            mtime: None,
+        },
+    );
+    create_many(fs, m, "big", "entry-with-a-longer-name-", 3000);
+    assert!(is_indexed(fs, "big"), "no htree index");
+    let a = fs
+        .create(fs.root_ino(), OsStr::new("deep"), 0o644, 0, 0)
+        .unwrap();
+    // Depth 2 needs more extents than four full leaves hold.
+    let n = 4 * (bs - 12) / 12 + 40;
+    let mut data = vec![0u8; ((2 * n - 1) * bs) as usize];
+    let mut r = Rng(n);
+    for i in 0..n {
+        let bytes = r.bytes(bs as usize);
+        fs.write(a.ino, 2 * i * bs, &bytes).unwrap();
+        data[(2 * i * bs) as usize..((2 * i + 1) * bs) as usize].copy_from_slice(&bytes);
+    }
+    let i = fs.engine().live_inode(a.ino as u32).unwrap();
+    let depth = u16::from_le_bytes([i.i_block[6], i.i_block[7]]);
+    assert!(depth >= 2, "extent depth {depth}");
+    m.add(
+        "deep".into(),
+        MNode {
+            kind: Kind::File(data),
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            xattrs: BTreeMap::new(),
+            mtime: None,
+        },
+    );
+}
+
+/// Random operations on a 3-deep chain, qcow2 overlay -> qcow2 -> raw, opened writable with
+/// `vdisk::open`: the middle layer holds the kernel's own edits of the base; afterwards both
+/// backing files are byte-for-byte unchanged (an htree directory of thousands of entries and a
+/// file of extent depth >= 2 are made first), `qemu-img check` finds the overlay clean, and
+/// the flattened image is checked against the model.
+#[test]
+fn model_on_qcow2_chain() {
+    let src = populated_tree();
+    for (name, args, seed) in [
+        ("q-def", &["-T", "default"][..], 21u64),
+        (
+            "q-c7",
+            &["-b", "1024", "-O", "^metadata_csum,^64bit,uninit_bg"][..],
+            22,
+        ),
+    ] {
+        let base = mkimg(
+            &format!("{name}-base"),
+            64,
+            "mkfs.ext4",
+            args,
+            Some(src.path()),
+        );
+        let edited = scratch().join(format!("{name}-edited.img"));
+        run(
+            "cp",
+            &[
+                "--sparse=always",
+                base.to_str().unwrap(),
+                edited.to_str().unwrap(),
+            ],
+        );
+        let dir = tempfile::tempdir().unwrap().keep();
+        run(
+            "mount",
+            &[
+                "-o",
+                "loop",
+                edited.to_str().unwrap(),
+                dir.to_str().unwrap(),
+            ],
+        );
+        let guard = Mount { dir: dir.clone() };
+        std::fs::create_dir(dir.join("from-mid")).unwrap();
+        for i in 0..40 {
+            std::fs::write(
+                dir.join(format!("from-mid/f{i}")),
+                Rng(i + 1).bytes(3000 * i as usize),
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.join("etc/hosts"), b"10.1.1.1 mid\n").unwrap();
+        drop(guard);
+        let mid = scratch().join(format!("{name}-mid.qcow2"));
+        let top = scratch().join(format!("{name}-top.qcow2"));
+        let (b, e, mi, t) = (
+            base.to_str().unwrap(),
+            edited.to_str().unwrap(),
+            mid.to_str().unwrap(),
+            top.to_str().unwrap(),
+        );
+        run("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", e, mi]);
+        run(
+            "qemu-img",
+            &["rebase", "-f", "qcow2", "-b", b, "-F", "raw", mi],
+        );
+        run(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", "-b", mi, "-F", "qcow2", t],
+        );
+        let (base_before, mid_before) = (file_bytes(&base), file_bytes(&mid));
+        let (m, log) = {
+            let opts = vdisk::OpenOptions {
+                format: Some(vdisk::Format::Qcow2),
+                read_only: false,
+                ..Default::default()
+            };
+            let img = vdisk::open(&top, &opts).unwrap();
+            assert_eq!(img.chain().count(), 3, "{name}: chain depth");
+            run_ops_with(Arc::new(ImageDev(img.image())), seed, 250, &big_and_deep)
+        };
+        assert!(m.names.contains_key("from-mid/f39") || log.iter().any(|l| l.contains("from-mid")));
+        assert!(
+            file_bytes(&base) == base_before,
+            "{name}: the raw base changed"
+        );
+        assert!(
+            file_bytes(&mid) == mid_before,
+            "{name}: the middle qcow2 changed"
+        );
+        let (code, out) = run_status("qemu-img", &["check", t]);
+        assert_eq!(code, 0, "{name}: qemu-img check: {out}");
+        let flat = scratch().join(format!("{name}-flat.img"));
+        run(
+            "qemu-img",
+            &[
+                "convert",
+                "-f",
+                "qcow2",
+                "-O",
+                "raw",
+                t,
+                flat.to_str().unwrap(),
+            ],
+        );
+        verify(
+            &flat,
+            &m,
+            &describe(&format!("{name} on a qcow2 chain"), &log),
+        );
+    }
 }
 
 #[test]
@@ -1387,4 +1629,362 @@ fn journal_replayed_then_written() {
     fs.flush().unwrap();
     drop(fs);
     verify(&copy, &m, "journal replayed then written");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crash test: a child process runs random operations and is killed with SIGKILL at random
+// moments; e2fsck -fy must repair what it finds without harming any file the operation in
+// flight did not touch, and a second e2fsck -fn must be clean.
+
+/// Environment variable that makes [`crash_child`] the writer:
+/// "IMAGE|PROGRESS|SEED|OPS|DIE_AT" (DIE_AT: the device write before which the child has
+/// itself killed with SIGKILL, 0 for never).
+const CRASH_ENV: &str = "VDISK_EXT4_CRASH_CHILD";
+
+/// The child's device: counts writes; before write number `die_at` the process is killed
+/// (SIGKILL, sent by kill(1): nothing of the process runs after it).
+struct DyingDev {
+    inner: Arc<dyn BlockDevice>,
+    writes: std::sync::atomic::AtomicU64,
+    die_at: u64,
+}
+
+impl BlockDevice for DyingDev {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let n = self
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        if n == self.die_at {
+            let me = std::process::id().to_string();
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &me])
+                .status();
+            std::thread::sleep(std::time::Duration::from_secs(60));
+        }
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The child side: runs the operations, recording in PROGRESS (two u64: operations started,
+/// operations finished) where it is, so the parent knows which operation was in flight.
+#[test]
+fn crash_child() {
+    let Ok(spec) = std::env::var(CRASH_ENV) else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split('|').collect();
+    let img = Path::new(parts[0]);
+    let progress = OpenOptions::new().write(true).open(parts[1]).unwrap();
+    let seed: u64 = parts[2].parse().unwrap();
+    let ops: u64 = parts[3].parse().unwrap();
+    let die_at: u64 = parts[4].parse().unwrap();
+    let mut r = Rng(seed | 1);
+    let mut log = Vec::new();
+    let dev = Arc::new(DyingDev {
+        inner: RwDev::open(img),
+        writes: 0.into(),
+        die_at,
+    });
+    let fs = Ext4Rw::open(dev.clone()).unwrap();
+    let bs = u64::from(fs.statfs().unwrap().block_size);
+    let mut m = model_from_fs(&fs);
+    for i in 0..ops {
+        progress.write_all_at(&(i + 1).to_le_bytes(), 0).unwrap();
+        step(&mut r, &fs, &mut m, bs, &mut log);
+        progress.write_all_at(&(i + 1).to_le_bytes(), 8).unwrap();
+    }
+    fs.flush().unwrap();
+    let writes = dev.writes.load(std::sync::atomic::Ordering::SeqCst);
+    progress.write_all_at(&writes.to_le_bytes(), 16).unwrap();
+}
+
+/// The model inode ids one logged operation touches (for a directory rename, everything
+/// under it too), looked up in the models before and after it.
+fn touched(op: &str, before: &Model, after: &Model) -> std::collections::HashSet<usize> {
+    let words: Vec<&str> = op.split(' ').collect();
+    let paths: &[&str] = match words[0] {
+        "rename" | "link" => &words[1..3],
+        _ => &words[1..2],
+    };
+    let mut ids = std::collections::HashSet::new();
+    for m in [before, after] {
+        for p in paths {
+            for (q, id) in &m.names {
+                if q == p || q.starts_with(&format!("{p}/")) {
+                    ids.insert(*id);
+                }
+            }
+        }
+    }
+    ids
+}
+
+/// What the kernel shows at `p` (from [`kernel_tree`]) matches model node `n` of `m`.
+fn kernel_matches(
+    k: &serde_json::Map<String, serde_json::Value>,
+    p: &str,
+    n: &MNode,
+    m: &Model,
+) -> bool {
+    let Some(e) = k.get(p) else {
+        return false;
+    };
+    match &n.kind {
+        Kind::File(d) => e["kind"] == "f" && e["data"].as_str() == Some(hex(d).as_str()),
+        Kind::Symlink(t) => e["kind"] == "l" && e["data"].as_str() == Some(hex(t).as_str()),
+        Kind::Dir => {
+            let pre = format!("{p}/");
+            let names: Vec<&str> = k
+                .keys()
+                .filter(|q| q.starts_with(&pre) && !q[pre.len()..].contains('/'))
+                .map(|q| &q[pre.len()..])
+                .collect();
+            let want: Vec<String> = m
+                .children(p)
+                .iter()
+                .map(|c| split(c).1.to_string())
+                .collect();
+            // The operation in flight may add or remove one name; all others are there.
+            e["kind"] == "d"
+                && want.iter().filter(|w| !names.contains(&w.as_str())).count() <= 1
+                && names
+                    .iter()
+                    .filter(|w| !want.iter().any(|x| x == *w))
+                    .count()
+                    <= 1
+        }
+    }
+}
+
+/// The kernel's view of the whole tree (loop mount, python dump).
+fn kernel_tree(img: &Path) -> serde_json::Map<String, serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap().keep();
+    run(
+        "mount",
+        &[
+            "-o",
+            "loop,ro",
+            img.to_str().unwrap(),
+            dir.to_str().unwrap(),
+        ],
+    );
+    let guard = Mount { dir: dir.clone() };
+    let script = scratch().join("crash-dump.py");
+    std::fs::write(&script, DUMP).unwrap();
+    let out = run(
+        "python3",
+        &[script.to_str().unwrap(), dir.to_str().unwrap()],
+    );
+    drop(guard);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_object().unwrap().clone()
+}
+
+/// One crash run on a copy of `pristine`: returns a line saying what happened. With
+/// `die_at` 0 the parent kills the child at a random moment; otherwise the child is killed
+/// just before its device write number `die_at`.
+fn crash_run(
+    pristine: &Path,
+    name: &str,
+    run_no: u32,
+    seed: u64,
+    ops: u64,
+    die_at: u64,
+    r: &mut Rng,
+) -> (String, u64) {
+    let img = scratch().join(format!("{name}-crash.img"));
+    run(
+        "cp",
+        &[
+            "--sparse=always",
+            pristine.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ],
+    );
+    let progress = scratch().join(format!("{name}-progress"));
+    std::fs::write(&progress, [0u8; 24]).unwrap();
+    let read_progress = || {
+        let b = std::fs::read(&progress).unwrap();
+        (
+            u64::from_le_bytes(b[..8].try_into().unwrap()),
+            u64::from_le_bytes(b[8..16].try_into().unwrap()),
+        )
+    };
+    let target = r.below(ops * 9 / 10);
+    let extra_us = r.below(3000);
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(
+            CRASH_ENV,
+            format!(
+                "{}|{}|{seed}|{ops}|{die_at}",
+                img.display(),
+                progress.display()
+            ),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut exited = None;
+    while exited.is_none() && read_progress().1 < target {
+        exited = child.try_wait().unwrap();
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "{name}: the child makes no progress"
+        );
+        std::thread::yield_now();
+    }
+    if exited.is_none() && die_at == 0 {
+        std::thread::sleep(std::time::Duration::from_micros(extra_us));
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let killed = !out.status.success() && out.status.code().is_none();
+    assert!(
+        killed || out.status.success(),
+        "{name} run {run_no}: the child failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (started, done) = read_progress();
+    let total_writes = u64::from_le_bytes(
+        std::fs::read(&progress).unwrap()[16..24]
+            .try_into()
+            .unwrap(),
+    );
+    if die_at == u64::MAX {
+        // A calibration run: only its number of writes is wanted.
+        return (String::new(), total_writes);
+    }
+    // Replay on a fresh copy: the model after `done` operations, and the one in flight.
+    let replay = scratch().join(format!("{name}-replay.img"));
+    run(
+        "cp",
+        &[
+            "--sparse=always",
+            pristine.to_str().unwrap(),
+            replay.to_str().unwrap(),
+        ],
+    );
+    let (before, after, inflight) = {
+        let fs = Ext4Rw::open(RwDev::open(&replay)).unwrap();
+        let bs = u64::from(fs.statfs().unwrap().block_size);
+        let mut rr = Rng(seed | 1);
+        let mut log = Vec::new();
+        let mut m = model_from_fs(&fs);
+        for _ in 0..done {
+            step(&mut rr, &fs, &mut m, bs, &mut log);
+        }
+        let before = m.clone();
+        let n = log.len();
+        if started > done {
+            step(&mut rr, &fs, &mut m, bs, &mut log);
+        }
+        let inflight = log.get(n).cloned();
+        (before, m, inflight)
+    };
+    let how = if die_at == 0 {
+        "killed at a random time".to_string()
+    } else {
+        format!("killed before write {die_at}")
+    };
+    let what = format!(
+        "{name} run {run_no} (seed {seed}): {how}: killed={killed} after {done} ops, in flight: {inflight:?}"
+    );
+    let i = img.to_str().unwrap();
+    let (code, fix) = run_status("e2fsck", &["-fy", i]);
+    assert!(code <= 1, "{what}: e2fsck -fy exited {code}:\n{fix}");
+    fsck_clean(
+        &img,
+        &format!("{what}: second e2fsck after -fy repaired:\n{fix}"),
+    );
+    let skip = inflight
+        .as_deref()
+        .map(|op| touched(op, &before, &after))
+        .unwrap_or_default();
+    let k = kernel_tree(&img);
+    for (p, id) in &before.names {
+        if p.is_empty() || skip.contains(id) {
+            continue;
+        }
+        let n = &before.nodes[id];
+        assert!(
+            kernel_matches(&k, p, n, &before) || kernel_matches(&k, p, &after.nodes[id], &after),
+            "{what}: {p} was harmed; e2fsck -fy said:\n{fix}"
+        );
+    }
+    let repaired = fix.lines().filter(|l| l.contains('?')).count();
+    (
+        format!("{what}: e2fsck -fy exit {code}, {repaired} repairs"),
+        total_writes,
+    )
+}
+
+/// Operations a crash child runs.
+const OPS: u64 = 300;
+
+/// Kills the writer at random moments on ext4 (default and CentOS-7-like) and ext3
+/// (block-mapped files): e2fsck -fy repairs, other files survive, e2fsck -fn is then clean.
+#[test]
+fn crash_kill9() {
+    let runs: u32 = std::env::var("VDISK_CRASH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let src = populated_tree();
+    for i in 0..30 {
+        std::fs::write(
+            src.path().join(format!("etc/small{i}")),
+            Rng(i + 5).bytes(500 * i as usize),
+        )
+        .unwrap();
+    }
+    let mut summary = Vec::new();
+    for (name, mkfs, args) in [
+        ("cr-def", "mkfs.ext4", &["-T", "default"][..]),
+        (
+            "cr-c7",
+            "mkfs.ext4",
+            &["-b", "1024", "-O", "^metadata_csum,^64bit,uninit_bg"][..],
+        ),
+        ("cr-e3", "mkfs.ext3", &["-b", "1024"][..]),
+    ] {
+        let pristine = mkimg(name, 32, mkfs, args, Some(src.path()));
+        let mut r = Rng(0xC0FFEE ^ u64::from(name.as_bytes()[3]));
+        let (mut repairs, mut inflight) = (0, 0);
+        for k in 0..runs {
+            let seed = 1000 + u64::from(k) * 7 + u64::from(name.as_bytes()[3]);
+            // Odd runs: a calibration-free random moment; even runs: a random device write
+            // (the child reports how many writes a whole run makes when it is not killed).
+            let die_at = if k % 2 == 0 {
+                let (_, total) = crash_run(&pristine, name, k, seed, OPS, u64::MAX, &mut r);
+                1 + r.below(total)
+            } else {
+                0
+            };
+            let (line, _) = crash_run(&pristine, name, k, seed, OPS, die_at, &mut r);
+            if !line.ends_with(" 0 repairs") {
+                repairs += 1;
+            }
+            if !line.contains("in flight: None") {
+                inflight += 1;
+            }
+            eprintln!("{line}");
+        }
+        summary.push(format!(
+            "{name}: {runs} kills, {inflight} inside an operation, {repairs} needed repairs"
+        ));
+    }
+    eprintln!("{}", summary.join("\n"));
 }
