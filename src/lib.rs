@@ -35,6 +35,7 @@ pub mod commit;
 pub mod compare;
 pub mod convert;
 pub mod create;
+pub mod dd;
 pub mod engine;
 pub mod measure;
 pub mod rebase;

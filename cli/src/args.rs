@@ -50,6 +50,8 @@ pub enum Command {
     Commit(crate::cmd::commit::CommitArgs),
     /// Compute the file size a new image needs (qemu-img measure).
     Measure(crate::cmd::measure::MeasureArgs),
+    /// Copy part of an image into a new image (qemu-img dd).
+    Dd(crate::cmd::dd::DdArgs),
     /// Mount guest filesystems on a host directory through FUSE (guestmount).
     Mount(crate::cmd::guest::mount::MountArgs),
     /// Unmount a `vdisk mount` and wait for its server to exit (guestunmount).

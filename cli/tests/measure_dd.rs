@@ -228,3 +228,170 @@ fn measure_usage_errors_are_qemus() {
         assert!(err.contains(text), "{args:?}: {err}");
     }
 }
+
+/// Runs `qemu-img dd` and `vdisk dd` with the same flags and operands, each writing its own
+/// output; returns both outputs' bytes after checking exit codes and stderr agree.
+fn dd_both(d: &Path, flags: &[&str], operands: &[&str], out_ext: &str) -> (Vec<u8>, Vec<u8>) {
+    let run = |prog: &str, out: &str| {
+        let mut args = vec!["dd"];
+        args.extend(flags);
+        args.extend(operands);
+        let of = format!("of={out}");
+        args.push(&of);
+        let o = if prog == "vdisk" {
+            vdisk(d, &args)
+        } else {
+            tool(d, prog, &args)
+        };
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        let err = err
+            .strip_prefix("vdisk: ")
+            .or_else(|| err.strip_prefix("qemu-img: "))
+            .unwrap_or(&err)
+            .replace(out, "OUT");
+        (
+            o.status.code(),
+            err,
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let ours_name = format!("ours.{out_ext}");
+    let theirs_name = format!("theirs.{out_ext}");
+    let ours = run("vdisk", &ours_name);
+    let theirs = run("qemu-img", &theirs_name);
+    assert_eq!(
+        ours, theirs,
+        "dd {flags:?} {operands:?}: (exit, stderr, stdout)"
+    );
+    let read = |n: &str| std::fs::read(d.join(n)).unwrap_or_default();
+    (read(&ours_name), read(&theirs_name))
+}
+
+#[test]
+fn dd_writes_the_bytes_qemu_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    sources(d);
+    let inputs: &[&[&str]] = &[
+        &["-f", "qcow2", "if=part.qcow2"],
+        &["-f", "qcow2", "if=over.qcow2"],
+        &["-f", "raw", "if=holes.raw"],
+        &["-f", "qcow2", "if=v2.qcow2"],
+    ];
+    // Counts keep the copies short (the inputs are 10 to 80 MiB; small blocks are slow in qemu).
+    let operand_sets: &[&[&str]] = &[
+        &["count=4000"],
+        &["bs=4M", "count=3"],
+        &["bs=1000", "count=3"],
+        &["bs=64k", "count=40", "skip=2"],
+        &["bs=1.5k", "skip=1000", "count=3000"],
+        &["bs=4k", "skip=3", "count=600"],
+        &["bs=7", "count=20000", "skip=13"],
+        &["bs=3M", "skip=1", "count=4"],
+        &["bs=64k", "skip=1", "count=1"],
+        &["count=0"],
+        &["bs=1k", "bs=4M", "count=2", "skip=15"],
+    ];
+    let mut copied = 0;
+    for input in inputs {
+        let (flags, if_) = input.split_at(2);
+        for ops in operand_sets {
+            for fmt in ["raw", "qcow2"] {
+                let mut flags = flags.to_vec();
+                flags.extend(["-O", fmt]);
+                let mut operands = ops.to_vec();
+                operands.extend(if_);
+                let (ours, theirs) = dd_both(d, &flags, &operands, fmt);
+                copied += usize::from(theirs.len() > 1 << 20);
+                assert!(
+                    ours == theirs,
+                    "dd {flags:?} {operands:?}: output bytes differ ({} vs {} bytes)",
+                    ours.len(),
+                    theirs.len()
+                );
+                if fmt == "qcow2" {
+                    let c = tool(d, "qemu-img", &["check", "-f", "qcow2", "ours.qcow2"]);
+                    assert!(c.status.success(), "dd {operands:?}: qemu-img check");
+                }
+            }
+        }
+    }
+    assert!(copied >= 20, "only {copied} outputs over 1 MiB");
+}
+
+#[test]
+fn dd_errors_and_warnings_are_qemus() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    sources(d);
+    for ops in [
+        &["bs=0", "if=part.qcow2"][..],
+        &["bs=abc", "if=part.qcow2"],
+        &["bs=2G", "if=part.qcow2"],
+        &["bs=-5", "if=part.qcow2"],
+        &["count=1k", "if=part.qcow2"],
+        &["count=-1", "if=part.qcow2"],
+        &["skip=abc", "if=part.qcow2"],
+        &["conv=notrunc", "if=part.qcow2"],
+        &["extra", "if=part.qcow2"],
+    ] {
+        let (ours, theirs) = dd_both(d, &["-f", "qcow2"], ops, "raw");
+        assert!(ours.is_empty() && theirs.is_empty(), "{ops:?}: no output");
+        let out = vdisk(d, &[&["dd", "-f", "qcow2"][..], ops, &["of=x"]].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{ops:?}");
+        assert_eq!(err.lines().count(), 1, "{ops:?}: {err}");
+    }
+    // Missing operands.
+    let out = vdisk(d, &["dd", "if=part.qcow2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "vdisk: Must specify both input and output files\n"
+    );
+    // A skip past the end: a warning naming the input, an empty image, exit status 0.
+    let (ours, theirs) = dd_both(
+        d,
+        &["-f", "qcow2"],
+        &["skip=1000000", "if=part.qcow2"],
+        "raw",
+    );
+    assert!(ours.is_empty() && theirs.is_empty());
+    let out = vdisk(
+        d,
+        &[
+            "dd",
+            "-f",
+            "qcow2",
+            "skip=1000000",
+            "if=part.qcow2",
+            "of=e.raw",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "vdisk: part.qcow2: cannot skip to specified offset\n"
+    );
+    // The output is never the input: the input stays as it was.
+    let before = std::fs::read(d.join("part.qcow2")).unwrap();
+    let out = vdisk(
+        d,
+        &[
+            "dd",
+            "-f",
+            "qcow2",
+            "-O",
+            "qcow2",
+            "if=part.qcow2",
+            "of=part.qcow2",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("vdisk: part.qcow2: "));
+    assert!(std::fs::read(d.join("part.qcow2")).unwrap() == before);
+    // An input that does not exist is named.
+    let out = vdisk(d, &["dd", "-f", "raw", "if=nonexistent.raw", "of=x.raw"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nonexistent.raw"));
+}

@@ -6,6 +6,7 @@ pub mod commit;
 mod compare;
 mod convert;
 mod create;
+pub mod dd;
 pub mod guest;
 mod info;
 mod map;
@@ -36,6 +37,7 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Rebase(a) => rebase::run(a),
         Command::Commit(a) => commit::run(a),
         Command::Measure(a) => measure::run(a),
+        Command::Dd(a) => dd::run(a),
         Command::Mount(a) => guest::mount::run(a),
         Command::Umount(a) => guest::umount::run(a),
         Command::Filesystems(a) => guest::filesystems::run(a),
