@@ -64,6 +64,22 @@ pub enum Command {
     Cat(crate::cmd::guest::cat::CatArgs),
     /// Copy guest files and directories to the host (virt-copy-out).
     CopyOut(crate::cmd::guest::copy_out::CopyOutArgs),
+    /// Write a guest file from stdin or --from HOSTFILE, without FUSE.
+    Write(crate::cmd::guest::write::WriteArgs),
+    /// Edit a guest file with s/// expressions or $EDITOR, without FUSE (virt-edit).
+    Edit(crate::cmd::guest::edit::EditArgs),
+    /// Copy host files and directories into the guest, without FUSE (virt-copy-in).
+    CopyIn(crate::cmd::guest::copy_in::CopyInArgs),
+    /// Remove guest files (-r: directories too), without FUSE.
+    Rm(crate::cmd::guest::files::RmArgs),
+    /// Make guest directories, without FUSE.
+    Mkdir(crate::cmd::guest::files::MkdirArgs),
+    /// Change the permission bits of guest files, without FUSE.
+    Chmod(crate::cmd::guest::files::ChmodArgs),
+    /// Change the owner and group of guest files, without FUSE.
+    Chown(crate::cmd::guest::files::ChownArgs),
+    /// Make a guest symlink (-s) or hard link, without FUSE.
+    Ln(crate::cmd::guest::files::LnArgs),
     /// Show the guest's operating system: root, distribution, version, mountpoints
     /// (virt-inspector).
     Inspect(crate::cmd::guest::inspect::InspectArgs),

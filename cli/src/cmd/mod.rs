@@ -45,6 +45,14 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Cat(a) => guest::cat::run(a),
         Command::CopyOut(a) => guest::copy_out::run(a),
         Command::Inspect(a) => guest::inspect::run(a),
+        Command::Write(a) => guest::write::run(a),
+        Command::Edit(a) => guest::edit::run(a),
+        Command::CopyIn(a) => guest::copy_in::run(a),
+        Command::Rm(a) => guest::files::rm(a),
+        Command::Mkdir(a) => guest::files::mkdir(a),
+        Command::Chmod(a) => guest::files::chmod(a),
+        Command::Chown(a) => guest::files::chown(a),
+        Command::Ln(a) => guest::files::ln(a),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The guest filesystem commands (libguestfs's tools): `mount`, `umount`, `filesystems`,
-//! `ls`, `cat`, `copy-out`, `inspect`.
+//! `ls`, `cat`, `copy-out`, `inspect`, and the FUSE-less edits `write`, `edit`, `copy-in`,
+//! `rm`, `mkdir`, `chmod`, `chown`, `ln`.
 //!
 //! Each command parses its flags here (its clap `Args` lives in its own file) and calls
 //! [`vdisk::guest`] and [`vdisk_guestfs`]: opening the `-a` images, choosing what to mount
@@ -7,12 +8,17 @@
 //! FUSE mount and the FUSE-less commands read.
 
 pub mod cat;
+pub mod copy_in;
 pub mod copy_out;
+pub mod edit;
+pub mod files;
 pub mod filesystems;
 pub mod inspect;
 pub mod ls;
 pub mod mount;
+pub mod rw;
 pub mod umount;
+pub mod write;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
