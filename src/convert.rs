@@ -1,25 +1,39 @@
-//! `convert`: copy a chain's guest bytes into another image, driven by mappings.
+//! `convert`: copy the guest bytes of one or more images (concatenated) into a raw or qcow2
+//! image, driven by mappings.
 //!
 //! ```text
-//!   main thread: CHUNK-aligned windows of the guest -> bounded queue
+//!   main thread: CHUNK-aligned windows of the guest, numbered -> bounded queue
 //!   N workers:   chain_status() inside the window -> read the data parts only
-//!                -> scan for zero runs -> write runs (or compress whole clusters)
+//!                -> compress whole clusters (-c)             } in parallel
+//!                -> wait for the window's turn -> write      } in guest order (unless -W)
 //! ```
 //!
 //! Ranges the source maps as zero or unallocated are never read; data is read in large chunks
-//! and scanned for zero runs of at least [`ConvertOptions::sparse_size`] bytes, which are left
-//! as holes in a zero-initialised target instead of being written. Memory is bounded by the
-//! workers' buffers: `workers x CHUNK` bytes plus a short queue of job descriptions.
+//! and scanned for zero runs of at least [`ConvertOptions::sparse_size`] bytes (and at least
+//! the target's allocation unit: a qcow2 cluster, or subcluster with extended L2), which are
+//! left unallocated in a zero-initialised target or written as zeros (qcow2 zero clusters,
+//! punched holes) in one that is not. Reading and compressing run on all workers at once;
+//! writes are made one window at a time in guest order, as qemu-img does, so a new qcow2
+//! image's clusters lie in the file in guest order. Memory is bounded by the workers'
+//! buffers: `workers x CHUNK` bytes (twice that while compressing) plus a short queue of job
+//! descriptions, whatever the image size.
+//!
+//! With a backing file kept for the target (`-B`), only what each source's top image
+//! allocates is copied (qemu's rule): ranges its backing chain supplies stay unallocated, so
+//! they read through the target's backing file.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Condvar, Mutex};
 
-use vdisk_block::{BlockDevice, Error, Preallocation, Result, WriteZeroes};
+use vdisk_block::{BlockDevice, Error, Result, WriteZeroes};
+use vdisk_qcow2::header::incompatible;
+use vdisk_qcow2::Qcow2;
 use vdisk_raw::RawFile;
 
+use crate::create::{create_image_with, remove_image, CacheMode, CreateRequest, CreatedImage};
 use crate::engine::chain_status;
-use crate::open::OpenedImage;
+use crate::open::{BackingPolicy, Driver, Format, OpenOptions, OpenedImage};
 
 /// Bytes per job: a multiple of every qcow2 cluster size, so jobs never split a cluster.
 const CHUNK: u64 = 2 << 20;
@@ -34,13 +48,22 @@ pub struct ConvertOptions {
     /// 0 writes every byte, zeros included, for a fully allocated target.
     pub sparse_size: u64,
     /// The target already reads as zeros everywhere (a new file, or `--target-is-zero`).
+    /// [`convert`] works this out itself for a new target.
     pub target_is_zero: bool,
     /// Worker threads (`-m`); 0 means one per core.
     pub workers: usize,
     /// Make the target durable before returning. qemu-img convert's default cache mode for
-    /// the target is `unsafe` (no final flush), and so is ours; pipelines that need the data
+    /// the target is `unsafe` (no flush at all), and so is ours; pipelines that need the data
     /// on disk at once ask for it.
     pub flush: bool,
+    /// Copy only what each source's top image allocates: the target has a backing file that
+    /// supplies the rest (`-B`). [`convert`] sets it for a new target with a backing file.
+    pub keep_backing: bool,
+    /// Write data clusters compressed (`-c`; qcow2 targets).
+    pub compress: bool,
+    /// Let windows be written in any order (`-W`): the same content, but a qcow2 target's
+    /// clusters land in the file in the order the workers finish.
+    pub out_of_order: bool,
 }
 
 impl Default for ConvertOptions {
@@ -50,27 +73,50 @@ impl Default for ConvertOptions {
             target_is_zero: true,
             workers: 0,
             flush: false,
+            keep_backing: false,
+            compress: false,
+            out_of_order: false,
         }
     }
 }
 
-/// One piece of work: guest bytes `[offset, offset + len)`, a CHUNK-aligned window.
+/// One piece of work: guest bytes `[offset, offset + len)`, a CHUNK-aligned window, and its
+/// place in the write order.
 #[derive(Debug, Clone, Copy)]
 struct Job {
     offset: u64,
     len: u64,
+    seq: u64,
 }
 
-/// Stores one whole cluster compressed (a qcow2 target under `convert -c`).
+/// Stores whole clusters compressed (a qcow2 target under `convert -c`), in two steps so
+/// that compression runs on every worker while the writes are made in order.
 pub trait CompressedWriter: Sync {
     /// The cluster size compressed writes work in.
     fn cluster_size(&self) -> u64;
-    /// Writes cluster `index` (its whole data; the last cluster may be short) compressed.
-    fn write_compressed(&self, index: u64, data: &[u8]) -> Result<()>;
+    /// Compresses cluster `index` (its whole data; the image's last cluster may be short).
+    /// Any thread, no lock. `None` when compression does not make it smaller.
+    fn compress(&self, index: u64, data: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Stores cluster `index`: the bytes [`CompressedWriter::compress`] returned for `data`,
+    /// or `data` itself when that was `None`.
+    fn write_prepared(&self, index: u64, data: &[u8], compressed: Option<&[u8]>) -> Result<()>;
+}
+
+impl CompressedWriter for Qcow2 {
+    fn cluster_size(&self) -> u64 {
+        self.header().cluster_size()
+    }
+    fn compress(&self, index: u64, data: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.compress_cluster(index, data)
+    }
+    fn write_prepared(&self, index: u64, data: &[u8], compressed: Option<&[u8]>) -> Result<()> {
+        self.write_compressed_prepared(index, data, compressed)
+    }
 }
 
 /// Where a conversion writes: a device, its fast way to write zeros when it has one (used
-/// when the target is not known to read as zeros already), and a compressed writer for `-c`.
+/// when the target is not known to read as zeros already), a compressed writer for `-c`, and
+/// its allocation unit.
 #[derive(Clone, Copy)]
 pub struct Target<'a> {
     /// The device written.
@@ -79,6 +125,9 @@ pub struct Target<'a> {
     pub zeroes: Option<&'a (dyn WriteZeroes + Sync)>,
     /// Write data clusters compressed through this, when set.
     pub compressed: Option<&'a dyn CompressedWriter>,
+    /// The smallest unit the target allocates (1 for a file, a qcow2 cluster or subcluster):
+    /// zero runs shorter than this are written, since their unit is allocated anyway.
+    pub granularity: u64,
 }
 
 impl<'a> Target<'a> {
@@ -88,6 +137,24 @@ impl<'a> Target<'a> {
             dev: file,
             zeroes: Some(file),
             compressed: None,
+            granularity: 1,
+        }
+    }
+
+    /// A qcow2 target, compressing data clusters when `compress`.
+    pub fn qcow2(image: &'a Qcow2, compress: bool) -> Self {
+        let h = image.header();
+        let cs = h.cluster_size();
+        let unit = if h.incompatible_features & incompatible::EXTENDED_L2 != 0 {
+            cs / 32
+        } else {
+            cs
+        };
+        Target {
+            dev: image,
+            zeroes: Some(image),
+            compressed: compress.then_some(image as &dyn CompressedWriter),
+            granularity: unit,
         }
     }
 }
@@ -106,6 +173,7 @@ pub fn copy_image(
             dev: dst,
             zeroes: None,
             compressed: None,
+            granularity: 1,
         },
         0,
         opts,
@@ -115,6 +183,39 @@ pub fn copy_image(
         dst.flush()?;
     }
     Ok(())
+}
+
+/// The turn of the next window to be written, for in-order writes.
+struct Turn {
+    next: Mutex<u64>,
+    cond: Condvar,
+}
+
+impl Turn {
+    /// Waits until window `seq` may write; false when the conversion failed meanwhile.
+    fn wait(&self, seq: u64, failed: &AtomicBool) -> bool {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        while *next != seq {
+            if failed.load(Ordering::Relaxed) {
+                return false;
+            }
+            next = self.cond.wait(next).unwrap_or_else(|e| e.into_inner());
+        }
+        !failed.load(Ordering::Relaxed)
+    }
+
+    /// Passes the turn to window `seq + 1`.
+    fn pass(&self, seq: u64) {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        *next = seq + 1;
+        self.cond.notify_all();
+    }
+
+    /// Wakes every waiter (after a failure).
+    fn wake_all(&self) {
+        let _g = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        self.cond.notify_all();
+    }
 }
 
 /// Copies every guest byte of `src` to `dst` starting at byte `base` of the target (several
@@ -148,7 +249,11 @@ pub fn copy_image_at(
     let done = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let (tx, rx) = mpsc::sync_channel::<Job>(workers * 4);
+    let turn = Turn {
+        next: Mutex::new(0),
+        cond: Condvar::new(),
+    };
+    let (tx, rx) = mpsc::sync_channel::<Job>(workers * 2);
     let rx = Mutex::new(rx);
 
     std::thread::scope(|s| {
@@ -165,12 +270,24 @@ pub fn copy_image_at(
                     if failed.load(Ordering::Relaxed) {
                         continue;
                     }
-                    if let Err(e) = run_job(src, &*image, dst, base, job, &mut buf, opts) {
+                    let result =
+                        prepare(src, &*image, dst, base, job, &mut buf, opts).and_then(|plan| {
+                            if !opts.out_of_order && !turn.wait(job.seq, &failed) {
+                                return Ok(());
+                            }
+                            let r = write_window(dst, base, job, &buf, &plan, opts);
+                            if !opts.out_of_order {
+                                turn.pass(job.seq);
+                            }
+                            r
+                        });
+                    if let Err(e) = result {
                         failed.store(true, Ordering::Relaxed);
                         first_error
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .get_or_insert(e);
+                        turn.wake_all();
                     }
                     done.fetch_add(job.len, Ordering::Relaxed);
                 }
@@ -178,12 +295,15 @@ pub fn copy_image_at(
         }
         // Hand out the windows in order; report progress between sends.
         let mut off = 0;
+        let mut seq = 0;
         while off < total && !failed.load(Ordering::Relaxed) {
             let job = Job {
                 offset: off,
                 len: (total - off).min(CHUNK),
+                seq,
             };
             off += job.len;
+            seq += 1;
             if tx.send(job).is_err() {
                 break;
             }
@@ -193,7 +313,7 @@ pub fn copy_image_at(
         // The last jobs are in flight: keep the progress moving until the workers finish.
         while !handles.iter().all(|h| h.is_finished()) {
             progress(done.load(Ordering::Relaxed), total);
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     });
     if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
@@ -203,7 +323,46 @@ pub fn copy_image_at(
     Ok(())
 }
 
-fn run_job(
+/// What a range of a window holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Data, read into the buffer.
+    Data,
+    /// Known zeros (the buffer is zeroed only when something needs its bytes).
+    Zero,
+    /// Supplied by the target's backing file (`-B`): not written.
+    Skip,
+}
+
+/// What one cluster of a compressed conversion becomes.
+#[derive(Debug)]
+enum ClusterAction {
+    /// Left alone (its backing file supplies it).
+    Skip,
+    /// All zeros.
+    Zero,
+    /// Stored compressed (or plain, when compression does not help).
+    Store(Option<Vec<u8>>),
+    /// Written as plain data (a short cluster that the target continues past).
+    Plain,
+}
+
+/// A window's plan: its parts (buffer offsets), and for `-c` an action per cluster.
+#[derive(Debug, Default)]
+struct Plan {
+    parts: Vec<(usize, usize, Part)>,
+    clusters: Vec<ClusterAction>,
+}
+
+impl Plan {
+    fn has(&self, p: Part) -> bool {
+        self.parts.iter().any(|&(_, _, k)| k == p)
+    }
+}
+
+/// The parallel half of a job: walks the mapping inside the window, reads what holds data,
+/// and for `-c` compresses each cluster.
+fn prepare(
     src: &OpenedImage,
     image: &dyn BlockDevice,
     dst: Target<'_>,
@@ -211,74 +370,186 @@ fn run_job(
     job: Job,
     buf: &mut [u8],
     opts: ConvertOptions,
-) -> Result<()> {
+) -> Result<Plan> {
     let data = &mut buf[..job.len as usize];
-    // Walk the mapping inside the window: read what holds data, note what is known zero.
-    let mut any_data = false;
+    let mut plan = Plan::default();
     let mut pos = job.offset;
     let end = job.offset + job.len;
     while pos < end {
         let Some(ext) = chain_status(src, pos, end - pos)? else {
             break;
         };
-        let r = (pos - job.offset) as usize..(ext.end() - job.offset) as usize;
-        if ext.zero && !ext.data {
-            data[r].fill(0);
+        let kind = if opts.keep_backing && ext.depth > 0 {
+            Part::Skip
+        } else if ext.zero && !ext.data {
+            Part::Zero
         } else {
-            image.read_at(&mut data[r], pos)?;
-            any_data = true;
+            Part::Data
+        };
+        let (a, b) = (
+            (pos - job.offset) as usize,
+            (ext.end() - job.offset) as usize,
+        );
+        if kind == Part::Data {
+            image.read_at(&mut data[a..b], pos)?;
+        }
+        match plan.parts.last_mut() {
+            Some(last) if last.2 == kind && last.1 == a => last.1 = b,
+            _ => plan.parts.push((a, b, kind)),
         }
         pos = ext.end();
     }
+    if plan.has(Part::Data) || opts.sparse_size == 0 || dst.compressed.is_some() {
+        for &(a, b, k) in &plan.parts {
+            if k == Part::Zero {
+                data[a..b].fill(0);
+            }
+        }
+    }
+    let Some(c) = dst.compressed else {
+        return Ok(plan);
+    };
+    // Whole clusters: the window starts on a cluster boundary (CHUNK is a multiple of every
+    // cluster size, and compressed targets need `base` aligned).
+    let cs = c.cluster_size() as usize;
     let at = base + job.offset;
-    if let Some(c) = dst.compressed {
-        // Whole clusters, compressed; all-zero clusters stay unallocated in the new target.
-        let cs = c.cluster_size() as usize;
-        for (i, cluster) in data.chunks(cs).enumerate() {
-            if any_data && !is_zero(cluster) {
-                c.write_compressed(at / cs as u64 + i as u64, cluster)?;
+    let mut a = 0;
+    while a < data.len() {
+        let b = (a + cs).min(data.len());
+        let overlap = |k: Part| {
+            plan.parts
+                .iter()
+                .any(|&(pa, pb, pk)| pk == k && pa < b && pb > a)
+        };
+        let index = (at + a as u64) / cs as u64;
+        let action = if !overlap(Part::Data) && !overlap(Part::Zero) {
+            ClusterAction::Skip
+        } else {
+            if overlap(Part::Skip) {
+                // Part of the cluster comes from the backing chain, but the cluster is
+                // written whole: read those parts too.
+                for &(pa, pb, pk) in &plan.parts {
+                    if pk == Part::Skip && pa < b && pb > a {
+                        let (x, y) = (pa.max(a), pb.min(b));
+                        image.read_at(&mut data[x..y], job.offset + x as u64)?;
+                    }
+                }
             }
-        }
-        return Ok(());
-    }
-    if opts.sparse_size == 0 {
-        // -S 0: every byte written, the target fully allocated.
-        return dst.dev.write_at(data, at);
-    }
-    if !any_data {
-        if !opts.target_is_zero {
-            match dst.zeroes {
-                Some(z) => z.write_zeroes(at, job.len, true)?,
-                None => dst.dev.write_at(data, at)?,
+            let dst_len = (dst.dev.size() - (at + a as u64)).min(cs as u64);
+            let zero = if overlap(Part::Data) || overlap(Part::Skip) {
+                is_zero(&data[a..b])
+            } else {
+                true
+            };
+            if zero {
+                ClusterAction::Zero
+            } else if (b - a) as u64 != dst_len {
+                ClusterAction::Plain
+            } else {
+                ClusterAction::Store(c.compress(index, &data[a..b])?)
             }
-        }
-        return Ok(());
+        };
+        plan.clusters.push(action);
+        a = b;
     }
-    write_runs(dst, data, at, opts)
+    Ok(plan)
 }
 
-/// Writes `data` (bytes for target offset `base`) as runs: zero runs of `sparse_size` bytes
-/// or more (aligned to it) are skipped on a zero target, or zeroed without writing data when
-/// the target can; everything else is written.
-fn write_runs(dst: Target<'_>, data: &[u8], base: u64, opts: ConvertOptions) -> Result<()> {
-    let g = usize::try_from(opts.sparse_size)
-        .unwrap_or(usize::MAX)
-        .max(1);
+/// The ordered half of a job: writes the window `prepare` planned.
+fn write_window(
+    dst: Target<'_>,
+    base: u64,
+    job: Job,
+    buf: &[u8],
+    plan: &Plan,
+    opts: ConvertOptions,
+) -> Result<()> {
+    let data = &buf[..job.len as usize];
+    let at = base + job.offset;
+    if let Some(c) = dst.compressed {
+        let cs = c.cluster_size() as usize;
+        for (i, action) in plan.clusters.iter().enumerate() {
+            let a = i * cs;
+            let b = (a + cs).min(data.len());
+            let cluster_at = at + a as u64;
+            match action {
+                ClusterAction::Skip => {}
+                ClusterAction::Zero => {
+                    if !opts.target_is_zero {
+                        zero_range(dst, cluster_at, &data[a..b])?;
+                    }
+                }
+                ClusterAction::Store(z) => {
+                    c.write_prepared(cluster_at / cs as u64, &data[a..b], z.as_deref())?
+                }
+                ClusterAction::Plain => dst.dev.write_at(&data[a..b], cluster_at)?,
+            }
+        }
+        return Ok(());
+    }
+    // Spans of parts that are not skipped, written run by run.
+    let mut i = 0;
+    while i < plan.parts.len() {
+        if plan.parts[i].2 == Part::Skip {
+            i += 1;
+            continue;
+        }
+        let mut j = i;
+        while j + 1 < plan.parts.len() && plan.parts[j + 1].2 != Part::Skip {
+            j += 1;
+        }
+        let (a, b) = (plan.parts[i].0, plan.parts[j].1);
+        let parts = &plan.parts[i..=j];
+        if opts.sparse_size == 0 {
+            // -S 0: every byte written, the target fully allocated.
+            dst.dev.write_at(&data[a..b], at + a as u64)?;
+        } else if parts.iter().all(|p| p.2 == Part::Zero) {
+            if !opts.target_is_zero {
+                zero_range(dst, at + a as u64, &data[a..b])?;
+            }
+        } else {
+            let g = opts.sparse_size.max(dst.granularity);
+            write_runs(dst, &data[a..b], at + a as u64, g, opts.target_is_zero)?;
+        }
+        i = j + 1;
+    }
+    Ok(())
+}
+
+/// Makes `[at, at + zeros.len())` of the target read as zeros: with its write-zeroes ability
+/// (a hole, a qcow2 zero cluster), else by writing `zeros`.
+fn zero_range(dst: Target<'_>, at: u64, zeros: &[u8]) -> Result<()> {
+    match dst.zeroes {
+        Some(z) => z.write_zeroes(at, zeros.len() as u64, true),
+        None => dst.dev.write_at(zeros, at),
+    }
+}
+
+/// Writes `data` (bytes for target offset `base`) as runs of granules of `g` bytes, aligned
+/// to multiples of `g` in the target: all-zero granules are skipped on a zero target, or
+/// zeroed without writing data when the target can; everything else is written.
+fn write_runs(dst: Target<'_>, data: &[u8], base: u64, g: u64, target_is_zero: bool) -> Result<()> {
+    let g = g.max(1);
+    // The end of the granule that holds buffer position `pos`.
+    let granule_end = |pos: usize| -> usize {
+        let abs = base + pos as u64;
+        let next = (abs / g + 1).saturating_mul(g);
+        ((next - base) as usize).min(data.len())
+    };
     let mut pos = 0;
     while pos < data.len() {
-        // A run of granules that are all zero or all not.
-        let first_end = (pos + g).min(data.len());
+        let first_end = granule_end(pos);
         let zero = is_zero(&data[pos..first_end]);
         let mut end = first_end;
         while end < data.len() {
-            let next = (end + g).min(data.len());
+            let next = granule_end(end);
             if is_zero(&data[end..next]) != zero {
                 break;
             }
             end = next;
         }
         let at = base + pos as u64;
-        match (zero, opts.target_is_zero, dst.zeroes) {
+        match (zero, target_is_zero, dst.zeroes) {
             (true, true, _) => {}
             (true, false, Some(z)) => z.write_zeroes(at, (end - pos) as u64, true)?,
             _ => dst.dev.write_at(&data[pos..end], at)?,
@@ -297,6 +568,143 @@ pub fn is_zero(buf: &[u8]) -> bool {
     wide && chunks.remainder().iter().all(|&b| b == 0)
 }
 
+/// The image a conversion writes.
+#[derive(Debug)]
+pub enum ConvertTarget {
+    /// Create it (`-O FMT -o OPTIONS [-B BACKING -F FMT]`); its size is set to the sources'
+    /// total. A backing file in the request makes the conversion keep it (`-B`).
+    New(Box<CreateRequest>),
+    /// Write into the image already there (`-n`), opened with this format; it must be large
+    /// enough.
+    Existing(Format),
+}
+
+/// Converts `sources`, concatenated, into the image at `dst`. On any failure a target this
+/// call created is removed (with an external data file it created), so no short image is
+/// left looking valid.
+pub fn convert(
+    sources: &[OpenedImage],
+    dst: &Path,
+    target: ConvertTarget,
+    mut opts: ConvertOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let total = sources
+        .iter()
+        .try_fold(0u64, |acc, s| acc.checked_add(s.image().size()))
+        .ok_or_else(|| Error::invalid("the sources together are too large"))?;
+    match target {
+        ConvertTarget::New(mut req) => {
+            if opts.compress {
+                check_compressible(&req)?;
+            }
+            req.set_size_bytes(total);
+            if req.backing_file.is_some() {
+                opts.keep_backing = true;
+            }
+            // A new image reads as zeros, unless a backing file shows through it.
+            opts.target_is_zero = !opts.keep_backing;
+            let cache = if opts.flush {
+                CacheMode::Writeback
+            } else {
+                CacheMode::Unsafe
+            };
+            let created = create_image_with(dst, &req, cache)?;
+            let result = match &created {
+                CreatedImage::Raw(f) => copy_all(sources, Target::raw(f), total, opts, progress),
+                CreatedImage::Qcow2(q) => {
+                    let mut t = Target::qcow2(q, opts.compress);
+                    if req.qcow2.preallocation != vdisk_block::Preallocation::Off {
+                        // Every cluster exists already: zero runs inside data stay holes in
+                        // the file, as qemu leaves them.
+                        t.granularity = 1;
+                    }
+                    copy_all(sources, t, total, opts, progress)
+                }
+            };
+            drop(created);
+            if result.is_err() {
+                remove_image(dst, &req);
+            }
+            result.map_err(|e| e.with_path(dst))
+        }
+        ConvertTarget::Existing(format) => {
+            if opts.compress && format == Format::Raw {
+                return Err(Error::unsupported(
+                    "Compression not supported for this file format",
+                ));
+            }
+            let img = crate::open(
+                dst,
+                &OpenOptions {
+                    format: Some(format),
+                    read_only: false,
+                    force_share: false,
+                    backing: BackingPolicy::Follow,
+                    snapshot: None,
+                },
+            )?;
+            if img.image().size() < total {
+                return Err(Error::invalid("output file is smaller than input file"));
+            }
+            let result = match &img.driver {
+                Driver::Raw(f) => copy_all(sources, Target::raw(f), total, opts, progress),
+                Driver::Qcow2(q) => copy_all(
+                    sources,
+                    Target::qcow2(q, opts.compress),
+                    total,
+                    opts,
+                    progress,
+                ),
+            };
+            result.map_err(|e| e.with_path(dst))
+        }
+    }
+}
+
+/// Refuses `-c` where qemu-img does, before anything is created.
+fn check_compressible(req: &CreateRequest) -> Result<()> {
+    match req.format {
+        Format::Raw => Err(Error::unsupported(
+            "Compression not supported for this file format",
+        )),
+        Format::Qcow2 => {
+            if req.qcow2.preallocation != vdisk_block::Preallocation::Off {
+                return Err(Error::unsupported(
+                    "Compression and preallocation not supported at the same time",
+                ));
+            }
+            if req.qcow2.data_file.is_some() {
+                return Err(Error::unsupported(
+                    "error while writing at byte 0: Operation not supported",
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Copies the sources one after the other into `target`, then writes its metadata back
+/// (and with `opts.flush` makes everything durable).
+fn copy_all(
+    sources: &[OpenedImage],
+    target: Target<'_>,
+    total: u64,
+    opts: ConvertOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let mut base = 0;
+    for src in sources {
+        let size = src.image().size();
+        copy_image_at(src, target, base, opts, &mut |d, _| {
+            progress(base + d, total)
+        })?;
+        base += size;
+    }
+    // A qcow2 target's tables go to its file here (no fsync in the default unsafe mode).
+    target.dev.flush()
+}
+
 /// Converts `sources`, concatenated, into the raw image at `dst`: a new sparse file, or with
 /// `existing` the file already there (qemu-img's `-n`), which must be large enough. On any
 /// failure a target this call created is removed, so no short image is left looking valid.
@@ -307,46 +715,16 @@ pub fn convert_to_raw(
     opts: ConvertOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
-    let total = sources
-        .iter()
-        .try_fold(0u64, |acc, s| acc.checked_add(s.image().size()))
-        .ok_or_else(|| Error::invalid("the sources together are too large"))?;
-    let (target, opts) = if existing {
-        let t = RawFile::open(
-            dst,
-            &vdisk_raw::OpenOptions {
-                read_only: false,
-                force_share: false,
-            },
-        )?;
-        (t, opts)
+    let target = if existing {
+        ConvertTarget::Existing(Format::Raw)
     } else {
-        let t = RawFile::create(dst, total, Preallocation::Off)?;
-        let opts = ConvertOptions {
-            target_is_zero: true,
-            ..opts
-        };
-        (t, opts)
+        let none: [&str; 0] = [];
+        ConvertTarget::New(Box::new(crate::create::parse_create_options(
+            Format::Raw,
+            &none,
+        )?))
     };
-    let result = (|| {
-        let mut base = 0;
-        for src in sources {
-            let size = src.image().size();
-            copy_image_at(src, Target::raw(&target), base, opts, &mut |d, _| {
-                progress(base + d, total)
-            })?;
-            base += size;
-        }
-        if opts.flush {
-            target.flush()?;
-        }
-        Ok(())
-    })();
-    if result.is_err() && !existing {
-        drop(target);
-        let _ = std::fs::remove_file(dst);
-    }
-    result
+    convert(sources, dst, target, opts, progress)
 }
 
 #[cfg(test)]
@@ -377,8 +755,9 @@ mod tests {
             dev: &dst,
             zeroes: None,
             compressed: None,
+            granularity: 1,
         };
-        write_runs(target, &data, 0, ConvertOptions::default()).unwrap();
+        write_runs(target, &data, 0, 4096, true).unwrap();
         let out = dst.to_vec();
         assert_eq!(&out[..4096], &data[..4096]);
         assert!(out[4096..3 * 4096].iter().all(|&b| b == 0xff));
@@ -389,12 +768,9 @@ mod tests {
             dev: &dst,
             zeroes: Some(&dst),
             compressed: None,
+            granularity: 1,
         };
-        let opts = ConvertOptions {
-            target_is_zero: false,
-            ..Default::default()
-        };
-        write_runs(target, &data, 0, opts).unwrap();
+        write_runs(target, &data, 0, 4096, false).unwrap();
         assert_eq!(dst.to_vec(), data);
     }
 }

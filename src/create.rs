@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use vdisk_block::{BlockDevice, Error, Preallocation, Result};
+use vdisk_block::{BlockDevice, Error, Preallocation, Resize, Result, WriteZeroes};
 use vdisk_qcow2::{CompressionType, CreateOptions, Qcow2};
 use vdisk_raw::RawFile;
 
@@ -411,11 +411,32 @@ impl CreatedImage {
     }
 }
 
+/// When a new qcow2 image's writes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// Metadata is written back in crash-safe order with fsyncs between the steps.
+    #[default]
+    Writeback,
+    /// qemu's `cache=unsafe`, what `qemu-img convert` uses for its target: the same write
+    /// order but no fsync at all (a crash halfway leaves an image to throw away, which a
+    /// conversion does anyway).
+    Unsafe,
+}
+
 /// Creates the image `req` describes at `path` (replacing a file there) and returns it open
 /// read-write. The size must be known ([`CreateRequest::set_size`],
 /// [`CreateRequest::resolve_backing`] or [`CreateRequest::set_size_bytes`]). On failure the
 /// files this call created are removed. Errors name `path`.
 pub fn create_image(path: impl AsRef<Path>, req: &CreateRequest) -> Result<CreatedImage> {
+    create_image_with(path, req, CacheMode::Writeback)
+}
+
+/// [`create_image`] with a choice of [`CacheMode`] for the returned image.
+pub fn create_image_with(
+    path: impl AsRef<Path>,
+    req: &CreateRequest,
+    cache: CacheMode,
+) -> Result<CreatedImage> {
     let path = path.as_ref();
     match req.format {
         Format::Raw => {
@@ -434,25 +455,59 @@ pub fn create_image(path: impl AsRef<Path>, req: &CreateRequest) -> Result<Creat
         }
         Format::Qcow2 => {
             let o = req.qcow2_options(path)?;
-            create_qcow2(path, &o).map(|q| CreatedImage::Qcow2(Box::new(q)))
+            create_qcow2(path, &o, cache).map(|q| CreatedImage::Qcow2(Box::new(q)))
         }
     }
 }
 
 /// Formats a new qcow2 image at `path` with validated options `o`, creating its external
 /// data file (named relative to the current directory, as qemu does) when it has one.
-fn create_qcow2(path: &Path, o: &CreateOptions) -> Result<Qcow2> {
+fn create_qcow2(path: &Path, o: &CreateOptions, cache: CacheMode) -> Result<Qcow2> {
     let existed_data = o.data_file.as_ref().is_some_and(|d| Path::new(d).exists());
     let result = (|| -> Result<Qcow2> {
-        let file = Arc::new(RawFile::create(path, 0, Preallocation::Off)?);
+        let unsafe_ = cache == CacheMode::Unsafe;
+        let file = Arc::new(NoFlush {
+            inner: RawFile::create(path, 0, Preallocation::Off)?,
+            skip: unsafe_,
+        });
         let data = match &o.data_file {
-            Some(d) => Some(Arc::new(RawFile::create(d, o.size, Preallocation::Off)?)),
+            Some(d) => Some(Arc::new(NoFlush {
+                inner: RawFile::create(d, o.size, Preallocation::Off)?,
+                skip: unsafe_,
+            })),
             None => None,
         };
         let mut q = Qcow2::create(file, o)?;
+        if let (Some(b), Some(f)) = (&o.backing_file, &o.backing_format) {
+            // Writes that fill part of a cluster copy the rest from the backing file, so a
+            // caller that writes into the new image (convert -B) needs it attached. `create -u`
+            // may name one that does not exist (yet): then nothing reads through it here.
+            let opened = f.parse::<Format>().ok().and_then(|format| {
+                crate::open(
+                    resolve_backing(path, b),
+                    &OpenOptions {
+                        format: Some(format),
+                        read_only: true,
+                        force_share: true,
+                        ..Default::default()
+                    },
+                )
+                .ok()
+            });
+            if let Some(opened) = opened {
+                q.set_backing(opened.image());
+            }
+        }
         if let Some(d) = data {
             q.set_data_file_rw(d);
-            q.preallocate(o.preallocation)?;
+            // qemu maps the whole disk up front when the data file must stay a valid raw
+            // image (every guest cluster at its own offset in the data file).
+            let prealloc = if o.data_file_raw && o.preallocation == Preallocation::Off {
+                Preallocation::Metadata
+            } else {
+                o.preallocation
+            };
+            q.preallocate(prealloc)?;
         }
         q.flush()?;
         Ok(q)
@@ -466,6 +521,45 @@ fn create_qcow2(path: &Path, o: &CreateOptions) -> Result<Qcow2> {
             }
             Err(e.with_path(path))
         }
+    }
+}
+
+/// A host file whose flushes are skipped when `skip` (qemu's `cache=unsafe`).
+struct NoFlush {
+    inner: RawFile,
+    skip: bool,
+}
+
+impl BlockDevice for NoFlush {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> Result<()> {
+        if self.skip {
+            return Ok(());
+        }
+        self.inner.flush()
+    }
+    fn is_read_only(&self) -> bool {
+        self.inner.is_read_only()
+    }
+}
+
+impl Resize for NoFlush {
+    fn resize(&self, new_size: u64, prealloc: Preallocation) -> Result<()> {
+        self.inner.resize(new_size, prealloc)
+    }
+}
+
+impl WriteZeroes for NoFlush {
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
+        self.inner.write_zeroes(offset, len, may_unmap)
     }
 }
 

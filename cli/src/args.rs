@@ -195,6 +195,20 @@ pub struct ConvertArgs {
     /// Output format.
     #[arg(short = 'O', value_name = "OUTPUT_FMT", default_value = "raw")]
     pub output_format: String,
+    /// Options of the new image, comma-separated key=value, as `create` takes them ("-o help"
+    /// lists them); may repeat.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+    /// Write data clusters compressed (qcow2 targets; compression_type=zlib|zstd).
+    #[arg(short = 'c')]
+    pub compress: bool,
+    /// Give the new image this backing file and copy only what the source's top image
+    /// allocates (the rest reads through the backing file).
+    #[arg(short = 'B', visible_short_alias = 'b', value_name = "BACKING_FILE")]
+    pub backing: Option<String>,
+    /// Format of the backing file given with -B (required, as in qemu-img).
+    #[arg(short = 'F', value_name = "BACKING_FMT")]
+    pub backing_format: Option<String>,
     /// Zero runs at least this long are left as holes (default 4k); 0 allocates everything.
     #[arg(short = 'S', value_name = "SPARSE_SIZE")]
     pub sparse_size: Option<String>,
@@ -208,8 +222,8 @@ pub struct ConvertArgs {
     /// Worker threads (default: one per core).
     #[arg(short = 'm', value_name = "NUM_COROUTINES")]
     pub workers: Option<usize>,
-    /// Allow out-of-order writes. Writes to file targets always complete in any order (the
-    /// result is the same); the flag is accepted for qemu-img compatibility.
+    /// Allow out-of-order writes: the same content, but a new qcow2 image's clusters are not
+    /// laid out in guest order.
     #[arg(short = 'W')]
     pub out_of_order: bool,
     /// Do not create the target: write into the existing image, which must be large enough.

@@ -370,7 +370,17 @@ impl Qcow2 {
             return self.maybe_flush_meta(&mut m);
         }
 
+        // A cluster the allocation placed past the end of the file is a hole, zeros already:
+        // only the part of the new content that is not zero needs writing. (qemu gets the
+        // same effect by zeroing the cluster with fallocate.) A 4 KiB write into an empty
+        // image then writes 4 KiB, not a whole cluster.
+        let eof = if g.external_data {
+            u64::MAX
+        } else {
+            self.rw()?.file.size()
+        };
         let host = self.new_host(&mut m, cstart)?;
+        let fresh = host >= eof;
         drop(m);
         let mut buf = if in_c == 0 && len == clen {
             Vec::new()
@@ -378,9 +388,21 @@ impl Qcow2 {
             self.current(cstart, clen)?
         };
         buf.resize(clen as usize, 0);
-        buf[in_c as usize..(in_c + len) as usize].copy_from_slice(data);
+        let (a, b) = (in_c as usize, (in_c + len) as usize);
+        buf[a..b].copy_from_slice(data);
+        let (a, b) = if fresh {
+            let first = buf[..a].iter().position(|&x| x != 0).unwrap_or(a);
+            let last = buf[b..]
+                .iter()
+                .rposition(|&x| x != 0)
+                .map_or(b, |i| b + i + 1);
+            (first, last)
+        } else {
+            (0, clen as usize)
+        };
         let _ = cs;
-        self.data_target(host + clen)?.write_at(&buf, host)?;
+        self.data_target(host + clen)?
+            .write_at(&buf[a..b], host + a as u64)?;
         let mut m = self.lock_meta()?;
         self.set_l2_entry(&mut m, l2, l2i, host | OFLAG_COPIED, 0)?;
         if old_host != Some(host) || e & OFLAG_COMPRESSED != 0 {
@@ -462,9 +484,18 @@ impl Qcow2 {
     /// cluster, or the part of the last cluster inside the image. When compression does not
     /// make it smaller the cluster is written uncompressed, as qemu does.
     pub fn write_compressed(&self, cluster_index: u64, data: &[u8]) -> Result<()> {
+        let z = self.compress_cluster(cluster_index, data)?;
+        self.write_compressed_prepared(cluster_index, data, z.as_deref())
+    }
+
+    /// The first half of [`Qcow2::write_compressed`], which needs no lock and may run on
+    /// many threads at once: checks the request and compresses `data` (cluster
+    /// `cluster_index`, whole or the image's last, short one) with the image's compression
+    /// type. `None` when compression does not make the cluster smaller.
+    pub fn compress_cluster(&self, cluster_index: u64, data: &[u8]) -> Result<Option<Vec<u8>>> {
         let g = self.geom;
         let cs = g.cluster_size();
-        let cstart = cluster_index
+        cluster_index
             .checked_mul(cs)
             .filter(|&s| s < self.view.size)
             .ok_or_else(|| Error::invalid(format!("cluster {cluster_index} is past the end")))?;
@@ -481,11 +512,37 @@ impl Qcow2 {
             ));
         }
         self.rw()?;
+        if data.len() as u64 == cs {
+            return compress(self.header.compression_type, data, cs as usize - 1);
+        }
         let mut padded = data.to_vec();
         padded.resize(cs as usize, 0);
-        let Some(z) = compress(self.header.compression_type, &padded, cs as usize - 1)? else {
+        compress(self.header.compression_type, &padded, cs as usize - 1)
+    }
+
+    /// The second half of [`Qcow2::write_compressed`]: stores cluster `cluster_index` as the
+    /// bytes `compressed` returned by [`Qcow2::compress_cluster`] for `data`, or, when that
+    /// was `None`, `data` uncompressed.
+    pub fn write_compressed_prepared(
+        &self,
+        cluster_index: u64,
+        data: &[u8],
+        compressed: Option<&[u8]>,
+    ) -> Result<()> {
+        let g = self.geom;
+        let cs = g.cluster_size();
+        let cstart = cluster_index
+            .checked_mul(cs)
+            .filter(|&s| s < self.view.size)
+            .ok_or_else(|| Error::invalid(format!("cluster {cluster_index} is past the end")))?;
+        let Some(z) = compressed else {
             return self.write_impl(data, cstart);
         };
+        if z.is_empty() || z.len() as u64 >= cs || g.external_data {
+            return Err(Error::invalid(
+                "a prepared compressed cluster must be shorter than a cluster",
+            ));
+        }
         self.exclusive(cluster_index, |mut m| {
             let (l1i, l2i) = self.indexes(cluster_index);
             self.mark_dirty(&mut m)?;
@@ -494,7 +551,7 @@ impl Qcow2 {
             let off = self.alloc_bytes(&mut m, z.len() as u64)?;
             drop(m);
             self.compressed_cache.remove(off);
-            self.rw()?.file.write_at(&z, off)?;
+            self.rw()?.file.write_at(z, off)?;
             let mut m = self.lock_meta()?;
             let (e, _) = self.l2_entry(l2, l2i)?;
             let sectors = ((off + z.len() as u64 - 1) >> 9) - (off >> 9);
