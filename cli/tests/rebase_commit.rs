@@ -498,3 +498,83 @@ fn commit_errors_are_one_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("base.raw"));
 }
+
+#[test]
+fn rebase_onto_an_image_further_down_the_chain() {
+    // base.raw <- mid.qcow2 <- top.qcow2, then top straight onto base.raw: what mid.qcow2
+    // held and top did not must move into top.
+    let root = tempfile::tempdir().unwrap();
+    let steps = chain_inputs(21, "cluster_size=16384", "6M");
+    let (ours, theirs) = twin_dirs(root.path(), &steps);
+    let before = root.path().join("before.raw");
+    flatten(&ours, "top.qcow2", "qcow2", &before);
+    let (mid, base) = (
+        bytes(&ours.join("mid.qcow2")),
+        bytes(&ours.join("base.raw")),
+    );
+    let args = [
+        "rebase",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        "top.qcow2",
+    ];
+    vdisk_ok(&ours, &args);
+    tool_ok(&theirs, "qemu-img", &args);
+    assert_clean(&ours, "top.qcow2", "onto base");
+    assert_eq!(
+        backing_of(&ours, "top.qcow2"),
+        (Some("base.raw".into()), Some("raw".into()))
+    );
+    let (a, b) = (root.path().join("a.raw"), root.path().join("b.raw"));
+    flatten(&ours, "top.qcow2", "qcow2", &a);
+    flatten(&theirs, "top.qcow2", "qcow2", &b);
+    assert_same_content(&a, &before, "onto base: guest content kept");
+    assert_same_content(&a, &b, "onto base: as qemu's result");
+    assert!(bytes(&ours.join("mid.qcow2")) == mid && bytes(&ours.join("base.raw")) == base);
+}
+
+#[test]
+fn commit_grows_a_smaller_qcow2_base() {
+    let root = tempfile::tempdir().unwrap();
+    let steps = vec![
+        img(&["create", "-q", "-f", "qcow2", "small.qcow2", "1M"]),
+        Step::Io(
+            "small.qcow2".into(),
+            "qcow2".into(),
+            vec!["write -P 1 0 1M".into()],
+        ),
+        img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "small.qcow2",
+            "-F",
+            "qcow2",
+            "big.qcow2",
+            "4M",
+        ]),
+        Step::Io(
+            "big.qcow2".into(),
+            "qcow2".into(),
+            vec!["write -P 7 512k 2M".into(), "write -z 3M 64k".into()],
+        ),
+    ];
+    let (ours, theirs) = twin_dirs(root.path(), &steps);
+    let before = root.path().join("before.raw");
+    flatten(&ours, "big.qcow2", "qcow2", &before);
+    vdisk_ok(&ours, &["commit", "-f", "qcow2", "big.qcow2"]);
+    tool_ok(&theirs, "qemu-img", &["commit", "-f", "qcow2", "big.qcow2"]);
+    assert_clean(&ours, "small.qcow2", "grown base");
+    let (a, b) = (root.path().join("a.raw"), root.path().join("b.raw"));
+    flatten(&ours, "small.qcow2", "qcow2", &a);
+    flatten(&theirs, "small.qcow2", "qcow2", &b);
+    assert_same_content(&a, &before, "grown base holds the top's content");
+    assert_same_content(&a, &b, "grown base as qemu's");
+    assert_eq!(std::fs::metadata(&a).unwrap().len(), 4 << 20, "base size");
+}
