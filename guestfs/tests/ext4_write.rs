@@ -1793,6 +1793,7 @@ fn kernel_tree(img: &Path) -> serde_json::Map<String, serde_json::Value> {
 /// One crash run on a copy of `pristine`: returns a line saying what happened. With
 /// `die_at` 0 the parent kills the child at a random moment; otherwise the child is killed
 /// just before its device write number `die_at`.
+#[allow(clippy::too_many_arguments)]
 fn crash_run(
     pristine: &Path,
     name: &str,
@@ -1800,6 +1801,7 @@ fn crash_run(
     seed: u64,
     ops: u64,
     die_at: u64,
+    journaled: bool,
     r: &mut Rng,
 ) -> (String, u64) {
     let img = scratch().join(format!("{name}-crash.img"));
@@ -1903,16 +1905,74 @@ fn crash_run(
         "{name} run {run_no} (seed {seed}): {how}: killed={killed} after {done} ops, in flight: {inflight:?}"
     );
     let i = img.to_str().unwrap();
+    let skip = inflight
+        .as_deref()
+        .map(|op| touched(op, &before, &after))
+        .unwrap_or_default();
+    if journaled {
+        // Recovery alone must leave a consistent filesystem holding each operation whole or
+        // not at all: by the kernel (a read-write mount) or by e2fsck -fy, which then must
+        // find nothing to repair.
+        let by_kernel = (run_no / 2) % 2 == 0;
+        let fix = if by_kernel {
+            let dir = tempfile::tempdir().unwrap().keep();
+            run("mount", &["-o", "loop", i, dir.to_str().unwrap()]);
+            drop(Mount { dir });
+            String::new()
+        } else {
+            let (code, fix) = run_status("e2fsck", &["-fy", i]);
+            assert!(code <= 1, "{what}: e2fsck -fy exited {code}:\n{fix}");
+            let repairs: Vec<&str> = fix.lines().filter(|l| l.contains('?')).collect();
+            assert!(
+                repairs.is_empty(),
+                "{what}: e2fsck -fy repaired after journal recovery:\n{fix}"
+            );
+            fix
+        };
+        fsck_clean(
+            &img,
+            &format!(
+                "{what}: e2fsck -fn after recovery by {}:\n{fix}",
+                if by_kernel { "the kernel" } else { "e2fsck" }
+            ),
+        );
+        // A write or truncate in flight may have reached the file's data (data=ordered).
+        let relax = match inflight.as_deref().map(|op| op.split(' ').next()) {
+            Some(Some("write" | "truncate")) => skip.clone(),
+            _ => Default::default(),
+        };
+        let k = kernel_tree(&img);
+        let b = tree_diff(&k, &before, &relax);
+        let a = tree_diff(&k, &after, &relax);
+        assert!(
+            b.is_none() || a.is_none(),
+            "{what}: after recovery the tree is neither the state before the operation in flight ({}) nor after it ({})",
+            b.unwrap_or_default(),
+            a.unwrap_or_default()
+        );
+        let whole = if started > done {
+            if b.is_none() {
+                "undone"
+            } else {
+                "done"
+            }
+        } else {
+            "none"
+        };
+        return (
+            format!(
+                "{what}: recovered by {}, operation in flight {whole}",
+                if by_kernel { "kernel" } else { "e2fsck" }
+            ),
+            total_writes,
+        );
+    }
     let (code, fix) = run_status("e2fsck", &["-fy", i]);
     assert!(code <= 1, "{what}: e2fsck -fy exited {code}:\n{fix}");
     fsck_clean(
         &img,
         &format!("{what}: second e2fsck after -fy repaired:\n{fix}"),
     );
-    let skip = inflight
-        .as_deref()
-        .map(|op| touched(op, &before, &after))
-        .unwrap_or_default();
     let k = kernel_tree(&img);
     for (p, id) in &before.names {
         if p.is_empty() || skip.contains(id) {
@@ -1931,11 +1991,54 @@ fn crash_run(
     )
 }
 
+/// The first difference between the kernel's tree `k` and model `m` (contents of the model
+/// inodes in `relax` not compared), or None.
+fn tree_diff(
+    k: &serde_json::Map<String, serde_json::Value>,
+    m: &Model,
+    relax: &std::collections::HashSet<usize>,
+) -> Option<String> {
+    let want: Vec<&String> = m.names.keys().filter(|p| !p.is_empty()).collect();
+    let mut got: Vec<&String> = k.keys().collect();
+    got.sort();
+    if want != got {
+        let missing: Vec<_> = want.iter().filter(|p| !got.contains(p)).collect();
+        let extra: Vec<_> = got.iter().filter(|p| !want.contains(p)).collect();
+        return Some(format!("missing {missing:?}, unexpected {extra:?}"));
+    }
+    for (p, id) in &m.names {
+        if p.is_empty() {
+            continue;
+        }
+        let n = &m.nodes[id];
+        let e = &k[p.as_str()];
+        let same = match &n.kind {
+            Kind::File(d) => {
+                e["kind"] == "f"
+                    && (relax.contains(id) || e["data"].as_str() == Some(hex(d).as_str()))
+            }
+            Kind::Symlink(t) => e["kind"] == "l" && e["data"].as_str() == Some(hex(t).as_str()),
+            Kind::Dir => e["kind"] == "d",
+        };
+        let attrs = matches!(n.kind, Kind::Symlink(_))
+            || (e["mode"].as_u64() == Some(u64::from(n.perm))
+                && e["uid"].as_u64() == Some(u64::from(n.uid))
+                && e["gid"].as_u64() == Some(u64::from(n.gid)));
+        if !same || !attrs {
+            return Some(format!("{p} differs"));
+        }
+    }
+    None
+}
+
 /// Operations a crash child runs.
 const OPS: u64 = 300;
 
-/// Kills the writer at random moments on ext4 (default and CentOS-7-like) and ext3
-/// (block-mapped files): e2fsck -fy repairs, other files survive, e2fsck -fn is then clean.
+/// Kills the writer at random moments. With a journal (ext4 default and CentOS-7-like, ext3
+/// with block-mapped files) recovery by the kernel or e2fsck must leave a clean filesystem
+/// with the operation in flight whole or undone; without one (ext2, ext4 ^has_journal)
+/// e2fsck -fy repairs, every file the operation in flight did not touch survives, and a second
+/// e2fsck -fn is clean.
 #[test]
 fn crash_kill9() {
     let runs: u32 = std::env::var("VDISK_CRASH_RUNS")
@@ -1951,40 +2054,55 @@ fn crash_kill9() {
         .unwrap();
     }
     let mut summary = Vec::new();
-    for (name, mkfs, args) in [
-        ("cr-def", "mkfs.ext4", &["-T", "default"][..]),
+    // (name, mkfs, options, vdisk writes through the journal)
+    for (name, mkfs, args, journaled) in [
+        ("cr-def", "mkfs.ext4", &["-T", "default"][..], true),
         (
             "cr-c7",
             "mkfs.ext4",
             &["-b", "1024", "-O", "^metadata_csum,^64bit,uninit_bg"][..],
+            true,
         ),
-        ("cr-e3", "mkfs.ext3", &["-b", "1024"][..]),
+        ("cr-e3", "mkfs.ext3", &["-b", "1024"][..], true),
+        ("cr-e2", "mkfs.ext2", &["-b", "1024"][..], false),
+        (
+            "cr-nj",
+            "mkfs.ext4",
+            &["-T", "default", "-O", "^has_journal"][..],
+            false,
+        ),
     ] {
         let pristine = mkimg(name, 32, mkfs, args, Some(src.path()));
         let mut r = Rng(0xC0FFEE ^ u64::from(name.as_bytes()[3]));
-        let (mut repairs, mut inflight) = (0, 0);
+        let (mut repairs, mut inflight, mut atomic) = (0, 0, 0);
         for k in 0..runs {
             let seed = 1000 + u64::from(k) * 7 + u64::from(name.as_bytes()[3]);
             // Odd runs: a calibration-free random moment; even runs: a random device write
             // (the child reports how many writes a whole run makes when it is not killed).
             let die_at = if k % 2 == 0 {
-                let (_, total) = crash_run(&pristine, name, k, seed, OPS, u64::MAX, &mut r);
+                let (_, total) =
+                    crash_run(&pristine, name, k, seed, OPS, u64::MAX, journaled, &mut r);
                 1 + r.below(total)
             } else {
                 0
             };
-            let (line, _) = crash_run(&pristine, name, k, seed, OPS, die_at, &mut r);
-            if !line.ends_with(" 0 repairs") {
+            let (line, _) = crash_run(&pristine, name, k, seed, OPS, die_at, journaled, &mut r);
+            if !line.ends_with(" 0 repairs") && !journaled {
                 repairs += 1;
+            }
+            if line.ends_with("operation in flight undone") || line.ends_with("flight done") {
+                atomic += 1;
             }
             if !line.contains("in flight: None") {
                 inflight += 1;
             }
             eprintln!("{line}");
         }
-        summary.push(format!(
-            "{name}: {runs} kills, {inflight} inside an operation, {repairs} needed repairs"
-        ));
+        summary.push(if journaled {
+            format!("{name}: {runs} kills, {inflight} inside an operation, {atomic} of them recovered whole or undone")
+        } else {
+            format!("{name}: {runs} kills, {inflight} inside an operation, {repairs} needed repairs")
+        });
     }
     eprintln!("{}", summary.join("\n"));
 }

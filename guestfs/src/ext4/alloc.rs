@@ -36,15 +36,18 @@ fn set_bit(b: &mut [u8], i: usize, v: bool) {
 }
 
 impl Ext4 {
-    /// Writes metadata block `nr` to the device and the cache.
+    /// Writes metadata block `nr` to the device (or the open journal transaction) and the
+    /// cache.
     pub(crate) fn put_block(&self, nr: u64, data: &[u8]) -> Result<()> {
         if nr >= self.sb.s_blocks_count || data.len() != self.sb.block_size as usize {
             return Err(Error::invalid(format!(
                 "internal: bad metadata write of block {nr}"
             )));
         }
-        self.dev.write_at(data, nr * self.bs())?;
         let a: Arc<[u8]> = data.to_vec().into();
+        if !self.txn_put(nr, &a)? {
+            self.dev.write_at(data, nr * self.bs())?;
+        }
         self.cache.insert(nr, a);
         Ok(())
     }
@@ -65,6 +68,7 @@ impl Ext4 {
         for b in first..=last {
             self.cache.remove(b);
         }
+        self.txn_forget(first, last);
         self.dev.write_at(data, at)
     }
 

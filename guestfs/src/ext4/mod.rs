@@ -31,6 +31,7 @@ pub mod group_descriptor;
 pub mod htree;
 pub mod inode;
 pub mod journal;
+mod journal_write;
 pub mod superblock;
 mod write;
 pub mod xattr;
@@ -151,6 +152,8 @@ pub struct Ext4 {
     replayed_transactions: u32,
     journal_next_sequence: u32,
     cache: BlockCache,
+    /// The write side's journal and open transaction (empty when reading only).
+    journal_state: journal_write::JournalState,
 }
 
 impl std::fmt::Debug for Ext4 {
@@ -215,6 +218,7 @@ impl Ext4 {
             overlay: journal::Overlay::new(),
             replayed_transactions: 0,
             journal_next_sequence: 0,
+            journal_state: Default::default(),
         };
         if fs.sb.has_incompat(incompat::RECOVER) {
             if !opts.replay_journal {
@@ -282,7 +286,9 @@ impl Ext4 {
 
     /// Reads bytes at a device offset, through the journal overlay.
     pub fn read_bytes(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        read_overlaid(&*self.dev, &self.overlay, self.bs(), buf, offset)
+        read_overlaid(&*self.dev, &self.overlay, self.bs(), buf, offset)?;
+        self.txn_overlay(buf, offset);
+        Ok(())
     }
 
     /// Reads whole physical block `nr` bypassing the overlay (the journal itself).
@@ -298,6 +304,9 @@ impl Ext4 {
                 what(),
                 self.sb.s_blocks_count
             )));
+        }
+        if let Some(b) = self.txn_block(nr) {
+            return Ok(b);
         }
         if let Some(b) = self.cache.get(nr) {
             return Ok(b);

@@ -11,8 +11,12 @@
 //! VALID_FS, as fuse2fs does while mounted); [`FileSystemMut::flush`] (and drop) puts the
 //! state back and bumps `s_wtime`; `s_mnt_count` is left alone, as debugfs -w leaves it.
 //!
-//! Crash ordering (no journaling of our own; a crash loses at most the operation in flight,
-//! and e2fsck -fy repairs leaked blocks or a link count without touching other files):
+//! Crash safety: on a filesystem with a journal, each operation's metadata is one jbd2
+//! transaction (see `journal_write`), so after a crash the kernel's or e2fsck's recovery
+//! finds every operation whole or absent. Without a journal (ext2, or a journal vdisk does not
+//! write), and inside a transaction too large for the log, the write order alone keeps a crash
+//! to losing at most the operation in flight, which e2fsck -fy repairs (leaked blocks, a link
+//! count) without touching other files:
 //! - allocation (bitmap, group descriptor) before anything refers to what was allocated;
 //! - file data before the extent tree / indirect blocks that map it, those before the inode;
 //! - a new inode is written before the directory entry that links it;
@@ -115,6 +119,7 @@ impl Ext4Rw {
         }
         fs.sb.s_free_blocks_count = blocks;
         fs.sb.s_free_inodes_count = u32::try_from(inodes).unwrap_or(u32::MAX);
+        fs.journal_setup()?;
         let orig_state = fs.sb.s_state;
         Ok(Ext4Rw {
             st: RwLock::new(State {
@@ -134,6 +139,10 @@ impl Ext4Rw {
         let mut g = self.st.write().unwrap_or_else(|e| e.into_inner());
         if !g.dirty {
             g.fs.sb.s_state &= !EXT4_VALID_FS;
+            if g.fs.journaled() {
+                // As while mounted: recovery must replay what the journal may hold.
+                g.fs.sb.s_feature_incompat |= incompat::RECOVER;
+            }
             g.fs.store_superblock()?;
             g.fs.dev.flush()?;
             g.dirty = true;
@@ -144,10 +153,13 @@ impl Ext4Rw {
     /// Runs one write operation and writes the superblock counts after it.
     fn op<T>(&self, f: impl FnOnce(&mut Ext4) -> Result<T>) -> Result<T> {
         let mut g = self.w()?;
+        g.fs.begin_txn();
         let r = f(&mut g.fs);
         let s = g.fs.store_superblock();
+        let c = g.fs.commit_txn();
         let v = r?;
         s?;
+        c?;
         Ok(v)
     }
 }
@@ -957,6 +969,8 @@ impl FileSystemMut for Ext4Rw {
         if g.dirty {
             let orig = g.orig_state;
             g.fs.sb.s_state = (g.fs.sb.s_state & !EXT4_VALID_FS) | (orig & EXT4_VALID_FS);
+            // Every transaction was checkpointed: the journal is empty.
+            g.fs.sb.s_feature_incompat &= !incompat::RECOVER;
             g.fs.sb.s_wtime = InodeTime::now().secs as u32;
             g.fs.store_superblock()?;
             g.dirty = false;
