@@ -24,7 +24,7 @@ mkdir -p "$WORK"
 cd "$WORK"
 MNT=$WORK/mnt
 mkdir -p "$MNT"
-cleanup() { mountpoint -q "$MNT" && "$VDISK" umount "$MNT" || true; }
+cleanup() { mountpoint -q "$MNT" && { "$VDISK" umount "$MNT" || umount "$MNT"; } || true; }
 trap cleanup EXIT
 
 if [ ! -f test.qcow2 ]; then
@@ -170,3 +170,53 @@ printf 'vdisk cat of one file (median):      %s ms  (target < 20 ms)\n' \
   "$(printf '%s\n' "${cat_times[@]}" | median | ms)"
 printf 'sequential read through FUSE:        %s MiB/s (256 MiB, cold cache; fuse2fs: %s MiB/s)\n' \
   "$read_mib_s" "$fuse2fs_mib_s"
+
+# --- Writing through a read-write mount, against fuse2fs on the same filesystem image ---
+# A fresh 1.5 GiB ext4 (default mkfs features) per run, as a raw file both drivers open
+# directly, and, for vdisk, also behind a qcow2 overlay (the seed workflow's layout).
+# "512 MiB write": dd of a 512 MiB host file (in the page cache) into the mount, bs=1M,
+# conv=fsync, so the time includes making it durable (fsync: both drivers flush their
+# metadata and the device). "10,000 files": a bash loop writing 10,000 small files into one
+# new directory, then fsync of the directory. Median of WRUNS runs (default 5).
+WRUNS=${WRUNS:-5}
+mkfs.ext4 -q -F pristine.fs 1536M
+[ -f src512.bin ] || head -c 512M /dev/urandom > src512.bin
+cat src512.bin > /dev/null
+fresh() { cp --sparse=always pristine.fs scratch.fs; }
+write512() { dd if=src512.bin of="$MNT/big" bs=1M conv=fsync status=none; }
+small10k() {
+  mkdir "$MNT/d"
+  for i in $(seq 10000); do echo "$i" > "$MNT/d/f$i"; done
+  sync "$MNT/d"
+}
+# Runs "$2" on a fresh mount made by "$1", prints the wall time in ns.
+timed() {
+  local mount_cmd=$1 body=$2 t0 t1
+  fresh
+  eval "$mount_cmd"
+  t0=$(now_ns)
+  $body
+  t1=$(now_ns)
+  if [[ $mount_cmd == fuse2fs* ]]; then umount "$MNT"; else "$VDISK" umount "$MNT"; fi
+  echo $((t1 - t0))
+}
+vdisk_raw='"$VDISK" mount --format raw -a scratch.fs -m /dev/sda "$MNT"'
+vdisk_qcow2='rm -f scratch.qcow2; qemu-img create -q -f qcow2 -b scratch.fs -F raw scratch.qcow2;
+  "$VDISK" mount --format qcow2 -a scratch.qcow2 -m /dev/sda "$MNT"'
+f2fs='fuse2fs -o rw,fakeroot scratch.fs "$MNT" >/dev/null 2>&1'
+declare -A res
+for name in vdisk_raw vdisk_qcow2 f2fs; do
+  for body in write512 small10k; do
+    ts=()
+    for _ in $(seq "$WRUNS"); do ts+=("$(timed "${!name}" "$body")"); done
+    res[$name.$body]=$(printf '%s\n' "${ts[@]}" | median)
+  done
+done
+mibs() { awk -v ns="$1" 'BEGIN {printf "%.0f", 512 / (ns / 1e9)}'; }
+printf '512 MiB write + fsync (median of %d): vdisk raw %s MiB/s, vdisk qcow2 overlay %s MiB/s, fuse2fs %s MiB/s\n' \
+  "$WRUNS" "$(mibs "${res[vdisk_raw.write512]}")" "$(mibs "${res[vdisk_qcow2.write512]}")" \
+  "$(mibs "${res[f2fs.write512]}")"
+printf '10,000 small files (median of %d):   vdisk raw %s ms, vdisk qcow2 overlay %s ms, fuse2fs %s ms\n' \
+  "$WRUNS" "$(echo "${res[vdisk_raw.small10k]}" | ms)" "$(echo "${res[vdisk_qcow2.small10k]}" | ms)" \
+  "$(echo "${res[f2fs.small10k]}" | ms)"
+echo "load: $(uptime)"

@@ -560,3 +560,68 @@ fn random_operations_through_fuse_on_a_three_deep_qcow2_chain_match_a_host_model
         );
     }
 }
+
+#[test]
+fn stacked_read_write_mount_keeps_mountpoints_consistent() {
+    need(&["qemu-img", "e2fsck", "mount"]);
+    let d = centos_disk();
+    let template = sha256(&d.raw);
+    let dir = d.tmp.path().to_path_buf();
+    let mnt = dir.join("mnt-stack");
+    let g = mount_rw(
+        &dir,
+        "test.qcow2",
+        &[
+            "--format",
+            "qcow2",
+            "-m",
+            "/dev/centos/root",
+            "-m",
+            "/dev/sda1:/boot",
+        ],
+        &mnt,
+    );
+    fs::write(mnt.join("boot/grub2/user.cfg"), b"GRUB2_PASSWORD=x\n").unwrap();
+    fs::write(mnt.join("etc/moved"), b"root fs\n").unwrap();
+    // Between filesystems: rename(2) and link(2) fail with EXDEV, as across kernel mounts.
+    let e = fs::rename(mnt.join("etc/moved"), mnt.join("boot/moved")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(18), "{e}");
+    let e = fs::hard_link(mnt.join("etc/moved"), mnt.join("boot/moved")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(18), "{e}");
+    // A mountpoint cannot be removed or renamed away while mounted.
+    let e = fs::remove_dir(mnt.join("boot")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(16), "{e}");
+    let e = fs::rename(mnt.join("boot"), mnt.join("boot2")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(16), "{e}");
+    // mv falls back to copying, as between kernel mounts.
+    sh(&format!(
+        "mv {} {}",
+        mnt.join("etc/moved").display(),
+        mnt.join("boot/moved").display()
+    ));
+    umount(&mnt);
+    drop(g);
+    qemu_img_check(&d.qcow2);
+    assert_eq!(sha256(&d.raw), template, "the template changed");
+    let flat = dir.join("flat.raw");
+    sh(&format!(
+        "qemu-img convert -O raw {} {}",
+        d.qcow2.display(),
+        flat.display()
+    ));
+    assert_fsck_clean(&flat, d.boot, &dir.join("boot.fs"), "/boot");
+    assert_fsck_clean(&flat, d.root, &dir.join("root.fs"), "root LV");
+    let kb = dir.join("kernel-boot");
+    let b = KernelMount::loop_ro(&flat, d.boot.0, d.boot.1, &kb);
+    assert_eq!(
+        fs::read(kb.join("grub2/user.cfg")).unwrap(),
+        b"GRUB2_PASSWORD=x\n"
+    );
+    assert_eq!(fs::read(kb.join("moved")).unwrap(), b"root fs\n");
+    drop(b);
+    let kr = dir.join("kernel-root");
+    let r = KernelMount::loop_ro(&flat, d.root.0, d.root.1, &kr);
+    assert!(!kr.join("etc/moved").exists());
+    assert!(kr.join("boot").is_dir());
+    drop(r);
+}
