@@ -425,8 +425,14 @@ fn errors_are_one_line_and_a_closed_pipe_is_not_one() {
         &["-m", "/dev/centos/root", "-m", "/dev/sda1:/nowhere", "/"],
     );
     assert!(e.contains("/nowhere does not exist"), "{e}");
-    let (_, e) = run_err("mount", &d, &["--rw", "-m", "/dev/centos/root", "/tmp"]);
-    assert!(e.contains("not implemented yet"), "{e}");
+    // (Never a real directory here: mounts are read-write now, and this one would succeed.)
+    let missing = d.path("no-such-dir");
+    let (_, e) = run_err(
+        "mount",
+        &d,
+        &["--rw", "-m", "/dev/centos/root", missing.to_str().unwrap()],
+    );
+    assert!(e.contains("no-such-dir: No such file or directory"), "{e}");
     let (code, e) = {
         let out = vdisk(&["umount", d.tmp.path().to_str().unwrap()]);
         (
