@@ -70,6 +70,9 @@ pub(crate) struct JournalWriter {
 #[derive(Default)]
 pub(crate) struct JState {
     pub writer: Option<JournalWriter>,
+    /// Flush the device at the transaction's ordering points (see
+    /// [`super::Ext4Rw::set_write_barriers`]).
+    pub barriers: bool,
     /// Metadata blocks of the open transaction, by block number.
     pub txn: Option<BTreeMap<u64, Arc<[u8]>>>,
 }
@@ -380,15 +383,25 @@ impl Ext4 {
             put(&mut commit, COMMIT_CHKSUM, c.to_be_bytes());
         }
         write_log(w, pos, &commit)?;
+        let barriers = j.barriers;
+        let Some(w) = j.writer.as_mut() else {
+            return Ok(());
+        };
+        let barrier = || if barriers { self.dev.flush() } else { Ok(()) };
+        // File data and the log before the commit point, the commit point before the blocks
+        // go home, the blocks home before the journal is emptied.
+        barrier()?;
         // The commit point: the journal now holds the transaction.
         put(&mut w.jsb, 0x18, seq.to_be_bytes());
         put(&mut w.jsb, 0x1C, w.first.to_be_bytes());
         w.seal_jsb();
         write_log(w, 0, &w.jsb)?;
+        barrier()?;
         // Checkpoint.
         for (&nr, b) in &list {
             self.dev.write_at(b, nr * bs)?;
         }
+        barrier()?;
         w.seq = seq.wrapping_add(1);
         put(&mut w.jsb, 0x18, w.seq.to_be_bytes());
         put(&mut w.jsb, 0x1C, [0; 4]);
