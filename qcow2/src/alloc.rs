@@ -290,12 +290,40 @@ impl Qcow2 {
         }
     }
 
+    /// Refuses host clusters `[start, start + n)` when they hold the header, the refcount
+    /// table or the active L1 table: refcounts that call those free are corrupt, and writing
+    /// there would destroy the image (qemu's metadata overlap check refuses the same writes).
+    fn check_not_metadata(&self, m: &Meta, start: u64, n: u64) -> Result<()> {
+        let cb = m.cluster_bits;
+        let (a, b) = (start << cb, (start + n) << cb);
+        let h = &self.header;
+        let tables = [
+            ("header", 0, 1u64 << cb),
+            (
+                "refcount table",
+                m.reftable_offset,
+                u64::from(m.reftable_clusters) << cb,
+            ),
+            ("L1 table", h.l1_table_offset, u64::from(h.l1_size) * 8),
+        ];
+        for (what, off, len) in tables {
+            if len > 0 && off < b && a < off.saturating_add(len) {
+                return Err(Error::corrupt_at(
+                    a,
+                    format!("the refcounts call this cluster free, but it holds the {what}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Creates the refcount block for table index `t` at the first cluster it covers (so it
     /// describes itself), writes it and points the table to it.
     fn create_refblock(&self, m: &mut Meta, t: u64) -> Result<()> {
         let cs = m.cluster_size();
         let rb = m.rb_bits();
         let cluster = t << rb;
+        self.check_not_metadata(m, cluster, 1)?;
         let offset = cluster << m.cluster_bits;
         let mut data = vec![0u8; cs as usize];
         set_refcount(&mut data, 0, m.refcount_order, 1);
@@ -439,6 +467,7 @@ impl Qcow2 {
                     start = c;
                 }
             }
+            self.check_not_metadata(m, start, n)?;
             for t in (start >> rb)..=((start + n - 1) >> rb) {
                 if t >= m.reftable.len() as u64 {
                     self.grow_reftable(m, t + 1)?;
