@@ -9,7 +9,7 @@ corpus="$here/corpus"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-mkdir -p "$corpus"/{qcow2_open_read,qcow2_snapshot,probe_open,partition_table,lvm,detect,guest,ext4_read}
+mkdir -p "$corpus"/{qcow2_open_read,qcow2_snapshot,qcow2_rw,probe_open,partition_table,lvm,detect,guest,ext4_read,ext4_write}
 
 q() { qemu-img "$@" >/dev/null; }
 io() { qemu-io -f qcow2 "$@" >/dev/null; }
@@ -206,5 +206,18 @@ fi
 for f in "$corpus"/guest/*; do
   case "$(basename "$f")" in guest-two.img) continue ;; esac
   { printf '\x00'; cat "$f"; } > "$f.sel" && mv "$f.sel" "$f"
+done
+# --- the write targets: image seeds with operations appended (8 bytes each, seeded bytes;
+# qcow2_rw takes 8 from the tail, ext4_write 16), two tails per image.
+ops() {
+  python3 -c 'import random, sys
+r = random.Random(sys.argv[1])
+sys.stdout.buffer.write(bytes(r.randrange(256) for _ in range(int(sys.argv[2]))))' "$1" "$2"
+}
+for f in "$corpus"/qcow2_open_read/*; do
+  for s in 1 2; do { cat "$f"; ops "$(basename "$f")$s" 64; } > "$corpus/qcow2_rw/$(basename "$f").$s"; done
+done
+for f in "$corpus"/ext4_read/*; do
+  for s in 1 2; do { cat "$f"; ops "$(basename "$f")$s" 128; } > "$corpus/ext4_write/$(basename "$f").$s"; done
 done
 echo "seeds: $(find "$corpus" -type f | wc -l) files in $corpus"

@@ -1,8 +1,27 @@
-//! Helpers shared by the fuzz targets: devices over fuzzer bytes, and bounded walks that read
-//! through every layer without letting a hostile image make the harness itself slow.
+//! The fuzz harness: devices over fuzzer bytes, bounded walks that read through every layer
+//! without letting a hostile image make the harness itself slow, and the body of every target
+//! as a plain function. The libFuzzer targets in fuzz_targets/ call these functions, and the
+//! stable test suite replays saved inputs through them (cli/tests/fuzz_regressions.rs takes
+//! this file as a `#[path]` module), so one file must build both as this crate's root and as
+//! a module there: it names nothing through `crate::` and uses only crates both have
+//! (libfuzzer-sys stays in the target files).
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use vdisk_block::{BlockDevice, Image, MapKind, MemDevice};
+use vdisk::{BackingPolicy, Format, OpenOptions};
+use vdisk_block::{
+    BlockDevice, Discard, Image, MapKind, MemDevice, Preallocation, Resize, WriteZeroes,
+};
+use vdisk_guestfs::detect::detect;
+use vdisk_guestfs::devices::Guest;
+use vdisk_guestfs::ext4::Ext4;
+use vdisk_guestfs::fs::{FileKind, FileSystem, Ino};
+use vdisk_guestfs::lvm::{self, LogicalVolume, VgMetadata};
+use vdisk_guestfs::partition::read_table;
+use vdisk_qcow2::Qcow2;
 
 /// Bytes read per target run at most, so a huge guest size costs the harness nothing.
 pub const READ_BUDGET: u64 = 4 << 20;
@@ -29,7 +48,7 @@ impl Knobs {
     }
 
     /// The next pseudo-random number.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         // xorshift64
         let mut x = self.0;
         x ^= x << 13;
@@ -44,7 +63,7 @@ impl Knobs {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.next_u64() % n
         }
     }
 }
@@ -105,3 +124,692 @@ pub fn walk_image(img: &dyn Image, k: &mut Knobs, budget: &mut u64) {
     }
     read_device(img, k, budget);
 }
+
+// ---------------------------------------------------------------------------------------
+// The targets.
+
+/// qcow2: open an image from arbitrary bytes, attach a small backing image, then map and read.
+pub fn qcow2_open_read(data: &[u8]) {
+    let Ok(mut q) = Qcow2::open(mem(data)) else {
+        return;
+    };
+    let _ = q.info();
+    let _ = format!("{q:?}");
+    let mut backing = vec![0u8; 64 << 10];
+    for (i, b) in backing.iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    q.set_backing(Arc::new(MemDevice::from_vec(backing)));
+    if q.needs_data_file() {
+        // An external data file: the image file itself stands in for it.
+        q.set_data_file(mem(data));
+    }
+    let mut k = Knobs::new(data);
+    let mut budget = READ_BUDGET;
+    let _ = q.referenced_clusters(q.size().min(1 << 20) >> 9);
+    walk_image(&q, &mut k, &mut budget);
+}
+
+/// qcow2 internal snapshots: open, then load every snapshot in the table (and a few names
+/// that are not there) and read through each.
+pub fn qcow2_snapshot(data: &[u8]) {
+    let Ok(mut q) = Qcow2::open(mem(data)) else {
+        return;
+    };
+    let specs: Vec<String> = q
+        .snapshots()
+        .iter()
+        .take(8)
+        .flat_map(|s| {
+            [
+                s.id_str.clone(),
+                format!("snapshot.name={}", s.name),
+                format!("snapshot.id={},snapshot.name={}", s.id_str, s.name),
+            ]
+        })
+        .chain(["".to_string(), "1".to_string(), "snapshot.id=".to_string()])
+        .collect();
+    let mut k = Knobs::new(data);
+    let mut budget = READ_BUDGET;
+    for spec in specs {
+        if q.load_snapshot(&spec).is_ok() {
+            let _ = q.loaded_snapshot();
+            walk_image(&q, &mut k, &mut budget);
+        }
+    }
+}
+
+/// The scratch file probe_open writes its input to: one per process and thread (the stable
+/// replay runs targets on several threads), in /dev/shm when there.
+fn scratch() -> PathBuf {
+    let shm = PathBuf::from("/dev/shm");
+    let base = if shm.is_dir() {
+        shm
+    } else {
+        std::env::temp_dir()
+    };
+    let thread = format!("{:?}", std::thread::current().id());
+    let thread: String = thread.chars().filter(char::is_ascii_digit).collect();
+    base.join(format!(
+        "vdisk-fuzz-probe-{}-{thread}.img",
+        std::process::id()
+    ))
+}
+
+/// Probing and opening by name through the library: the bytes are written to a file and
+/// opened probed, as raw and as qcow2, with backing files ignored or refused (following them
+/// would let the input name any host file), then mapped and read.
+pub fn probe_open(data: &[u8]) {
+    let probed = Format::probe(data);
+    let path = &scratch();
+    std::fs::write(path, data).expect("write scratch image");
+    let mut k = Knobs::new(data);
+    for format in [None, Some(Format::Raw), Some(Format::Qcow2)] {
+        for backing in [BackingPolicy::Ignore, BackingPolicy::Refuse] {
+            let opts = OpenOptions {
+                format,
+                backing,
+                ..OpenOptions::default()
+            };
+            let Ok(img) = vdisk::open(path, &opts) else {
+                continue;
+            };
+            if format == Some(Format::Raw) {
+                assert_eq!(img.format, Format::Raw, "-f raw was second-guessed");
+                assert!(!img.probed);
+            }
+            if format.is_none() {
+                assert!(img.probed);
+                assert_eq!(img.format, probed);
+            }
+            let _ = vdisk::info::image_info(&img);
+            let mut budget = 1 << 20;
+            walk_image(&*img.image(), &mut k, &mut budget);
+        }
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// MBR (with extended/logical chains) and GPT: read the table, then open every partition and
+/// read its ends.
+pub fn partition_table(data: &[u8]) {
+    let disk = mem(data);
+    let Ok(Some(table)) = read_table(&*disk) else {
+        return;
+    };
+    let _ = format!("{table:?}");
+    let mut k = Knobs::new(data);
+    let mut budget = READ_BUDGET;
+    for p in table.partitions.iter().take(256) {
+        let _ = p.is_extended();
+        let size = p.device_size();
+        if let Ok(dev) = p.open(disk.clone()) {
+            assert_eq!(
+                dev.size(),
+                size,
+                "partition device size differs from its entry"
+            );
+            assert!(dev
+                .start()
+                .checked_add(size)
+                .is_some_and(|e| e <= disk.size()));
+            read_device(&dev, &mut k, &mut budget);
+        }
+    }
+}
+
+/// LVM2: the input both as a disk (label, PV header, metadata areas, scan, open every LV and
+/// read it) and as metadata text (parse, then build every LV over stand-in PV devices).
+pub fn lvm(data: &[u8]) {
+    let mut k = Knobs::new(data);
+    let mut budget = READ_BUDGET;
+
+    // As a disk.
+    let disk = mem(data);
+    if let Ok(Some(h)) = lvm::label::read_pv_header(&*disk) {
+        let _ = h.uuid_dashed();
+        for mda in h.metadata_areas.iter().take(8) {
+            let _ = lvm::label::read_metadata_text(&*disk, *mda);
+        }
+    }
+    if let Ok(scan) = lvm::scan(&[("/dev/sda".to_string(), disk.clone())]) {
+        for vg in &scan.vgs {
+            let _ = vg.is_complete();
+            for lv in vg.metadata.lvs.iter().take(16) {
+                if let Ok(dev) = vg.open_lv(&lv.name) {
+                    read_device(&dev, &mut k, &mut budget);
+                }
+            }
+        }
+    }
+
+    // As metadata text.
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = lvm::metadata::parse_tree(text);
+    let Ok(vg) = VgMetadata::parse(text) else {
+        return;
+    };
+    // Every PV present as a small device, and every PV but the first missing.
+    let pv = |_: usize| -> Option<Arc<dyn BlockDevice>> { Some(Arc::new(MemDevice::new(1 << 20))) };
+    let all: Vec<_> = (0..vg.pvs.len().min(64)).map(pv).collect();
+    let first: Vec<_> = (0..vg.pvs.len().min(64))
+        .map(|i| if i == 0 { pv(i) } else { None })
+        .collect();
+    for devs in [all, first] {
+        for lv in vg.lvs.iter().take(16) {
+            if let Ok(dev) = LogicalVolume::new(&vg, lv, &devs) {
+                read_device(&dev, &mut k, &mut budget);
+            }
+        }
+    }
+}
+
+/// Filesystem and volume signature detection (LVM2, LUKS, XFS, btrfs, ext, swap, NTFS, FAT).
+pub fn detect_fs(data: &[u8]) {
+    if let Ok(Some(info)) = detect(&*mem(data)) {
+        let _ = info.fs_type.as_str();
+        let _ = format!("{info:?}");
+    }
+}
+
+/// A guest over one or two fuzzed disks: partition tables, LVM across disks, device names,
+/// filesystem listing, then every device opened and read. The first byte chooses: even = one
+/// disk, odd = split the rest into two disks where the second byte says (in 512-byte sectors).
+pub fn guest(data: &[u8]) {
+    let disks = match data {
+        [sel, cut, rest @ ..] if sel % 2 == 1 => {
+            let at = (usize::from(*cut) * 512).min(rest.len());
+            vec![mem(&rest[..at]), mem(&rest[at..])]
+        }
+        [_, rest @ ..] => vec![mem(rest)],
+        [] => return,
+    };
+    let Ok(g) = Guest::new(disks) else {
+        return;
+    };
+    let _ = g.warnings();
+    let _ = g.list_pvs();
+    let _ = g.list_vgs();
+    let _ = g.list_filesystems();
+    let mut k = Knobs::new(data);
+    let mut budget = READ_BUDGET;
+    let names = g
+        .list_devices()
+        .into_iter()
+        .chain(g.list_partitions())
+        .chain(g.list_lvs());
+    for name in names.take(64) {
+        if let Ok(dev) = g.open_device(&name) {
+            read_device(&*dev, &mut k, &mut budget);
+        }
+    }
+    for name in [
+        "/dev/sdz",
+        "/dev/sda0",
+        "/dev/sda99",
+        "/dev/mapper/x-y",
+        "/dev/vg/lv",
+        "/dev/",
+    ] {
+        let _ = g.open_device(name);
+    }
+}
+
+/// Directory depth the ext4 walk descends to.
+const EXT4_MAX_DEPTH: usize = 6;
+/// Directory entries the ext4 walk visits in all.
+const EXT4_MAX_ENTRIES: usize = 256;
+/// Bytes of one file the ext4 walk reads.
+const EXT4_MAX_FILE: u64 = 256 << 10;
+
+struct Walk<'a> {
+    fs: &'a Ext4,
+    entries: usize,
+    seen: HashSet<Ino>,
+    files: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Walk<'_> {
+    fn dir(&mut self, ino: Ino, path: &[u8], depth: usize) {
+        if depth > EXT4_MAX_DEPTH || !self.seen.insert(ino) {
+            return;
+        }
+        let mut list = Vec::new();
+        let _ = self.fs.readdir(ino, 0, &mut |e| {
+            list.push(e);
+            list.len() < EXT4_MAX_ENTRIES
+        });
+        for e in list {
+            if self.entries >= EXT4_MAX_ENTRIES {
+                return;
+            }
+            self.entries += 1;
+            let name = e.name.as_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let mut p = path.to_vec();
+            p.push(b'/');
+            p.extend_from_slice(name);
+            let _ = self.fs.lookup(ino, OsStr::from_bytes(name));
+            let _ = self.fs.listxattr(e.ino);
+            let _ = self.fs.getxattr(e.ino, OsStr::new("security.selinux"));
+            let Ok(attr) = self.fs.getattr(e.ino) else {
+                continue;
+            };
+            match attr.kind {
+                FileKind::Dir => self.dir(e.ino, &p, depth + 1),
+                FileKind::Symlink => {
+                    let _ = self.fs.readlink(e.ino);
+                    let _ = self.fs.resolve(&p, true);
+                }
+                FileKind::File => {
+                    // Keep files the path resolves to (a directory may name two inodes the
+                    // same; the differential reads by path).
+                    let by_path = self.fs.resolve(&p, false).ok() == Some(e.ino);
+                    if let Some(bytes) = self.read(e.ino, attr.size) {
+                        if by_path {
+                            self.files.push((p, bytes));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn read(&mut self, ino: Ino, size: u64) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut off = 0u64;
+        while off < size.min(EXT4_MAX_FILE) {
+            let n = self.fs.read(ino, off, &mut buf).ok()?;
+            assert!(n <= buf.len());
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            off += n as u64;
+        }
+        // Past the end: a short (empty) read, not an error or a panic.
+        let _ = self.fs.read(ino, size.saturating_add(1), &mut buf[..16]);
+        (size <= EXT4_MAX_FILE).then_some(out)
+    }
+}
+
+/// What the ext4 walk read.
+pub struct Ext4Walk {
+    /// Whether the journal had transactions to replay (ext4-view does not replay).
+    pub replayed: bool,
+    /// (path, bytes) of the regular files read whole.
+    pub files: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// ext4: open (journal replay included), walk the tree with bounded depth and entries, stat,
+/// read files, symlinks and xattrs. `None` when the image does not open.
+pub fn ext4_read(data: &[u8]) -> Option<Ext4Walk> {
+    let fs = Ext4::open(mem(data)).ok()?;
+    let _ = fs.statfs();
+    let root = fs.root_ino();
+    let _ = fs.getattr(root);
+    let mut w = Walk {
+        fs: &fs,
+        entries: 0,
+        seen: HashSet::new(),
+        files: Vec::new(),
+    };
+    w.dir(root, b"", 0);
+    for p in [&b"/etc/os-release"[..], b"/a/../b/./c", b"/lost+found/../x"] {
+        let _ = fs.resolve(p, true);
+    }
+    let files = std::mem::take(&mut w.files);
+    Some(Ext4Walk {
+        replayed: fs.replayed_transactions() != 0,
+        files,
+    })
+}
+
+/// The size a device the write targets grow (the qcow2 image file, its data file) may reach:
+/// a hostile image may make the allocator put clusters far out, which a real (sparse) file
+/// would hold but a `Vec` in the harness must not.
+pub const MAX_GROWN: u64 = 64 << 20;
+
+/// An in-memory image file that refuses to grow past [`MAX_GROWN`].
+pub struct CappedMem(MemDevice);
+
+impl CappedMem {
+    /// A device holding `data`.
+    pub fn new(data: &[u8]) -> Arc<CappedMem> {
+        Arc::new(CappedMem(MemDevice::from_vec(data.to_vec())))
+    }
+}
+
+impl BlockDevice for CappedMem {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> vdisk_block::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> vdisk_block::Result<()> {
+        self.0.write_at(buf, offset)
+    }
+    fn flush(&self) -> vdisk_block::Result<()> {
+        Ok(())
+    }
+}
+
+impl Resize for CappedMem {
+    fn resize(&self, new_size: u64, prealloc: Preallocation) -> vdisk_block::Result<()> {
+        if new_size > MAX_GROWN.max(self.0.size()) {
+            return Err(vdisk_block::Error::invalid(format!(
+                "the harness's image file may not grow to {new_size} bytes"
+            )));
+        }
+        self.0.resize(new_size, prealloc)
+    }
+}
+
+impl WriteZeroes for CappedMem {
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> vdisk_block::Result<()> {
+        self.0.write_zeroes(offset, len, may_unmap)
+    }
+}
+
+/// Splits `data` into the part a target treats as an image and a tail of `ops` operations
+/// of [`OP_LEN`] bytes each (shorter inputs: all image, no operations).
+pub fn split_ops(data: &[u8], ops: usize) -> (&[u8], Vec<[u8; OP_LEN]>) {
+    let tail = (ops * OP_LEN).min(data.len());
+    let (img, tail) = data.split_at(data.len() - tail);
+    let ops = tail
+        .chunks_exact(OP_LEN)
+        .map(|c| c.try_into().expect("OP_LEN bytes"))
+        .collect();
+    (img, ops)
+}
+
+/// Bytes per encoded operation of the write targets.
+pub const OP_LEN: usize = 8;
+/// Operations decoded from the tail of a qcow2_rw input.
+pub const QCOW2_OPS: usize = 8;
+/// Operations decoded from the tail of an ext4_write input.
+pub const EXT4_OPS: usize = 16;
+
+/// The bytes a write operation writes: `len` bytes of a pattern seeded by `seed` (seed 0:
+/// zeros, which the write path may store as zero clusters).
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            if seed == 0 {
+                0
+            } else {
+                (i as u8).wrapping_mul(31).wrapping_add(seed)
+            }
+        })
+        .collect()
+}
+
+/// qcow2 write path: the input minus its last `QCOW2_OPS * OP_LEN` bytes is an image file,
+/// opened read-write in memory (with a small backing image, and the image itself standing in
+/// for an external data file); the tail decodes into writes, zero writes, discards,
+/// compressed writes, resizes, flushes and reads. Then our check runs; for an image the
+/// check found clean before, it must find no corruption after our own writes, and every
+/// write that succeeded must read back.
+pub fn qcow2_rw(data: &[u8]) {
+    use vdisk_qcow2::check::check;
+    let (img, ops) = split_ops(data, QCOW2_OPS);
+    let file = CappedMem::new(img);
+    let Ok(mut q) = Qcow2::open_rw(file.clone()) else {
+        return;
+    };
+    let mut backing = vec![0u8; 64 << 10];
+    for (i, b) in backing.iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    q.set_backing(Arc::new(MemDevice::from_vec(backing)));
+    if q.needs_data_file() {
+        q.set_data_file_rw(CappedMem::new(img));
+    }
+    let clean = check(&q, None).is_ok_and(|r| r.corruptions == 0 && r.check_errors == 0);
+    let cluster = 1u64 << q.header().cluster_bits;
+    let mut budget = READ_BUDGET;
+    for op in ops {
+        let size = q.size();
+        let raw = u64::from(u32::from_le_bytes([op[1], op[2], op[3], op[4]]));
+        // Mostly inside the image, sometimes anywhere (past the end included).
+        let off = if op[0] & 0x80 == 0 {
+            (raw * 512 + u64::from(op[7] & 0xf) * 64) % size.max(1)
+        } else {
+            raw << 9
+        };
+        let len = (u64::from(u16::from_le_bytes([op[5], op[6]])) + 1) * 8;
+        let len = len.min(256 << 10);
+        match op[0] % 8 {
+            0 | 1 => {
+                let buf = pattern(len as usize, op[7]);
+                if q.write_at(&buf, off).is_ok() && clean {
+                    let mut back = vec![0u8; buf.len()];
+                    q.read_at(&mut back, off).expect("reading back a write");
+                    assert!(back == buf, "a write at {off} (+{len}) did not read back");
+                }
+            }
+            2 => {
+                let _ = q.write_zeroes(off, len, op[7] & 1 == 1);
+            }
+            3 => {
+                let _ = q.discard(off, len);
+            }
+            4 => {
+                let idx = off / cluster;
+                let _ = q.write_compressed(idx, &pattern(cluster as usize, op[7] | 1));
+            }
+            5 => {
+                // Grow or shrink by up to 64 clusters, in 512-byte steps.
+                let delta = (len.min(cluster * 64)) & !511;
+                let new = if op[7] & 1 == 0 {
+                    size.saturating_add(delta)
+                } else {
+                    size.saturating_sub(delta)
+                };
+                let _ = q.resize_image(new, Preallocation::Off, true);
+            }
+            6 => {
+                let _ = q.flush();
+            }
+            _ => read_some(&q, off, len, &mut budget),
+        }
+    }
+    let _ = q.flush();
+    let after = check(&q, None);
+    if clean {
+        let r = after.expect("the check of an image that was clean failed after our writes");
+        assert!(
+            r.corruptions == 0,
+            "our writes corrupted a clean image: {} corruptions: {:?}",
+            r.corruptions,
+            r.messages
+        );
+    }
+    let mut k = Knobs::new(data);
+    walk_image(&q, &mut k, &mut budget);
+}
+
+/// ext4 write operations on a fuzzed filesystem: the input minus its last
+/// `EXT4_OPS * OP_LEN` bytes is the filesystem, opened with Ext4Rw over a MemDevice; the tail
+/// decodes into creates, mkdirs, symlinks, links, unlinks, rmdirs, renames, writes,
+/// truncates, xattr changes, mknods and flushes on inodes and names found in the tree or made
+/// by earlier operations. Errors are fine; panics and hangs are not. The result is reopened
+/// read-only and walked.
+pub fn ext4_write(data: &[u8]) {
+    use vdisk_guestfs::ext4::Ext4Rw;
+    use vdisk_guestfs::fs::{FileSystemMut, SetAttr};
+    let (img, ops) = split_ops(data, EXT4_OPS);
+    let dev = Arc::new(MemDevice::from_vec(img.to_vec()));
+    let Ok(fs) = Ext4Rw::open(dev.clone()) else {
+        return;
+    };
+    // Inodes and names to operate on: the root's entries and one level below, then whatever
+    // the operations make.
+    let mut inos: Vec<Ino> = vec![fs.root_ino()];
+    let mut names: Vec<Vec<u8>> = [&b"a"[..], b"b", b"lost+found", b"hello.txt", b"dir"]
+        .iter()
+        .map(|n| n.to_vec())
+        .collect();
+    names.push(vec![b'n'; 255]);
+    names.push(vec![b'n'; 256]);
+    for depth in 0..2 {
+        let dirs: Vec<Ino> = inos.clone();
+        for d in dirs
+            .into_iter()
+            .skip(if depth == 0 { 0 } else { 1 })
+            .take(8)
+        {
+            let _ = fs.readdir(d, 0, &mut |e| {
+                if e.name.as_bytes() != b"." && e.name.as_bytes() != b".." {
+                    inos.push(e.ino);
+                    names.push(e.name.as_bytes().to_vec());
+                }
+                inos.len() < 32
+            });
+        }
+    }
+    let name = |names: &Vec<Vec<u8>>, b: u8| {
+        OsStr::from_bytes(&names[usize::from(b) % names.len()]).to_os_string()
+    };
+    for op in ops {
+        let ino = inos[usize::from(op[1]) % inos.len()];
+        let other = inos[usize::from(op[3]) % inos.len()];
+        let n = name(&names, op[2]);
+        let mode = u32::from(op[4]) << 4 | 0o644;
+        let off = if op[5] & 0x80 == 0 {
+            u64::from(u16::from_le_bytes([op[6], op[7]])) * 97
+        } else {
+            u64::from(u16::from_le_bytes([op[6], op[7]])) << 24
+        };
+        let len = usize::from(op[5] & 0x7f) * 257 + 1;
+        let made = match op[0] % 16 {
+            0 => fs.create(ino, &n, mode, 0, 0).ok(),
+            1 => fs.mkdir(ino, &n, mode, 0, 0).ok(),
+            2 => {
+                let target = pattern(len.min(4096), b'a' | 1)
+                    .iter()
+                    .map(|b| b'a' + b % 26)
+                    .collect::<Vec<u8>>();
+                fs.symlink(ino, &n, OsStr::from_bytes(&target), 0, 0).ok()
+            }
+            3 => fs.link(other, ino, &n).ok(),
+            4 => {
+                let _ = fs.unlink(ino, &n);
+                None
+            }
+            5 => {
+                let _ = fs.rmdir(ino, &n);
+                None
+            }
+            6 => {
+                let to = name(&names, op[6]);
+                let _ = fs.rename(ino, &n, other, &to, u32::from(op[7] & 1));
+                None
+            }
+            7 | 8 => {
+                let _ = fs.write(ino, off, &pattern(len, op[4]));
+                None
+            }
+            9 => {
+                let ch = SetAttr {
+                    size: Some(off),
+                    ..SetAttr::default()
+                };
+                let _ = fs.setattr(ino, &ch);
+                None
+            }
+            10 => {
+                let xn = format!("user.x{}", op[2] % 8);
+                let _ = fs.setxattr(
+                    ino,
+                    OsStr::new(&xn),
+                    &pattern(len, op[4]),
+                    u32::from(op[7] % 3),
+                );
+                None
+            }
+            11 => {
+                let xn = format!("user.x{}", op[2] % 8);
+                let _ = fs.removexattr(ino, OsStr::new(&xn));
+                None
+            }
+            12 => {
+                let kind = [0o020000u32, 0o060000, 0o010000, 0o140000][usize::from(op[4] & 3)];
+                fs.mknod(ino, &n, kind | 0o600, u64::from(op[6]), 0, 0).ok()
+            }
+            13 => {
+                let _ = FileSystemMut::flush(&fs);
+                None
+            }
+            14 => {
+                let mut buf = vec![0u8; len];
+                let _ = fs.read(ino, off, &mut buf);
+                let _ = fs.lookup(ino, &n);
+                None
+            }
+            _ => {
+                let _ = fs.readdir(ino, 0, &mut |_| true);
+                let _ = fs.statfs();
+                None
+            }
+        };
+        if let Some(attr) = made {
+            inos.push(attr.ino);
+            names.push(n.as_bytes().to_vec());
+        }
+    }
+    let _ = FileSystemMut::flush(&fs);
+    drop(fs);
+    let _ = ext4_read(&dev.to_vec());
+}
+
+/// ext4_read, then the differential with ext4-view: when both read a regular file by the
+/// same path, the bytes must agree (skipped when the journal had something to replay, which
+/// ext4-view does not do, and when VDISK_FUZZ_NO_DIFF is set).
+pub fn ext4_read_differential(data: &[u8]) {
+    let Some(walk) = ext4_read(data) else {
+        return;
+    };
+    if walk.files.is_empty() || walk.replayed || std::env::var_os("VDISK_FUZZ_NO_DIFF").is_some() {
+        return;
+    }
+    let Ok(view) = ext4_view::Ext4::load(Box::new(data.to_vec())) else {
+        return;
+    };
+    for (p, ours) in walk.files {
+        let Ok(theirs) = view.read(ext4_view::Path::new(&p)) else {
+            continue;
+        };
+        assert!(
+            ours == theirs,
+            "{}: our engine and ext4-view read different bytes ({} vs {} bytes)",
+            String::from_utf8_lossy(&p),
+            ours.len(),
+            theirs.len()
+        );
+    }
+}
+
+/// A target's body.
+pub type Target = fn(&[u8]);
+
+/// Every target, by the name of its directory in fuzz_targets/ and fuzz/regressions/.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("qcow2_open_read", qcow2_open_read),
+    ("qcow2_snapshot", qcow2_snapshot),
+    ("qcow2_rw", qcow2_rw),
+    ("probe_open", probe_open),
+    ("partition_table", partition_table),
+    ("lvm", lvm),
+    ("detect", detect_fs),
+    ("guest", guest),
+    ("ext4_read", ext4_read_differential),
+    ("ext4_write", ext4_write),
+];
