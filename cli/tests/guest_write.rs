@@ -482,34 +482,42 @@ fn seeds() -> Vec<u64> {
 
 #[test]
 fn random_operations_through_fuse_on_raw_match_a_host_model() {
-    need(&["mkfs.ext4", "e2fsck", "mount"]);
-    for seed in seeds() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        let model = dir.join("model");
-        fs::create_dir_all(model.join("etc")).unwrap();
-        fs::write(model.join("etc/hostname"), "model\n").unwrap();
-        fix_times([&model, &model]);
-        let size = 256 * MIB;
-        sh(&format!(
-            "cd {} && mkfs.ext4 -q -F -d model fs.raw {}k",
-            dir.display(),
-            size / 1024
-        ));
-        let log = random_sequences(
-            seed,
-            dir,
-            &[("fs.raw", &["--format", "raw", "-m", "/dev/sda"])],
-            120,
-            &model,
-        );
-        check_kernel_sees_model(
-            &dir.join("fs.raw"),
-            size,
-            dir,
-            &model,
-            &format!("seed {seed} raw: kernel vs model after {log:?}"),
-        );
+    need(&["mkfs.ext4", "mkfs.ext3", "mkfs.ext2", "e2fsck", "mount"]);
+    // Default ext4 (4 KiB blocks, metadata_csum, 64bit, extents); ext3 with 1 KiB blocks
+    // (block-mapped files with double-indirect blocks, a journal); ext2.
+    for (kind, mkfs) in [
+        ("ext4", "mkfs.ext4 -q -F"),
+        ("ext3-1k", "mkfs.ext3 -q -F -b 1024"),
+        ("ext2", "mkfs.ext2 -q -F"),
+    ] {
+        for seed in seeds() {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path();
+            let model = dir.join("model");
+            fs::create_dir_all(model.join("etc")).unwrap();
+            fs::write(model.join("etc/hostname"), "model\n").unwrap();
+            fix_times([&model, &model]);
+            let size = 256 * MIB;
+            sh(&format!(
+                "cd {} && {mkfs} -d model fs.raw {}k",
+                dir.display(),
+                size / 1024
+            ));
+            let log = random_sequences(
+                seed,
+                dir,
+                &[("fs.raw", &["--format", "raw", "-m", "/dev/sda"])],
+                120,
+                &model,
+            );
+            check_kernel_sees_model(
+                &dir.join("fs.raw"),
+                size,
+                dir,
+                &model,
+                &format!("seed {seed} {kind} raw: kernel vs model after {log:?}"),
+            );
+        }
     }
 }
 
