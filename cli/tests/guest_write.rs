@@ -633,3 +633,61 @@ fn stacked_read_write_mount_keeps_mountpoints_consistent() {
     assert!(kr.join("boot").is_dir());
     drop(r);
 }
+
+#[test]
+fn sigterm_to_the_server_unmounts_and_flushes() {
+    need(&["qemu-img", "e2fsck", "mount"]);
+    let d = centos_disk();
+    let dir = d.tmp.path().to_path_buf();
+    let mnt = dir.join("mnt-term");
+    let pidfile = dir.join("server.pid");
+    let g = mount_rw(
+        &dir,
+        "test.qcow2",
+        &[
+            "--format",
+            "qcow2",
+            "-m",
+            "/dev/centos/root",
+            "--pid-file",
+            pidfile.to_str().unwrap(),
+        ],
+        &mnt,
+    );
+    let data = noise(77, 1_500_000);
+    fs::write(mnt.join("etc/before-sigterm"), &data).unwrap();
+    let pid: i32 = fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    sh(&format!("kill -TERM {pid}"));
+    // The server unmounts, flushes and exits on its own.
+    let start = std::time::Instant::now();
+    let running = |pid: i32| {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                let st = s.rsplit_once(") ").map(|x| x.1).unwrap_or("");
+                !st.starts_with('Z') && !st.starts_with('X')
+            })
+            .unwrap_or(false)
+    };
+    while running(pid) {
+        assert!(start.elapsed().as_secs() < 20, "server {pid} still running");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(!is_mounted(&mnt), "still mounted after SIGTERM");
+    drop(g);
+    qemu_img_check(&d.qcow2);
+    let flat = dir.join("flat.raw");
+    sh(&format!(
+        "qemu-img convert -O raw {} {}",
+        d.qcow2.display(),
+        flat.display()
+    ));
+    assert_fsck_clean(&flat, d.root, &dir.join("root.fs"), "root LV after SIGTERM");
+    let k = dir.join("kernel");
+    let m = KernelMount::loop_ro(&flat, d.root.0, d.root.1, &k);
+    assert_eq!(fs::read(k.join("etc/before-sigterm")).unwrap(), data);
+    drop(m);
+}
