@@ -372,6 +372,22 @@ fn edit_command_errors_are_one_line_and_change_nothing() {
         let err = edit_err(&d, cmd, &args);
         assert!(err.contains(want), "vdisk {cmd} {args:?}: {err}");
     }
+    // A filesystem given with the "ro" option stays read-only in a writable tree.
+    let out = Command::new(env!("CARGO_BIN_EXE_vdisk"))
+        .args(["mkdir", "--format", "qcow2", "-a"])
+        .arg(&d.qcow2)
+        .args([
+            "-m",
+            "/dev/centos/root",
+            "-m",
+            "/dev/sda1:/boot:ro",
+            "/boot/new",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err, "vdisk: /boot/new: Read-only file system\n");
     // While a mount holds the image, an edit command cannot open it for writing.
     let mnt = d.path("mnt");
     fs::create_dir_all(&mnt).unwrap();
