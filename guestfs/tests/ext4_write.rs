@@ -2080,10 +2080,33 @@ fn tree_diff(
             Kind::Symlink(t) => e["kind"] == "l" && e["data"].as_str() == Some(hex(t).as_str()),
             Kind::Dir => e["kind"] == "d",
         };
+        let xattrs = || {
+            let got: BTreeMap<String, String> = e["x"]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let want: BTreeMap<String, String> = n
+                .xattrs
+                .iter()
+                .filter(|(k, _)| k.starts_with(b"user."))
+                .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), hex(v)))
+                .collect();
+            got == want
+        };
+        let mtime_ok = match (n.mtime, &n.kind) {
+            (Some(t), Kind::File(_)) => e["mtime"].as_i64() == Some(t),
+            _ => true,
+        };
         let attrs = matches!(n.kind, Kind::Symlink(_))
             || (e["mode"].as_u64() == Some(u64::from(n.perm))
                 && e["uid"].as_u64() == Some(u64::from(n.uid))
-                && e["gid"].as_u64() == Some(u64::from(n.gid)));
+                && e["gid"].as_u64() == Some(u64::from(n.gid))
+                && mtime_ok
+                && xattrs());
         if !same || !attrs {
             return Some(format!("{p} differs"));
         }
