@@ -128,6 +128,8 @@ pub struct Target<'a> {
     /// The smallest unit the target allocates (1 for a file, a qcow2 cluster or subcluster):
     /// zero runs shorter than this are written, since their unit is allocated anyway.
     pub granularity: u64,
+    /// The target keeps metadata in memory (qcow2 tables) that a flush writes back.
+    pub holds_metadata: bool,
 }
 
 impl<'a> Target<'a> {
@@ -138,6 +140,7 @@ impl<'a> Target<'a> {
             zeroes: Some(file),
             compressed: None,
             granularity: 1,
+            holds_metadata: false,
         }
     }
 
@@ -155,6 +158,7 @@ impl<'a> Target<'a> {
             zeroes: Some(image),
             compressed: compress.then_some(image as &dyn CompressedWriter),
             granularity: unit,
+            holds_metadata: true,
         }
     }
 }
@@ -174,6 +178,7 @@ pub fn copy_image(
             zeroes: None,
             compressed: None,
             granularity: 1,
+            holds_metadata: false,
         },
         0,
         opts,
@@ -701,8 +706,13 @@ fn copy_all(
         })?;
         base += size;
     }
-    // A qcow2 target's tables go to its file here (no fsync in the default unsafe mode).
-    target.dev.flush()
+    // A qcow2 target's tables must reach its file (with the unsafe cache mode of a new
+    // target, without fsync); a raw target holds nothing back, and is synced only on request
+    // (qemu-img's default cache mode for the target never syncs it).
+    if target.holds_metadata || opts.flush {
+        target.dev.flush()?;
+    }
+    Ok(())
 }
 
 /// Converts `sources`, concatenated, into the raw image at `dst`: a new sparse file, or with
@@ -756,6 +766,7 @@ mod tests {
             zeroes: None,
             compressed: None,
             granularity: 1,
+            holds_metadata: false,
         };
         write_runs(target, &data, 0, 4096, true).unwrap();
         let out = dst.to_vec();
@@ -769,6 +780,7 @@ mod tests {
             zeroes: Some(&dst),
             compressed: None,
             granularity: 1,
+            holds_metadata: false,
         };
         write_runs(target, &data, 0, 4096, false).unwrap();
         assert_eq!(dst.to_vec(), data);

@@ -447,10 +447,11 @@ pub fn create_image_with(
                 );
             }
             let size = req.rounded_size(path)?;
-            Ok(CreatedImage::Raw(RawFile::create(
+            Ok(CreatedImage::Raw(new_file(
                 path,
                 size,
                 req.raw_preallocation,
+                cache,
             )?))
         }
         Format::Qcow2 => {
@@ -460,21 +461,47 @@ pub fn create_image_with(
     }
 }
 
+/// Creates (empties) the file at `path` with `size` bytes. For a conversion ([`CacheMode::Unsafe`])
+/// the file is closed and opened again before anything is written, as qemu-img does: ext4
+/// starts writing back all of a file that was truncated to zero when it is closed
+/// (`auto_da_alloc`), which would make the final close wait for the whole image to reach
+/// the disk.
+fn new_file(path: &Path, size: u64, prealloc: Preallocation, cache: CacheMode) -> Result<RawFile> {
+    let file = RawFile::create(path, size, prealloc)?;
+    if cache == CacheMode::Writeback {
+        return Ok(file);
+    }
+    drop(file);
+    RawFile::open(
+        path,
+        &vdisk_raw::OpenOptions {
+            read_only: false,
+            force_share: false,
+        },
+    )
+}
+
 /// Formats a new qcow2 image at `path` with validated options `o`, creating its external
 /// data file (named relative to the current directory, as qemu does) when it has one.
 fn create_qcow2(path: &Path, o: &CreateOptions, cache: CacheMode) -> Result<Qcow2> {
     let existed_data = o.data_file.as_ref().is_some_and(|d| Path::new(d).exists());
+    // Which files this call has taken over (locked and emptied): only those are removed when
+    // it fails. A file it could not take — held by another process, unreadable — is someone
+    // else's image and stays as it was.
+    let (mut owned, mut owned_data) = (false, false);
     let result = (|| -> Result<Qcow2> {
-        let unsafe_ = cache == CacheMode::Unsafe;
-        let file = Arc::new(NoFlush {
-            inner: RawFile::create(path, 0, Preallocation::Off)?,
-            skip: unsafe_,
-        });
+        let lazy = cache == CacheMode::Unsafe;
+        let file = Arc::new(NoFlush::new(
+            new_file(path, 0, Preallocation::Off, cache)?,
+            lazy,
+        ));
+        owned = true;
         let data = match &o.data_file {
-            Some(d) => Some(Arc::new(NoFlush {
-                inner: RawFile::create(d, o.size, Preallocation::Off)?,
-                skip: unsafe_,
-            })),
+            Some(d) => {
+                let f = new_file(Path::new(d), o.size, Preallocation::Off, cache)?;
+                owned_data = !existed_data;
+                Some(Arc::new(NoFlush::new(f, lazy)))
+            }
             None => None,
         };
         let mut q = Qcow2::create(file, o)?;
@@ -515,8 +542,10 @@ fn create_qcow2(path: &Path, o: &CreateOptions, cache: CacheMode) -> Result<Qcow
     match result {
         Ok(q) => Ok(q),
         Err(e) => {
-            let _ = std::fs::remove_file(path);
-            if let (Some(d), false) = (&o.data_file, existed_data) {
+            if owned {
+                let _ = std::fs::remove_file(path);
+            }
+            if let (Some(d), true) = (&o.data_file, owned_data) {
                 let _ = std::fs::remove_file(d);
             }
             Err(e.with_path(path))
@@ -524,15 +553,34 @@ fn create_qcow2(path: &Path, o: &CreateOptions, cache: CacheMode) -> Result<Qcow
     }
 }
 
-/// A host file whose flushes are skipped when `skip` (qemu's `cache=unsafe`).
+/// The host file of a new image. With `lazy` (qemu's `cache=unsafe`, for conversions):
+/// flushes are skipped, and growth is reserved in large steps so that allocating cluster
+/// after cluster does not cost an `ftruncate` each; the file is cut back to the length the
+/// image uses when flushed.
 struct NoFlush {
     inner: RawFile,
-    skip: bool,
+    lazy: bool,
+    /// The length the image uses (what `size` reports); the file may be longer while `lazy`.
+    len: std::sync::atomic::AtomicU64,
+}
+
+/// How far ahead a lazily grown file is extended.
+const GROWTH_STEP: u64 = 64 << 20;
+
+impl NoFlush {
+    fn new(inner: RawFile, lazy: bool) -> NoFlush {
+        let len = inner.size();
+        NoFlush {
+            inner,
+            lazy,
+            len: std::sync::atomic::AtomicU64::new(len),
+        }
+    }
 }
 
 impl BlockDevice for NoFlush {
     fn size(&self) -> u64 {
-        self.inner.size()
+        self.len.load(std::sync::atomic::Ordering::Acquire)
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.inner.read_at(buf, offset)
@@ -541,10 +589,14 @@ impl BlockDevice for NoFlush {
         self.inner.write_at(buf, offset)
     }
     fn flush(&self) -> Result<()> {
-        if self.skip {
-            return Ok(());
+        if !self.lazy {
+            return self.inner.flush();
         }
-        self.inner.flush()
+        let len = self.size();
+        if self.inner.size() > len {
+            self.inner.resize(len, Preallocation::Off)?;
+        }
+        Ok(())
     }
     fn is_read_only(&self) -> bool {
         self.inner.is_read_only()
@@ -553,7 +605,18 @@ impl BlockDevice for NoFlush {
 
 impl Resize for NoFlush {
     fn resize(&self, new_size: u64, prealloc: Preallocation) -> Result<()> {
-        self.inner.resize(new_size, prealloc)
+        use std::sync::atomic::Ordering;
+        if self.lazy && prealloc == Preallocation::Off && new_size >= self.size() {
+            if new_size > self.inner.size() {
+                let ahead = new_size.saturating_add(GROWTH_STEP) / GROWTH_STEP * GROWTH_STEP;
+                self.inner.resize(ahead, Preallocation::Off)?;
+            }
+            self.len.fetch_max(new_size, Ordering::AcqRel);
+            return Ok(());
+        }
+        self.inner.resize(new_size, prealloc)?;
+        self.len.store(new_size, Ordering::Release);
+        Ok(())
     }
 }
 

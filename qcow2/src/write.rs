@@ -17,6 +17,9 @@ use crate::header::{autoclear, compatible, incompatible, CompressionType};
 use crate::l2::{L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO};
 use crate::Qcow2;
 
+/// The most bytes one fresh-run write covers (a conversion's window).
+const MAX_FRESH_RUN_BYTES: u64 = 2 << 20;
+
 /// Every subcluster of an extended L2 entry.
 const ALL_SUBCLUSTERS: u64 = 0xffff_ffff;
 
@@ -212,11 +215,81 @@ impl Qcow2 {
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
+            if pos & (cs - 1) == 0 && (buf.len() - done) as u64 >= 2 * cs {
+                let n = self.write_fresh_run(pos, &buf[done..])?;
+                if n > 0 {
+                    done += n;
+                    continue;
+                }
+            }
             let n = ((cs - (pos & (cs - 1))) as usize).min(buf.len() - done);
             self.write_piece(pos, &buf[done..done + n])?;
             done += n;
         }
         Ok(())
+    }
+
+    /// The fast path of a long write (a conversion into a new image): a run of whole guest
+    /// clusters from `pos` (cluster aligned) that hold nothing yet gets contiguous host
+    /// clusters, one data write and its L2 entries, instead of an allocation and a write per
+    /// cluster. Returns the bytes written; 0 when the first clusters do not qualify (then
+    /// the caller takes the general path).
+    fn write_fresh_run(&self, pos: u64, data: &[u8]) -> Result<usize> {
+        let g = self.geom;
+        if g.extended || g.external_data {
+            return Ok(0);
+        }
+        let cs = g.cluster_size();
+        let first = pos >> g.cluster_bits;
+        let (l1i, l2i) = self.indexes(first);
+        // Within one L2 table, whole clusters inside the image, and few enough for first-fit
+        // allocation next to self-describing refcount blocks.
+        let rb_entries = 1u64 << (g.cluster_bits + 3 - self.header.refcount_order);
+        let max = (data.len() as u64 / cs)
+            .min((1u64 << g.l2_bits) - l2i)
+            .min((self.view.size - pos) / cs)
+            .min((rb_entries / 4).max(1))
+            .min(MAX_FRESH_RUN_BYTES / cs);
+        if max < 2 {
+            return Ok(0);
+        }
+        let mut m = self.lock_meta()?;
+        let mut n = 0;
+        while n < max {
+            let c = first + n;
+            if m.busy.contains_key(&c) || self.current_entry(c)? != (0, 0) {
+                break;
+            }
+            n += 1;
+        }
+        if n < 2 {
+            return Ok(0);
+        }
+        for c in first..first + n {
+            m.busy.insert(c, -1);
+        }
+        let result = (|| -> Result<()> {
+            self.mark_dirty(&mut m)?;
+            m.data_written = true;
+            let l2 = self.l2_for_write(&mut m, l1i)?;
+            let host = self.alloc_clusters(&mut m, n)?;
+            drop(m);
+            let len = n * cs;
+            self.data_target(host + len)?
+                .write_at(&data[..len as usize], host)?;
+            let mut m = self.lock_meta()?;
+            for i in 0..n {
+                self.set_l2_entry(&mut m, l2, l2i + i, (host + i * cs) | OFLAG_COPIED, 0)?;
+            }
+            self.maybe_flush_meta(&mut m)
+        })();
+        let mut m = self.lock_meta()?;
+        for c in first..first + n {
+            m.busy.remove(&c);
+        }
+        drop(m);
+        self.rw()?.cond.notify_all();
+        result.map(|()| (n * cs) as usize)
     }
 
     /// Writes `data`, which lies inside one cluster, at guest offset `pos`.
@@ -585,19 +658,38 @@ impl Qcow2 {
 /// Compresses one cluster as qemu does: raw deflate with a 4 KiB window (qemu inflates with
 /// `inflateInit2(-12)`), or a zstd frame. `None` when the result would exceed `max`.
 fn compress(kind: CompressionType, data: &[u8], max: usize) -> Result<Option<Vec<u8>>> {
+    // One compressor per thread, reset between clusters: setting up a zlib or zstd context
+    // costs more than compressing a small cluster (conversions compress on every core).
+    thread_local! {
+        static DEFLATE: std::cell::RefCell<Option<flate2::Compress>> =
+            const { std::cell::RefCell::new(None) };
+        static ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
     let out = match kind {
-        CompressionType::Zlib => deflate_with(
-            flate2::Compress::new_with_window_bits(flate2::Compression::default(), false, 12),
-            data,
-        )?,
-        CompressionType::Zstd => {
-            zstd::bulk::compress(data, 0).map_err(|e| Error::io("compress", None, e))?
-        }
+        CompressionType::Zlib => DEFLATE.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let c = slot.get_or_insert_with(|| {
+                flate2::Compress::new_with_window_bits(flate2::Compression::default(), false, 12)
+            });
+            c.reset();
+            deflate_with(c, data)
+        })?,
+        CompressionType::Zstd => ZSTD.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let c = match &mut *slot {
+                Some(c) => c,
+                None => slot.insert(
+                    zstd::bulk::Compressor::new(0).map_err(|e| Error::io("compress", None, e))?,
+                ),
+            };
+            c.compress(data).map_err(|e| Error::io("compress", None, e))
+        })?,
     };
     Ok((out.len() <= max).then_some(out))
 }
 
-fn deflate_with(mut c: flate2::Compress, data: &[u8]) -> Result<Vec<u8>> {
+fn deflate_with(c: &mut flate2::Compress, data: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(data.len() + 64);
     loop {
         let consumed = c.total_in() as usize;
