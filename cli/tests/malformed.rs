@@ -1,6 +1,9 @@
 //! Hostile qcow2 images, made at run time by patching images qemu-img made: truncated tables,
 //! absurd sizes, offsets past the end or into the header, bad cluster sizes, unknown features,
-//! encryption, compression bombs, cyclic and over-deep backing chains, probing traps.
+//! encryption, compression bombs, cyclic and over-deep backing chains, probing traps; and
+//! guests through filesystems/ls/cat: GPT with bad CRCs or overlapping entries, an EBR loop,
+//! LVM with absurd extents or a missing PV, ext4 with zero inodes, overlapping or cyclic
+//! extent trees and a directory loop.
 //!
 //! Every case must end with a non-zero exit and exactly one line on stderr that starts with
 //! "vdisk: " and names the file, within 256 MiB of peak RSS (as /usr/bin/time measures it) and
@@ -852,4 +855,368 @@ fn snapshot_table_out_of_bounds() {
             "",
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Guests through the guest commands (filesystems, ls, cat): partition tables, LVM metadata
+// and ext4 structures made hostile. The library-level cases are in guestfs/tests
+// (malformed_guest.rs, ext4_malformed.rs); these check that the commands end the same way,
+// within the same limits. Errors name the guest device or path the problem is in (/dev/sda
+// is the first -a image, as in libguestfs).
+
+#[path = "../../guestfs/tests/plvm_common/mod.rs"]
+mod plvm_common;
+
+const SECTOR: usize = 512;
+
+/// A 1 MiB GPT disk (sfdisk) with two partitions.
+fn gpt_disk(lab: &Lab) -> Vec<u8> {
+    let p = lab.path().join("gpt.img");
+    File::create(&p).unwrap().set_len(1 << 20).unwrap();
+    let mut c = Command::new("sfdisk")
+        .args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(&p)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sfdisk (util-linux fdisk)");
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: gpt\nstart=34, size=400\nstart=434, size=400\n")
+        .unwrap();
+    assert!(c.wait().unwrap().success());
+    std::fs::read(&p).unwrap()
+}
+
+/// Recomputes the entry array and header CRCs of the GPT header at `hdr_lba`.
+fn gpt_reseal(d: &mut [u8], hdr_lba: usize) {
+    let h = hdr_lba * SECTOR;
+    let le32 = |d: &[u8], at: usize| u32::from_le_bytes(d[at..at + 4].try_into().unwrap());
+    let entries = u64::from_le_bytes(d[h + 72..h + 80].try_into().unwrap()) as usize * SECTOR;
+    let (n, size) = (le32(d, h + 80) as usize, le32(d, h + 84) as usize);
+    let crc = crc32(&d[entries..entries + n * size]);
+    d[h + 88..h + 92].copy_from_slice(&crc.to_le_bytes());
+    let hs = le32(d, h + 12) as usize;
+    d[h + 16..h + 20].fill(0);
+    let crc = crc32(&d[h..h + hs]);
+    d[h + 16..h + 20].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// CRC-32 (IEEE), as GPT uses it.
+fn crc32(b: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &x in b {
+        c ^= u32::from(x);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xedb8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+#[test]
+fn guest_partition_tables() {
+    let lab = Lab::new();
+    let d = lab.path();
+    let gpt = gpt_disk(&lab);
+    let last = gpt.len() / SECTOR - 1;
+    let backup_entries = last - 32;
+    let raw = |name: &'static str| ["filesystems", "--format", "raw", "-a", name];
+    succeeds(d, &raw("gpt.img"));
+
+    // Both header CRCs wrong.
+    lab.patched(&gpt, "gpt-hdr-crc.img", |b| {
+        b[SECTOR + 16] ^= 0xff;
+        b[last * SECTOR + 16] ^= 0xff;
+    });
+    fails(d, &raw("gpt-hdr-crc.img"), "/dev/sda", "header CRC32");
+    // Both entry arrays changed under their CRCs.
+    lab.patched(&gpt, "gpt-ent-crc.img", |b| {
+        b[2 * SECTOR + 60] ^= 1;
+        b[backup_entries * SECTOR + 60] ^= 1;
+    });
+    fails(d, &raw("gpt-ent-crc.img"), "/dev/sda", "entry array CRC32");
+    // Partition 2 starts inside partition 1; the CRCs are right.
+    lab.patched(&gpt, "gpt-overlap.img", |b| {
+        for ents in [2, backup_entries] {
+            let at = ents * SECTOR + 128 + 32;
+            b[at..at + 8].copy_from_slice(&100u64.to_le_bytes());
+        }
+        gpt_reseal(b, 1);
+        gpt_reseal(b, last);
+    });
+    fails(d, &raw("gpt-overlap.img"), "/dev/sda", "overlaps");
+
+    // An MBR whose first EBR links to itself.
+    let p = d.join("mbr.img");
+    File::create(&p).unwrap().set_len(2 << 20).unwrap();
+    let mut c = Command::new("sfdisk")
+        .args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(&p)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"label: dos\nstart=64, size=200, type=83\nstart=300, size=1500, type=5\n\
+              start=310, size=100, type=83\nstart=420, size=100, type=83\n",
+        )
+        .unwrap();
+    assert!(c.wait().unwrap().success());
+    let mbr = std::fs::read(&p).unwrap();
+    succeeds(d, &raw("mbr.img"));
+    lab.patched(&mbr, "ebr-loop.img", |b| {
+        let next = 300 * SECTOR + 446 + 16 + 8;
+        b[next..next + 4].copy_from_slice(&0u32.to_le_bytes());
+    });
+    fails(d, &raw("ebr-loop.img"), "/dev/sda", "loops");
+}
+
+const PV0: &str = "Pv0000-aaaa-bbbb-cccc-dddd-eeee-ffff00";
+const PV1: &str = "Pv1111-aaaa-bbbb-cccc-dddd-eeee-ffff11";
+
+/// LVM2 metadata text: a VG "vg" of the PVs `pvs` (name, uuid) with LV "a" whose one
+/// segment is `seg` (start extent, extent count, stripes).
+fn vg_text(extent_size: &str, pvs: &[(&str, &str)], seg: (u64, u64, &str)) -> String {
+    let pvs: String = pvs
+        .iter()
+        .map(|(n, u)| {
+            format!(
+                "{n} {{\nid = \"{u}\"\ndevice = \"/dev/null\"\nstatus = [\"ALLOCATABLE\"]\n\
+                 flags = []\ndev_size = 16384\npe_start = 2048\npe_count = 100\n}}\n"
+            )
+        })
+        .collect();
+    format!(
+        "vg {{\nid = \"Vgid00-0000-0000-0000-0000-0000-000000\"\nseqno = 3\nformat = \"lvm2\"\n\
+         status = [\"RESIZEABLE\", \"READ\", \"WRITE\"]\nflags = []\nextent_size = {extent_size}\n\
+         max_lv = 0\nmax_pv = 0\nmetadata_copies = 0\nphysical_volumes {{\n{pvs}}}\n\
+         logical_volumes {{\na {{\nid = \"Lv0000-0000-0000-0000-0000-0000-000000\"\n\
+         status = [\"READ\", \"WRITE\", \"VISIBLE\"]\nflags = []\nsegment1 {{\n\
+         start_extent = 0\nextent_count = {}\ntype = \"striped\"\nstripe_count = 1\n\
+         stripes = [{}]\n}}\n}}\n}}\n}}\ncontents = \"Text Format Volume Group\"\nversion = 1\n",
+        seg.1, seg.2
+    )
+}
+
+/// As [`fails`], but the scan's warnings about the VG may come first: the guest commands
+/// print what the LVM scan found wrong (here the same problem as the error) before the
+/// error. Returns the error line.
+fn fails_after_warnings(dir: &Path, args: &[&str], file: &str) -> String {
+    let r = run(dir, args);
+    assert_limits(&r, args);
+    assert!(
+        matches!(r.code, Some(c) if c != 0),
+        "{args:?}: {:?}",
+        r.code
+    );
+    let errors: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| !l.starts_with("vdisk: warning: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{args:?} printed:\n{}", r.stderr);
+    let e = errors[0];
+    assert!(
+        e.starts_with("vdisk: ") && e.contains(file),
+        "{args:?}: {e}"
+    );
+    assert!(!r.stderr.contains("panicked"), "{args:?}: {}", r.stderr);
+    e.to_string()
+}
+
+#[test]
+fn guest_lvm_metadata() {
+    let lab = Lab::new();
+    let d = lab.path();
+    let pv = |name: &str, text: &str| {
+        lab.write(name, &plvm_common::synth_pv(8 << 20, PV0, text));
+    };
+    let ls = |name: &'static str| -> [&'static str; 9] {
+        [
+            "ls",
+            "--format",
+            "raw",
+            "-a",
+            name,
+            "-m",
+            "/dev/vg/a",
+            "-l",
+            "/",
+        ]
+    };
+    // The LV holds no filesystem: what matters is that the LV itself opens.
+    pv(
+        "lvm-good.img",
+        &vg_text("8", &[("pv0", PV0)], (0, 10, "\"pv0\", 0")),
+    );
+    fails(d, &ls("lvm-good.img"), "/dev/vg/a", "");
+    for (name, dev, text) in [
+        (
+            "lvm-count.img",
+            "/dev/vg/a",
+            vg_text("8", &[("pv0", PV0)], (0, 1 << 62, "\"pv0\", 0")),
+        ),
+        (
+            "lvm-start.img",
+            "/dev/vg/a",
+            vg_text("8", &[("pv0", PV0)], (0, 1, "\"pv0\", 9223372036854775807")),
+        ),
+        // Refused when the metadata is read, so the whole disk fails.
+        (
+            "lvm-extent-size.img",
+            "/dev/sda",
+            vg_text("1152921504606846976", &[("pv0", PV0)], (0, 1, "\"pv0\", 0")),
+        ),
+        // A VG of two PVs with only the first given; the LV is on the second.
+        (
+            "lvm-missing-pv.img",
+            "/dev/vg/a",
+            vg_text("8", &[("pv0", PV0), ("pv1", PV1)], (0, 10, "\"pv1\", 0")),
+        ),
+    ] {
+        pv(name, &text);
+        let r = fails_after_warnings(d, &ls(name), dev);
+        if name == "lvm-missing-pv.img" {
+            assert!(r.contains("pv1"), "{r}");
+        }
+        // Listing filesystems skips an LV that cannot be opened.
+        if dev == "/dev/vg/a" {
+            succeeds(d, &["filesystems", "--format", "raw", "-a", name]);
+        }
+    }
+}
+
+/// A 2 MiB raw disk holding ext4 (1 KiB blocks, no metadata_csum, so patches need no
+/// resealing) with /hello, /frag (40 blocks in one extent) and /d1/sub.
+fn ext4_disk(lab: &Lab) -> Vec<u8> {
+    let t = lab.path().join("tree");
+    std::fs::create_dir_all(t.join("d1/sub")).unwrap();
+    std::fs::write(t.join("hello"), b"hello\n").unwrap();
+    let frag: Vec<u8> = (0..40 * 1024).map(|i| (i / 1024) as u8).collect();
+    std::fs::write(t.join("frag"), frag).unwrap();
+    let p = lab.path().join("ext4.img");
+    File::create(&p).unwrap().set_len(2 << 20).unwrap();
+    tool_ok(
+        lab.path(),
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-b",
+            "1024",
+            "-N",
+            "64",
+            "-O",
+            "^metadata_csum",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+            "tree",
+            "ext4.img",
+        ],
+    );
+    std::fs::read(&p).unwrap()
+}
+
+/// The byte offset of `path`'s inode in the ext4 image `img` (debugfs imap).
+fn inode_at(lab: &Lab, img: &str, path: &str) -> usize {
+    let out = tool_ok(lab.path(), "debugfs", &["-R", &format!("imap {path}"), img]);
+    let (block, off) = out
+        .split_once("located at block ")
+        .and_then(|(_, r)| r.split_once(", offset 0x"))
+        .unwrap_or_else(|| panic!("debugfs imap: {out}"));
+    let off = off.trim();
+    block.parse::<usize>().unwrap() * 1024 + usize::from_str_radix(off, 16).unwrap()
+}
+
+#[test]
+fn guest_ext4_structures() {
+    let lab = Lab::new();
+    let d = lab.path();
+    let img = ext4_disk(&lab);
+    let cat = |name: &'static str, path: &'static str| {
+        ["cat", "--format", "raw", "-a", name, "-m", "/dev/sda", path]
+    };
+    succeeds(d, &cat("ext4.img", "/frag"));
+
+    // Zero inode count in the superblock.
+    lab.patched(&img, "ext4-inodes0.img", |b| b[1024..1028].fill(0));
+    fails(
+        d,
+        &[
+            "ls",
+            "--format",
+            "raw",
+            "-a",
+            "ext4-inodes0.img",
+            "-m",
+            "/dev/sda",
+            "/",
+        ],
+        "/dev/sda",
+        "s_inodes_count 0",
+    );
+
+    // /frag's extent root: a second extent over the first.
+    let frag = inode_at(&lab, "ext4.img", "/frag");
+    let root = frag + 0x28;
+    lab.patched(&img, "ext4-extent-overlap.img", |b| {
+        b[root + 2..root + 4].copy_from_slice(&2u16.to_le_bytes());
+        let e0 = b[root + 12..root + 24].to_vec();
+        b[root + 24..root + 36].copy_from_slice(&e0);
+    });
+    fails(
+        d,
+        &cat("ext4-extent-overlap.img", "/frag"),
+        "/frag",
+        "overlaps",
+    );
+
+    // /frag's extent root indexes its first data block, which indexes itself: a cycle.
+    let block = u32::from_le_bytes(img[root + 20..root + 24].try_into().unwrap());
+    lab.patched(&img, "ext4-extent-cycle.img", |b| {
+        for (at, max) in [(root, 4u16), (block as usize * 1024, 84)] {
+            b[at..at + 2].copy_from_slice(&0xf30au16.to_le_bytes());
+            b[at + 2..at + 4].copy_from_slice(&1u16.to_le_bytes());
+            b[at + 4..at + 6].copy_from_slice(&max.to_le_bytes());
+            b[at + 6..at + 8].copy_from_slice(&1u16.to_le_bytes());
+            b[at + 12..at + 16].fill(0);
+            b[at + 16..at + 20].copy_from_slice(&block.to_le_bytes());
+            b[at + 20..at + 24].fill(0);
+        }
+    });
+    fails(d, &cat("ext4-extent-cycle.img", "/frag"), "/frag", "cycle");
+
+    // /d1/sub/loop is a hard link to /d1: a directory loop under a recursive listing.
+    lab.write("ext4-dir-loop.img", &img);
+    tool_ok(
+        d,
+        "debugfs",
+        &["-w", "-R", "ln d1 d1/sub/loop", "ext4-dir-loop.img"],
+    );
+    fails(
+        d,
+        &[
+            "ls",
+            "--format",
+            "raw",
+            "-a",
+            "ext4-dir-loop.img",
+            "-m",
+            "/dev/sda",
+            "-R",
+            "/",
+        ],
+        "/d1/sub/loop",
+        "deeper than",
+    );
 }
