@@ -7,8 +7,8 @@
 //!
 //! Every case must end with a non-zero exit and exactly one line on stderr that starts with
 //! "vdisk: " and names the file, within 256 MiB of peak RSS (as /usr/bin/time measures it) and
-//! 2 s of wall time (real runs take a few milliseconds — run with `--nocapture` to see them; the
-//! margin keeps a loaded machine from making the suite flaky).
+//! 1 s of wall time, as the issue asks (runs take 5-110 ms even on a loaded machine — run with
+//! `--nocapture` to see them).
 
 mod common;
 
@@ -22,8 +22,8 @@ use common::*;
 
 /// Peak RSS a run may reach.
 const MAX_RSS_KIB: i64 = 256 << 10;
-/// Wall time a run may take (a run takes milliseconds; this leaves room for a loaded machine).
-const MAX_WALL: Duration = Duration::from_secs(2);
+/// Wall time a run may take (a run takes milliseconds; the rest is room for a loaded machine).
+const MAX_WALL: Duration = Duration::from_secs(1);
 /// GNU time, which reports its child's peak RSS.
 const TIME: &str = "/usr/bin/time";
 
