@@ -86,7 +86,20 @@ impl GuestDisks {
     }
 
     /// The guest made of images already open.
+    ///
+    /// A writable qcow2 image gets metadata write-through ([`vdisk_qcow2::Qcow2::set_write_through`]):
+    /// the filesystem engine orders its writes so that a killed process loses at most the
+    /// operation in flight, and that order only holds on the image if each write's new
+    /// clusters are mapped in the file when the write returns, not in a cache the kill takes.
     pub fn from_images(images: Vec<OpenedImage>) -> Result<GuestDisks> {
+        for img in &images {
+            if let Driver::Qcow2(q) = &img.driver {
+                if !q.is_read_only() {
+                    q.set_write_through(true)
+                        .map_err(|e| e.with_path(&img.filename))?;
+                }
+            }
+        }
         let devices: Vec<Arc<dyn BlockDevice>> = images.iter().map(image_device).collect();
         let guest = Guest::new(devices)?;
         Ok(GuestDisks { images, guest })

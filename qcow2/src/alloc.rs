@@ -96,6 +96,9 @@ pub(crate) struct Meta {
     pub(crate) busy: HashMap<u64, i64>,
     /// Data was written since the last flush.
     pub data_written: bool,
+    /// Write metadata back (without syncing) at the end of every write request: see
+    /// [`Qcow2::set_write_through`].
+    pub write_through: bool,
 }
 
 /// The read-write half of an open image.
@@ -138,6 +141,7 @@ impl Meta {
             lazy_refcounts: false,
             busy: HashMap::new(),
             data_written: false,
+            write_through: false,
         })
     }
 
@@ -607,12 +611,24 @@ impl Qcow2 {
 
     /// Writes back dirty metadata in the crash-safe order and fsyncs; see the module docs.
     pub(crate) fn flush_meta(&self, m: &mut Meta) -> Result<()> {
+        self.write_back_meta(m, true)
+    }
+
+    /// [`Qcow2::flush_meta`]'s write-back in the same order, syncing the files between the
+    /// steps only with `sync`. Without, the order still holds for anything reading the file
+    /// later through the page cache — a killed process loses nothing it wrote back — but not
+    /// across a power loss; the lazy-refcounts dirty bit stays set until a synced flush.
+    pub(crate) fn write_back_meta(&self, m: &mut Meta, sync: bool) -> Result<()> {
         let rw = self.rw()?;
-        if let Some(d) = &rw.data_file {
-            d.flush()?;
+        if sync {
+            if let Some(d) = &rw.data_file {
+                d.flush()?;
+            }
         }
         self.write_refblocks(m)?;
-        rw.file.flush()?;
+        if sync {
+            rw.file.flush()?;
+        }
         let tables = m.dirty_l2.len() + usize::from(m.l1_dirty);
         for &off in &m.dirty_l2 {
             let Some(t) = self.l2_cache.get(off) else {
@@ -625,7 +641,7 @@ impl Qcow2 {
             rw.file
                 .write_at(&encode_table(&l1), self.view.l1_table_offset)?;
         }
-        if tables > 0 {
+        if tables > 0 && sync {
             rw.file.flush()?;
         }
         for off in std::mem::take(&mut m.dirty_l2) {
@@ -639,7 +655,12 @@ impl Qcow2 {
                 self.compressed_cache.remove(off);
             }
             self.write_refblocks(m)?;
-            rw.file.flush()?;
+            if sync {
+                rw.file.flush()?;
+            }
+        }
+        if !sync {
+            return Ok(());
         }
         if m.dirty_bit_on_disk && m.lazy_refcounts {
             let bits = self.header.incompatible_features & !incompatible::DIRTY;

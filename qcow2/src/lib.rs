@@ -579,7 +579,9 @@ impl BlockDevice for Qcow2 {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.write_impl(buf, offset)
+        let r = self.write_impl(buf, offset);
+        self.write_through_point()?;
+        r
     }
 
     fn flush(&self) -> Result<()> {

@@ -558,7 +558,8 @@ impl Qcow2 {
     /// make it smaller the cluster is written uncompressed, as qemu does.
     pub fn write_compressed(&self, cluster_index: u64, data: &[u8]) -> Result<()> {
         let z = self.compress_cluster(cluster_index, data)?;
-        self.write_compressed_prepared(cluster_index, data, z.as_deref())
+        self.write_compressed_prepared(cluster_index, data, z.as_deref())?;
+        self.write_through_point()
     }
 
     /// The first half of [`Qcow2::write_compressed`], which needs no lock and may run on
@@ -713,7 +714,7 @@ impl WriteZeroes for Qcow2 {
         self.check_range(offset, len)?;
         let g = self.geom;
         let size = self.view.size;
-        self.for_each_piece(offset, len, |cluster, in_c, n| {
+        let r = self.for_each_piece(offset, len, |cluster, in_c, n| {
             let pos = (cluster << g.cluster_bits) + in_c;
             let to_end = pos + n == size;
             let whole = in_c == 0 && (n == g.cluster_size() || to_end);
@@ -744,7 +745,9 @@ impl WriteZeroes for Qcow2 {
                 return Ok(());
             }
             self.write_real_zeros(pos, n)
-        })
+        });
+        self.write_through_point()?;
+        r
     }
 }
 
@@ -757,13 +760,45 @@ impl Discard for Qcow2 {
         self.check_range(offset, len)?;
         let g = self.geom;
         let size = self.view.size;
-        self.for_each_piece(offset, len, |cluster, in_c, n| {
+        let r = self.for_each_piece(offset, len, |cluster, in_c, n| {
             let pos = (cluster << g.cluster_bits) + in_c;
             if in_c == 0 && (n == g.cluster_size() || pos + n == size) {
                 self.discard_cluster(cluster)?;
             }
             Ok(())
-        })
+        });
+        self.write_through_point()?;
+        r
+    }
+}
+
+impl Qcow2 {
+    /// Metadata write-through: with `on`, every write request (data, zeroes, discard,
+    /// compressed) ends by writing the metadata it changed back to the image file, in the
+    /// crash-safe order, without syncing. A process killed at any instant then leaves an
+    /// image holding every write request that returned — what a filesystem engine layered
+    /// on top needs for its own write ordering to survive a kill. (Durability across a power
+    /// loss still comes from [`BlockDevice::flush`].) Off by default: a VMM flushes when its
+    /// guest asks, and batching the write-back is faster.
+    pub fn set_write_through(&self, on: bool) -> Result<()> {
+        let mut m = self.lock_meta()?;
+        m.write_through = on;
+        if on {
+            self.write_back_meta(&mut m, false)?;
+        }
+        Ok(())
+    }
+
+    /// The end of a write request: the write-back [`Qcow2::set_write_through`] asks for.
+    pub(crate) fn write_through_point(&self) -> Result<()> {
+        let Some(rw) = self.rw.as_deref() else {
+            return Ok(());
+        };
+        let mut m = rw.meta.lock().unwrap_or_else(|e| e.into_inner());
+        if m.write_through {
+            self.write_back_meta(&mut m, false)?;
+        }
+        Ok(())
     }
 }
 
