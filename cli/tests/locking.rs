@@ -120,3 +120,62 @@ fn readers_share_and_converters_are_refused_while_qemu_writes() {
     );
     assert!(theirs.contains("identical"), "{theirs}");
 }
+
+/// An image another process has open is someone else's data: create, convert and dd aimed at
+/// it are refused with the lock message and leave it exactly as it was (an earlier version
+/// removed the "failed" target, deleting the other process's image).
+#[test]
+fn a_held_image_survives_commands_that_would_overwrite_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tool_ok(
+        d,
+        "qemu-img",
+        &["create", "-f", "qcow2", "held.qcow2", "4M"],
+    );
+    tool_ok(
+        d,
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 9 0 64k", "held.qcow2"],
+    );
+    tool_ok(d, "qemu-img", &["create", "-f", "raw", "src.raw", "1M"]);
+    let before = std::fs::read(d.join("held.qcow2")).unwrap();
+    let _holder = Holder::new(d, "held.qcow2");
+    let attempts: [&[&str]; 5] = [
+        &["create", "-f", "qcow2", "held.qcow2", "1M"],
+        &["create", "-f", "raw", "held.qcow2", "1M"],
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "src.raw",
+            "held.qcow2",
+        ],
+        &["convert", "-f", "raw", "-O", "raw", "src.raw", "held.qcow2"],
+        &[
+            "dd",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "if=src.raw",
+            "of=held.qcow2",
+        ],
+    ];
+    for args in attempts {
+        let out = vdisk(d, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{args:?} succeeded");
+        assert!(
+            err.contains("held.qcow2") && err.contains("lock") && err.trim().lines().count() == 1,
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            std::fs::read(d.join("held.qcow2")).ok().as_deref(),
+            Some(&before[..]),
+            "{args:?} changed or removed the held image"
+        );
+    }
+}
