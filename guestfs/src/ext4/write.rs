@@ -728,9 +728,10 @@ impl FileSystem for Ext4Rw {
     /// trusts the index already, for inserts.
     fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Option<Ino>> {
         let fs = self.engine();
-        let dir = fs.live_inode(u32::try_from(parent).map_err(|_| {
-            Error::invalid(format!("inode number {parent} is out of range"))
-        })?)?;
+        let dir = fs.live_inode(
+            u32::try_from(parent)
+                .map_err(|_| Error::invalid(format!("inode number {parent} is out of range")))?,
+        )?;
         if !dir.is_dir() {
             return Err(errno_error("lookup", errno::ENOTDIR));
         }
