@@ -168,6 +168,15 @@ impl Inode {
             }
         }
 
+        // The kernel's ext4_iget refuses a size that is negative as a loff_t ("bad i_size
+        // value"); accepting one would let `cat` stream zeros for 2^64 bytes.
+        let i_size = u64::from(le32(b, 0x4)) | (u64::from(le32(b, 0x6C)) << 32);
+        if i_size > i64::MAX as u64 {
+            return Err(Error::corrupt_at(
+                at + 0x4,
+                format!("inode {ino}: bad i_size value {i_size}"),
+            ));
+        }
         let i_flags = le32(b, 0x20);
         let huge = sb.has_ro_compat(ro_compat::HUGE_FILE);
         let i_blocks_lo = u64::from(le32(b, 0x1C));
@@ -191,7 +200,7 @@ impl Inode {
             i_mode: le16(b, 0x0),
             i_uid: u32::from(le16(b, 0x2)) | (u32::from(le16(b, 0x78)) << 16),
             i_gid: u32::from(le16(b, 0x18)) | (u32::from(le16(b, 0x7A)) << 16),
-            i_size: u64::from(le32(b, 0x4)) | (u64::from(le32(b, 0x6C)) << 32),
+            i_size,
             i_atime: InodeTime::decode(le32(b, 0x8), extra(0x8C)),
             i_ctime: InodeTime::decode(le32(b, 0xC), extra(0x84)),
             i_mtime: InodeTime::decode(le32(b, 0x10), extra(0x88)),
