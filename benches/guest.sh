@@ -194,10 +194,20 @@ timed() {
   local mount_cmd=$1 body=$2 t0 t1
   fresh
   eval "$mount_cmd"
+  # A failed mount would time writes into the bare host directory (and leave it non-empty,
+  # failing every later mount): refuse to report that.
+  mountpoint -q "$MNT" || { echo "guest.sh: '$mount_cmd' did not mount" >&2; exit 1; }
   t0=$(now_ns)
   $body
   t1=$(now_ns)
-  if [[ $mount_cmd == fuse2fs* ]]; then umount "$MNT"; else "$VDISK" umount "$MNT"; fi
+  if [[ $mount_cmd == fuse2fs* ]]; then
+    umount "$MNT"
+    # fuse2fs goes on writing the image back after the unmount returns; the next run copies
+    # over that image, so wait for it to exit.
+    while pgrep -x fuse2fs >/dev/null; do sleep 0.1; done
+  else
+    "$VDISK" umount "$MNT"
+  fi
   echo $((t1 - t0))
 }
 vdisk_raw='"$VDISK" mount --format raw -a scratch.fs -m /dev/sda "$MNT"'
