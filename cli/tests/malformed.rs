@@ -2,8 +2,8 @@
 //! absurd sizes, offsets past the end or into the header, bad cluster sizes, unknown features,
 //! encryption, compression bombs, cyclic and over-deep backing chains, probing traps; and
 //! guests through filesystems/ls/cat: GPT with bad CRCs or overlapping entries, an EBR loop,
-//! LVM with absurd extents or a missing PV, ext4 with zero inodes, overlapping or cyclic
-//! extent trees and a directory loop.
+//! LVM with absurd extents or a missing PV, ext4 with zero inodes, a huge inode size,
+//! overlapping or cyclic extent trees and a directory loop.
 //!
 //! Every case must end with a non-zero exit and exactly one line on stderr that starts with
 //! "vdisk: " and names the file, within 256 MiB of peak RSS (as /usr/bin/time measures it) and
@@ -1195,6 +1195,19 @@ fn guest_ext4_structures() {
         }
     });
     fails(d, &cat("ext4-extent-cycle.img", "/frag"), "/frag", "cycle");
+
+    // /hello claims 2^64-1 bytes: refused as the kernel refuses it, not streamed as zeros.
+    let hello = inode_at(&lab, "ext4.img", "/hello");
+    lab.patched(&img, "ext4-huge-size.img", |b| {
+        b[hello + 0x4..hello + 0x8].fill(0xff);
+        b[hello + 0x6c..hello + 0x70].fill(0xff);
+    });
+    fails(
+        d,
+        &cat("ext4-huge-size.img", "/hello"),
+        "/hello",
+        "bad i_size value",
+    );
 
     // /d1/sub/loop is a hard link to /d1: a directory loop under a recursive listing.
     lab.write("ext4-dir-loop.img", &img);
