@@ -105,25 +105,7 @@ pub fn open_tree(
     sel: &MountSelect,
     inspect_by_default: bool,
 ) -> Result<Arc<dyn FileSystem>, Failure> {
-    if sel.inspector || (sel.mount.is_empty() && inspect_by_default) {
-        let os = guest::single_os(&disks.guest)?;
-        let (stack, warnings) = guest::mount_inspected(&disks.guest, &os)?;
-        for w in warnings {
-            warn(&w);
-        }
-        return Ok(Arc::new(stack));
-    }
-    if sel.mount.is_empty() {
-        return Err(Failure::new(
-            "nothing to mount: give -m DEV[:MOUNTPOINT] or -i",
-        ));
-    }
-    let specs = sel
-        .mount
-        .iter()
-        .map(|m| m.parse::<MountSpec>())
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Arc::new(guest::mount_specs(&disks.guest, &specs)?))
+    Ok(Arc::new(stack(disks, sel, inspect_by_default, false)?))
 }
 
 /// The guest tree to change, as [`open_tree`] builds it, with each filesystem opened by the
@@ -133,13 +115,27 @@ pub fn open_tree_rw(
     sel: &MountSelect,
     inspect_by_default: bool,
 ) -> Result<Arc<Stack>, Failure> {
+    Ok(Arc::new(stack(disks, sel, inspect_by_default, true)?))
+}
+
+/// The stack behind [`open_tree`] (`rw` false) and [`open_tree_rw`].
+fn stack(
+    disks: &GuestDisks,
+    sel: &MountSelect,
+    inspect_by_default: bool,
+    rw: bool,
+) -> Result<Stack, Failure> {
     if sel.inspector || (sel.mount.is_empty() && inspect_by_default) {
         let os = guest::single_os(&disks.guest)?;
-        let (stack, warnings) = guest::mount_inspected_rw(&disks.guest, &os)?;
+        let (stack, warnings) = if rw {
+            guest::mount_inspected_rw(&disks.guest, &os)?
+        } else {
+            guest::mount_inspected(&disks.guest, &os)?
+        };
         for w in warnings {
             warn(&w);
         }
-        return Ok(Arc::new(stack));
+        return Ok(stack);
     }
     if sel.mount.is_empty() {
         return Err(Failure::new(
@@ -151,7 +147,11 @@ pub fn open_tree_rw(
         .iter()
         .map(|m| m.parse::<MountSpec>())
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Arc::new(guest::mount_specs_rw(&disks.guest, &specs)?))
+    Ok(if rw {
+        guest::mount_specs_rw(&disks.guest, &specs)?
+    } else {
+        guest::mount_specs(&disks.guest, &specs)?
+    })
 }
 
 /// Prints a warning on stderr.
