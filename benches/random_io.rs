@@ -118,13 +118,21 @@ fn case(label: &str, raw: &Arc<dyn Image>, qcow2: &Arc<dyn Image>, op: Op, threa
 }
 
 fn main() {
-    // `cargo bench --bench random_io -- overwrite` runs only the cases whose name starts so
-    // (for profiling one of them); cargo's own `--bench` argument is ignored.
-    let only = std::env::args()
+    // `cargo bench --bench random_io -- overwrite [THREADS]` runs only the cases whose name
+    // starts so, and only with THREADS threads when given (for profiling one of them);
+    // cargo's own `--bench` argument is ignored.
+    let args: Vec<String> = std::env::args()
         .skip(1)
-        .find(|a| !a.starts_with("--"))
-        .unwrap_or_default();
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let only = args.first().cloned().unwrap_or_default();
+    let only_threads: Option<usize> = args.get(1).and_then(|t| t.parse().ok());
     let want = |name: &str| name.starts_with(only.as_str());
+    let thread_counts = || {
+        [1, 2, 4]
+            .into_iter()
+            .filter(move |t| only_threads.is_none_or(|o| o == *t))
+    };
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path();
     let (src, raw, qcow2) = (d.join("src"), d.join("full.raw"), d.join("full.qcow2"));
@@ -159,16 +167,16 @@ fn main() {
         "{:<22} {:>7}  {:>9}  {:>9}  {:>5}",
         "case", "threads", "raw", "qcow2", "ratio"
     );
-    for threads in [1, 2, 4].into_iter().filter(|_| want("read")) {
+    for threads in thread_counts().filter(|_| want("read")) {
         case("read", &raw, &qcow2, Op::Read, threads);
     }
-    for threads in [1, 2, 4].into_iter().filter(|_| want("overwrite")) {
+    for threads in thread_counts().filter(|_| want("overwrite")) {
         case("overwrite", &raw, &qcow2, Op::Write, threads);
     }
     drop((raw, qcow2));
 
     // Allocating writes: a fresh image per thread count, so every round keeps allocating.
-    for threads in [1, 2, 4].into_iter().filter(|_| want("allocating")) {
+    for threads in thread_counts().filter(|_| want("allocating")) {
         let (raw, qcow2) = (
             d.join(format!("empty{threads}.raw")),
             d.join(format!("empty{threads}.qcow2")),

@@ -96,9 +96,9 @@ pub(crate) struct Meta {
     pub(crate) busy: HashMap<u64, i64>,
     /// Data was written since the last flush.
     pub data_written: bool,
-    /// Write metadata back (without syncing) at the end of every write request: see
-    /// [`Qcow2::set_write_through`].
-    pub write_through: bool,
+    /// Writers waiting on [`Rw::cond`] for a claim: a claim is given up without a wake-up
+    /// call (a futex system call) when nobody waits.
+    pub waiters: usize,
 }
 
 /// The read-write half of an open image.
@@ -107,6 +107,10 @@ pub(crate) struct Rw {
     pub data_file: Option<Arc<dyn ImageFile>>,
     pub meta: Mutex<Meta>,
     pub cond: Condvar,
+    /// Write metadata back (without syncing) at the end of every write request: see
+    /// [`Qcow2::set_write_through`]. Outside the metadata lock, so that a request that finds
+    /// it off does not take the lock again.
+    pub write_through: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Rw {
@@ -141,7 +145,7 @@ impl Meta {
             lazy_refcounts: false,
             busy: HashMap::new(),
             data_written: false,
-            write_through: false,
+            waiters: 0,
         })
     }
 
@@ -792,18 +796,23 @@ impl Qcow2 {
     /// The entry (and extended-L2 bitmap, 0 otherwise) at `index` of the L2 table at
     /// `l2_offset`.
     pub(crate) fn l2_entry(&self, l2_offset: u64, index: u64) -> Result<(u64, u64)> {
-        let t = self.l2_table(l2_offset)?;
         let w = index as usize * self.geom.words_per_entry();
-        let e = t
-            .get(w)
-            .copied()
-            .ok_or_else(|| Error::corrupt_at(l2_offset, "L2 index outside its table"))?;
-        let b = if self.geom.extended {
-            t.get(w + 1).copied().unwrap_or(0)
-        } else {
-            0
+        let pick = |t: &[u64]| -> Result<(u64, u64)> {
+            let e = t
+                .get(w)
+                .copied()
+                .ok_or_else(|| Error::corrupt_at(l2_offset, "L2 index outside its table"))?;
+            let b = if self.geom.extended {
+                t.get(w + 1).copied().unwrap_or(0)
+            } else {
+                0
+            };
+            Ok((e, b))
         };
-        Ok((e, b))
+        if let Some(hit) = self.l2_cache.with(l2_offset, pick) {
+            return hit;
+        }
+        pick(&self.l2_table(l2_offset)?)
     }
 
     /// Changes one L2 entry (in the cache, pinned; written back by `flush_meta`).

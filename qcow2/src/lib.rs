@@ -93,7 +93,9 @@ mod util;
 mod write;
 
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use crossbeam_utils::sync::ShardedLock;
 
 use vdisk_block::{BlockDevice, BlockDeviceExt, Error, Image, MapKind, Mapping, Result};
 
@@ -127,7 +129,7 @@ const COMPRESSED_CACHE_CLUSTERS: usize = 4;
 #[derive(Debug)]
 struct View {
     /// The L1 table; writers change entries under the metadata lock.
-    l1: RwLock<Vec<u64>>,
+    l1: ShardedLock<Vec<u64>>,
     l1_table_offset: u64,
     /// The guest-visible size.
     size: u64,
@@ -239,7 +241,7 @@ impl Qcow2 {
         let tables = (L2_CACHE_BYTES / header.cluster_size())
             .clamp(MIN_L2_CACHE_TABLES, MAX_L2_CACHE_TABLES) as usize;
         let view = View {
-            l1: RwLock::new(l1),
+            l1: ShardedLock::new(l1),
             l1_table_offset: header.l1_table_offset,
             size: header.size,
             snapshot: None,
@@ -361,7 +363,7 @@ impl Qcow2 {
             ));
         }
         self.view = View {
-            l1: RwLock::new(l1),
+            l1: ShardedLock::new(l1),
             l1_table_offset: sn.l1_table_offset,
             size: self.view.size,
             snapshot: Some(index),
@@ -466,30 +468,37 @@ impl Qcow2 {
             ));
         }
         drop(l1);
+        let run = |table: &[u64]| -> Result<(u64, Run)> {
+            // Both fit in usize: the index is below the table's entry count.
+            let mut index = (cluster & l2_entries_mask) as usize;
+            let in_cluster = pos & (cluster_size - 1);
+            let (first, end) = g.classify(table, index, in_cluster, l2_offset)?;
+            let mut len = (end - in_cluster).min(limit);
+            let mut next_in_cluster = end;
+            if matches!(first, Run::Compressed(_)) {
+                return Ok((len, first));
+            }
+            while len < limit {
+                if next_in_cluster >= cluster_size {
+                    index += 1;
+                    next_in_cluster = 0;
+                }
+                let (next, end) = g.classify(table, index, next_in_cluster, l2_offset)?;
+                if !first.continued_by(len, &next) {
+                    break;
+                }
+                len = len.saturating_add(end - next_in_cluster).min(limit);
+                next_in_cluster = end;
+            }
+            Ok((len, first))
+        };
+        // A hit classifies in place, without touching the table's reference count: random
+        // reads from many threads then share every cache line they read.
+        if let Some(hit) = self.l2_cache.with(l2_offset, |t| run(t)) {
+            return hit.map(Some);
+        }
         let table = self.l2_table(l2_offset)?;
-
-        // Both fit in usize: the index is below the table's entry count.
-        let mut index = (cluster & l2_entries_mask) as usize;
-        let in_cluster = pos & (cluster_size - 1);
-        let (first, end) = g.classify(&table, index, in_cluster, l2_offset)?;
-        let mut len = (end - in_cluster).min(limit);
-        let mut next_in_cluster = end;
-        if matches!(first, Run::Compressed(_)) {
-            return Ok(Some((len, first)));
-        }
-        while len < limit {
-            if next_in_cluster >= cluster_size {
-                index += 1;
-                next_in_cluster = 0;
-            }
-            let (next, end) = g.classify(&table, index, next_in_cluster, l2_offset)?;
-            if !first.continued_by(len, &next) {
-                break;
-            }
-            len = len.saturating_add(end - next_in_cluster).min(limit);
-            next_in_cluster = end;
-        }
-        Ok(Some((len, first)))
+        run(&table).map(Some)
     }
 
     /// The device holding guest clusters.

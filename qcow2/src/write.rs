@@ -84,6 +84,7 @@ impl Qcow2 {
             data_file: None,
             meta: std::sync::Mutex::new(meta),
             cond: std::sync::Condvar::new(),
+            write_through: std::sync::atomic::AtomicBool::new(false),
         }));
         if unknown_autoclear != 0 {
             self.header.autoclear_features &= !unknown_autoclear;
@@ -118,8 +119,22 @@ impl Qcow2 {
         Ok(d)
     }
 
-    fn wait<'a>(&'a self, m: MutexGuard<'a, Meta>) -> Result<MutexGuard<'a, Meta>> {
-        Ok(self.rw()?.cond.wait(m).unwrap_or_else(|e| e.into_inner()))
+    /// Waits for another writer to give up a claim.
+    fn wait<'a>(&'a self, mut m: MutexGuard<'a, Meta>) -> Result<MutexGuard<'a, Meta>> {
+        m.waiters += 1;
+        let mut m = self.rw()?.cond.wait(m).unwrap_or_else(|e| e.into_inner());
+        m.waiters -= 1;
+        Ok(m)
+    }
+
+    /// Releases the metadata lock after giving up claims, waking the writers waiting for one.
+    fn wake(&self, m: MutexGuard<'_, Meta>) -> Result<()> {
+        let waiting = m.waiters > 0;
+        drop(m);
+        if waiting {
+            self.rw()?.cond.notify_all();
+        }
+        Ok(())
     }
 
     /// Waits for and takes the exclusive claim on guest cluster `cluster`.
@@ -143,9 +158,7 @@ impl Qcow2 {
                 m.busy.remove(&cluster);
             }
         }
-        drop(m);
-        self.rw()?.cond.notify_all();
-        Ok(())
+        self.wake(m)
     }
 
     /// Runs `f` holding the exclusive claim on `cluster`, releasing it afterwards.
@@ -287,8 +300,7 @@ impl Qcow2 {
         for c in first..first + n {
             m.busy.remove(&c);
         }
-        drop(m);
-        self.rw()?.cond.notify_all();
+        self.wake(m)?;
         result.map(|()| (n * cs) as usize)
     }
 
@@ -782,7 +794,9 @@ impl Qcow2 {
     /// guest asks, and batching the write-back is faster.
     pub fn set_write_through(&self, on: bool) -> Result<()> {
         let mut m = self.lock_meta()?;
-        m.write_through = on;
+        self.rw()?
+            .write_through
+            .store(on, std::sync::atomic::Ordering::Release);
         if on {
             self.write_back_meta(&mut m, false)?;
         }
@@ -794,8 +808,8 @@ impl Qcow2 {
         let Some(rw) = self.rw.as_deref() else {
             return Ok(());
         };
-        let mut m = rw.meta.lock().unwrap_or_else(|e| e.into_inner());
-        if m.write_through {
+        if rw.write_through.load(std::sync::atomic::Ordering::Acquire) {
+            let mut m = rw.meta.lock().unwrap_or_else(|e| e.into_inner());
             self.write_back_meta(&mut m, false)?;
         }
         Ok(())
