@@ -557,27 +557,44 @@ impl Qcow2 {
         }
     }
 
-    /// Room for `size` bytes of compressed data (at most one cluster), packed into partly
-    /// used clusters as qemu does; each compressed cluster adds one reference to the host
-    /// cluster holding it.
+    /// Room for `size` bytes of compressed data (less than a cluster), packed as qemu packs
+    /// it: right after the previous compressed data, running over into the next host
+    /// cluster when that is the one the allocator hands out next, so that a conversion's
+    /// compressed clusters form one contiguous byte stream. Each compressed cluster adds one
+    /// reference to every host cluster it touches.
+    ///
+    /// Before this ran over, data that did not fit the rest of a cluster started a new one:
+    /// a 2 GiB conversion whose text compressed to ~37 KiB per 64 KiB cluster came out
+    /// 108 MB (16%) larger than qemu-img's.
     pub(crate) fn alloc_bytes(&self, m: &mut Meta, size: u64) -> Result<u64> {
         let cs = m.cluster_size();
+        let bits = m.cluster_bits;
+        let after = |end: u64| if end & (cs - 1) == 0 { 0 } else { end };
         let next = m.compressed_next;
-        if next != 0 && (next & (cs - 1)) + size <= cs {
-            let c = next >> m.cluster_bits;
+        if next != 0 && size < cs {
+            let c = next >> bits;
             let rc = self.refcount(m, c)?;
             if rc > 0 && rc < m.refcount_max() {
-                self.set_refcount(m, c, rc + 1)?;
-                m.compressed_next = if (next + size) & (cs - 1) == 0 {
-                    0
-                } else {
-                    next + size
-                };
-                return Ok(next);
+                let room = cs - (next & (cs - 1));
+                if size <= room {
+                    self.set_refcount(m, c, rc + 1)?;
+                    m.compressed_next = after(next + size);
+                    return Ok(next);
+                }
+                let fresh = self.alloc_clusters(m, 1)?;
+                if fresh == (c + 1) << bits {
+                    // The data runs over into the fresh cluster (whose one reference is
+                    // this data's).
+                    self.set_refcount(m, c, rc + 1)?;
+                    m.compressed_next = after(next + size);
+                    return Ok(next);
+                }
+                m.compressed_next = after(fresh + size);
+                return Ok(fresh);
             }
         }
         let off = self.alloc_clusters(m, 1)?;
-        m.compressed_next = if size >= cs { 0 } else { off + size };
+        m.compressed_next = if size >= cs { 0 } else { after(off + size) };
         Ok(off)
     }
 
