@@ -73,8 +73,7 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+
 # run TOOL ARGS...: prints "seconds peak_kib". Every run starts from the same page cache:
 # earlier outputs synced and dropped, the source (and its backing files) cached. Without
 # this the times were bimodal, 0.3 s or 1.3 s for the same raw -> raw conversion by either
-# tool, with the difference all kernel time: a run writing into page cache that had just been
-# freed was fast, a run that had to take pages the VM had not touched for a while was slow.
+# tool, the difference all kernel time; a run right after a large file was deleted was fast.
 run() {
   sync
   echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || echo "convert.sh: cannot drop the page cache; times will be noisy" >&2
