@@ -244,6 +244,9 @@ impl Lru<[u64]> {
         let inner = &mut *g;
         let slot = match inner.map.contains_key(&key) {
             true => {
+                // The caller's copy is usually the cached table itself: let go of it, or
+                // the table would look shared and be copied below on every change.
+                drop(current);
                 let slot = inner.map.get_mut(&key).expect("present");
                 if !slot.pinned {
                     slot.pinned = true;
@@ -347,5 +350,24 @@ mod tests {
             c.unpin(k);
         }
         assert_eq!(c.read().map.len(), 2);
+    }
+
+    #[test]
+    fn modifying_a_cached_table_does_not_copy_it() {
+        let c: Lru<[u64]> = Lru::new(2);
+        c.insert(1, Arc::from(vec![0u64; 4]));
+        let before = c.with(1, |t| t.as_ptr()).unwrap();
+        for i in 0..4 {
+            // The caller passes the cached table as its current copy, as set_l2_entry does.
+            let current = c.get(1).unwrap();
+            c.modify_pinned(1, current, |t| t[i] = i as u64 + 1);
+        }
+        assert_eq!(c.with(1, |t| t.as_ptr()), Some(before), "changed in place");
+        assert_eq!(c.get(1).as_deref(), Some(&[1, 2, 3, 4][..]));
+        // A reader still holding the table keeps its version; the cache gets a copy.
+        let held = c.get(1).unwrap();
+        c.modify_pinned(1, Arc::clone(&held), |t| t[0] = 9);
+        assert_eq!(held[0], 1);
+        assert_eq!(c.get(1).unwrap()[0], 9);
     }
 }
