@@ -1008,9 +1008,9 @@ fn vg_text(extent_size: &str, pvs: &[(&str, &str)], seg: (u64, u64, &str)) -> St
 }
 
 /// As [`fails`], but the scan's warnings about the VG may come first: the guest commands
-/// print what the LVM scan found wrong (here the same problem as the error) before the
-/// error. Returns the error line.
-fn fails_after_warnings(dir: &Path, args: &[&str], file: &str) -> String {
+/// print what the LVM scan found wrong before the error (never the problem of the device
+/// being opened, which is the error). Returns the error line and the warnings.
+fn fails_after_warnings(dir: &Path, args: &[&str], file: &str) -> (String, Vec<String>) {
     let r = run(dir, args);
     assert_limits(&r, args);
     assert!(
@@ -1030,7 +1030,13 @@ fn fails_after_warnings(dir: &Path, args: &[&str], file: &str) -> String {
         "{args:?}: {e}"
     );
     assert!(!r.stderr.contains("panicked"), "{args:?}: {}", r.stderr);
-    e.to_string()
+    let warnings = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("vdisk: warning: "))
+        .map(str::to_string)
+        .collect();
+    (e.to_string(), warnings)
 }
 
 #[test]
@@ -1084,13 +1090,20 @@ fn guest_lvm_metadata() {
         ),
     ] {
         pv(name, &text);
-        let r = fails_after_warnings(d, &ls(name), dev);
+        let (r, warnings) = fails_after_warnings(d, &ls(name), dev);
         if name == "lvm-missing-pv.img" {
             assert!(r.contains("pv1"), "{r}");
         }
-        // Listing filesystems skips an LV that cannot be opened.
         if dev == "/dev/vg/a" {
-            succeeds(d, &["filesystems", "--format", "raw", "-a", name]);
+            // The LV's problem is the error, not also a warning before it.
+            assert_eq!(warnings, Vec::<String>::new(), "{name}: {r}");
+            // Listing filesystems skips an LV that cannot be opened, with a warning.
+            let out = succeeds(d, &["filesystems", "--format", "raw", "-a", name]);
+            assert!(
+                out.stderr.starts_with("vdisk: warning: ") && out.stderr.lines().count() == 1,
+                "{name}: {}",
+                out.stderr
+            );
         }
     }
 }

@@ -108,6 +108,9 @@ pub struct Guest {
     disks: Vec<Disk>,
     lvm: LvmScan,
     warnings: Vec<String>,
+    /// The LVs among `warnings` that cannot be opened: (their two device names, the index
+    /// of their warning).
+    lv_warnings: Vec<([String; 2], usize)>,
 }
 
 impl Guest {
@@ -144,9 +147,15 @@ impl Guest {
         }
         let lvm = lvm::scan(&candidates)?;
         let mut warnings = lvm.warnings.clone();
+        let mut lv_warnings = Vec::new();
         for vg in &lvm.vgs {
             for lv in vg.visible_lvs() {
                 if let Err(e) = vg.open_lv(&lv.name) {
+                    let names = [
+                        format!("/dev/{}/{}", vg.name(), lv.name),
+                        mapper_name(vg.name(), &lv.name),
+                    ];
+                    lv_warnings.push((names, warnings.len()));
                     warnings.push(e.to_string());
                 }
             }
@@ -155,6 +164,7 @@ impl Guest {
             disks: out,
             lvm,
             warnings,
+            lv_warnings,
         })
     }
 
@@ -171,6 +181,22 @@ impl Guest {
     /// What LVM scanning and LV checks found wrong without failing, one line each.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// [`warnings`](Guest::warnings) without those about the LVs named in `devices`
+    /// (`/dev/VG/LV` or `/dev/mapper/VG-LV`): a caller about to open them reports their
+    /// problem as the error, and would otherwise print it twice.
+    pub fn warnings_except(&self, devices: &[&str]) -> Vec<&str> {
+        self.warnings
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                !self.lv_warnings.iter().any(|(names, at)| {
+                    at == i && names.iter().any(|n| devices.contains(&n.as_str()))
+                })
+            })
+            .map(|(_, w)| w.as_str())
+            .collect()
     }
 
     /// The whole-disk devices: `/dev/sda`, `/dev/sdb`, ...

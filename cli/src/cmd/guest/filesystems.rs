@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use vdisk::guest::{self, DeviceRow, DeviceSelection};
 
-use super::{open_disks, print_text, DiskArgs};
+use super::{open_disks, print_text, warn_scan, DiskArgs};
 use crate::args::OutputFormat;
 use crate::CmdResult;
 
@@ -79,6 +79,7 @@ pub fn run(a: FilesystemsArgs) -> CmdResult {
         sel.filesystems = true;
     }
     let disks = open_disks(&a.disks)?;
+    warn_scan(&disks, &[]);
     let rows = guest::list_devices(&disks.guest, sel)?;
     let text = match a.output {
         OutputFormat::Json => {

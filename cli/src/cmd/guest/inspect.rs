@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 use vdisk::guest::{self, OsInfo};
 
-use super::{open_disks, print_text, DiskArgs};
+use super::{open_disks, print_text, warn_scan, DiskArgs};
 use crate::args::OutputFormat;
 use crate::{CmdResult, Failure};
 
@@ -21,6 +21,7 @@ pub struct InspectArgs {
 /// and the fstab mountpoints under our device names.
 pub fn run(a: InspectArgs) -> CmdResult {
     let disks = open_disks(&a.disks)?;
+    warn_scan(&disks, &[]);
     let found = guest::inspect(&disks.guest)?;
     if found.is_empty() {
         return Err(Failure::new(

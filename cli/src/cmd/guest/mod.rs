@@ -91,11 +91,17 @@ fn open_disks_with(d: &DiskArgs, read_only: bool) -> Result<GuestDisks, Failure>
         }
         images.push(img);
     }
-    let disks = GuestDisks::from_images(images)?;
-    for w in disks.guest.warnings() {
+    // The scan's warnings are printed by the caller, once it knows which devices it opens:
+    // see [`warn_scan`].
+    Ok(GuestDisks::from_images(images)?)
+}
+
+/// Prints what the partition and LVM scan found wrong, except about the LVs in `opening`,
+/// whose problem the caller is about to report as its error.
+pub fn warn_scan(disks: &GuestDisks, opening: &[&str]) {
+    for w in disks.guest.warnings_except(opening) {
         warn(w);
     }
-    Ok(disks)
 }
 
 /// The guest tree to read: the `-m` filesystems stacked, or (with `-i`, or with no `-m` at
@@ -126,6 +132,7 @@ fn stack(
     rw: bool,
 ) -> Result<Stack, Failure> {
     if sel.inspector || (sel.mount.is_empty() && inspect_by_default) {
+        warn_scan(disks, &[]);
         let os = guest::single_os(&disks.guest)?;
         let (stack, warnings) = if rw {
             guest::mount_inspected_rw(&disks.guest, &os)?
@@ -138,6 +145,7 @@ fn stack(
         return Ok(stack);
     }
     if sel.mount.is_empty() {
+        warn_scan(disks, &[]);
         return Err(Failure::new(
             "nothing to mount: give -m DEV[:MOUNTPOINT] or -i",
         ));
@@ -147,6 +155,8 @@ fn stack(
         .iter()
         .map(|m| m.parse::<MountSpec>())
         .collect::<Result<Vec<_>, _>>()?;
+    let devices: Vec<&str> = specs.iter().map(|s| s.device.as_str()).collect();
+    warn_scan(disks, &devices);
     Ok(if rw {
         guest::mount_specs_rw(&disks.guest, &specs)?
     } else {
