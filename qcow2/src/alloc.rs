@@ -84,6 +84,9 @@ pub(crate) struct Meta {
     pending_frees: Vec<(u64, u64)>,
     /// Where the next compressed cluster may go inside a partly used host cluster (0: none).
     compressed_next: u64,
+    /// Host clusters the image's tables name as metadata (built when first needed, dropped
+    /// whenever a cluster is freed or a table moves): see `Qcow2::check_not_metadata`.
+    pub(crate) metadata: Option<MetadataMap>,
     /// The active L1 table changed since the last flush.
     pub l1_dirty: bool,
     /// L2 tables (by offset) changed since the last flush; pinned in the cache.
@@ -139,6 +142,7 @@ impl Meta {
             free_hint: 0,
             pending_frees: Vec::new(),
             compressed_next: 0,
+            metadata: None,
             l1_dirty: false,
             dirty_l2: BTreeSet::new(),
             dirty_bit_on_disk: h.incompatible_features & incompatible::DIRTY != 0,
@@ -285,6 +289,7 @@ impl Qcow2 {
                 if m.compressed_next >> m.cluster_bits == c {
                     m.compressed_next = 0;
                 }
+                m.metadata = None;
             }
         }
         Ok(())
@@ -298,10 +303,13 @@ impl Qcow2 {
         }
     }
 
-    /// Refuses host clusters `[start, start + n)` when they hold the header, the refcount
-    /// table or the active L1 table: refcounts that call those free are corrupt, and writing
-    /// there would destroy the image (qemu's metadata overlap check refuses the same writes).
-    fn check_not_metadata(&self, m: &Meta, start: u64, n: u64) -> Result<()> {
+    /// Refuses host clusters `[start, start + n)` when they hold metadata: the header, the
+    /// refcount table or a refcount block, the active L1 table or one of its L2 tables, the
+    /// snapshot table or a snapshot's L1 table. The allocator only hands out clusters whose
+    /// refcount is 0, so this fires only on refcounts that lie, and writing there would
+    /// destroy the image. qemu's default metadata overlap checks ("cached") refuse the same
+    /// writes; a snapshot's L2 tables are not checked, as there.
+    fn check_not_metadata(&self, m: &mut Meta, start: u64, n: u64) -> Result<()> {
         let cb = m.cluster_bits;
         let (a, b) = (start << cb, (start + n) << cb);
         let h = &self.header;
@@ -316,13 +324,56 @@ impl Qcow2 {
         ];
         for (what, off, len) in tables {
             if len > 0 && off < b && a < off.saturating_add(len) {
-                return Err(Error::corrupt_at(
-                    a,
-                    format!("the refcounts call this cluster free, but it holds the {what}"),
-                ));
+                return Err(metadata_overlap(a, what));
             }
         }
-        Ok(())
+        if m.metadata.is_none() {
+            m.metadata = Some(self.metadata_map(m));
+        }
+        match m
+            .metadata
+            .as_ref()
+            .and_then(|map| map.find(start, start + n))
+        {
+            Some(what) => Err(metadata_overlap(a, what)),
+            None => Ok(()),
+        }
+    }
+
+    /// The clusters the active L1 table, the refcount table and the snapshot table name.
+    fn metadata_map(&self, m: &Meta) -> MetadataMap {
+        let cb = m.cluster_bits;
+        let cs = 1u64 << cb;
+        let mut ranges = Vec::new();
+        let mut bytes = |off: u64, len: u64, what: &'static str| {
+            if off != 0 && len > 0 {
+                let end = off.saturating_add(len).div_ceil(cs);
+                ranges.push((off >> cb, end, what));
+            }
+        };
+        for &e in self
+            .view
+            .l1
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            bytes(e & crate::l2::L1E_OFFSET_MASK, cs, "an L2 table");
+        }
+        for &e in &m.reftable {
+            bytes(e & REFT_OFFSET_MASK, cs, "a refcount block");
+        }
+        let snapshots = &self.snapshots;
+        let table: u64 = snapshots.iter().map(|s| s.entry_len).sum();
+        bytes(self.header.snapshots_offset, table, "snapshot table");
+        for s in snapshots {
+            bytes(
+                s.l1_table_offset,
+                u64::from(s.l1_size) * 8,
+                "L1 table of a snapshot",
+            );
+        }
+        MetadataMap::new(ranges)
     }
 
     /// Creates the refcount block for table index `t` at the first cluster it covers (so it
@@ -341,6 +392,7 @@ impl Qcow2 {
         file.flush()?;
         file.write_at(&offset.to_be_bytes(), m.reftable_offset + t * 8)?;
         m.reftable[t as usize] = offset;
+        m.metadata = None;
         m.refblocks.insert(
             t,
             RefBlock {
@@ -443,6 +495,7 @@ impl Qcow2 {
         })();
         if let Err(e) = written {
             m.reftable = old_table;
+            m.metadata = None;
             m.refblocks.retain(|t, _| !missing.contains(t));
             return Err(e);
         }
@@ -533,6 +586,7 @@ impl Qcow2 {
             for (i, &t) in missing.iter().enumerate() {
                 let off = (start + n + i as u64) << m.cluster_bits;
                 m.reftable[t as usize] = off;
+                m.metadata = None;
                 m.refblocks.insert(
                     t,
                     RefBlock {
@@ -728,6 +782,7 @@ impl Qcow2 {
     pub(crate) fn reload_refcounts(&self, m: &mut Meta) -> Result<()> {
         let fresh = Meta::load(&*self.file, &self.header)?;
         m.reftable = fresh.reftable;
+        m.metadata = None;
         m.reftable_offset = fresh.reftable_offset;
         m.reftable_clusters = fresh.reftable_clusters;
         m.refblocks.clear();
@@ -786,6 +841,7 @@ impl Qcow2 {
         self.view.l1_table_offset = new_off;
         *self.view.l1.write().unwrap_or_else(|e| e.into_inner()) = l1;
         let mut m = self.lock_meta()?;
+        m.metadata = None;
         self.flush_meta(&mut m)
     }
 
@@ -807,6 +863,7 @@ impl Qcow2 {
             .ok_or_else(|| Error::invalid(format!("L1 index {index} is beyond the table")))?;
         *slot = value;
         m.l1_dirty = true;
+        m.metadata = None;
         Ok(())
     }
 
@@ -882,5 +939,41 @@ impl Qcow2 {
             self.free_clusters(m, old, cs);
         }
         Ok(new)
+    }
+}
+
+/// "The refcounts call this cluster free, but it holds the {what}."
+fn metadata_overlap(at: u64, what: &str) -> Error {
+    Error::corrupt_at(
+        at,
+        format!("the refcounts call this cluster free, but it holds the {what}"),
+    )
+}
+
+/// Cluster ranges `[start, end)` holding metadata, sorted by start, for overlap queries.
+#[derive(Debug)]
+pub(crate) struct MetadataMap {
+    ranges: Vec<(u64, u64, &'static str)>,
+    /// The longest range, so a query knows how far back a range covering it may start.
+    longest: u64,
+}
+
+impl MetadataMap {
+    fn new(mut ranges: Vec<(u64, u64, &'static str)>) -> MetadataMap {
+        ranges.sort_unstable();
+        let longest = ranges.iter().map(|r| r.1 - r.0).max().unwrap_or(0);
+        MetadataMap { ranges, longest }
+    }
+
+    /// What some range overlapping clusters `[a, b)` holds.
+    fn find(&self, a: u64, b: u64) -> Option<&'static str> {
+        let from = self
+            .ranges
+            .partition_point(|r| r.0 < a.saturating_sub(self.longest));
+        self.ranges[from..]
+            .iter()
+            .take_while(|r| r.0 < b)
+            .find(|r| r.1 > a)
+            .map(|r| r.2)
     }
 }

@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub icount: Option<u64>,
     /// "Size of extra data in the table entry".
     pub extra_data_size: u32,
+    /// Bytes this entry takes in the snapshot table, padding included.
+    pub(crate) entry_len: u64,
 }
 
 /// Reads the snapshot table of an image whose header is `header` from `file`.
@@ -126,6 +128,7 @@ pub fn read_table(file: &dyn BlockDevice, header: &Header) -> Result<Vec<Snapsho
             disk_size,
             icount,
             extra_data_size,
+            entry_len,
         });
         at += entry_len;
     }

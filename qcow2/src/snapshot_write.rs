@@ -207,6 +207,7 @@ impl Qcow2 {
         self.header.nb_snapshots = entries.len() as u32;
         self.header.snapshots_offset = offset;
         self.snapshots = crate::snapshot::read_table(&*self.file, &self.header)?;
+        self.lock_meta()?.metadata = None;
         Ok(())
     }
 
@@ -431,6 +432,7 @@ impl Qcow2 {
         file.write_at(&encode_table(&new_l1), self.view.l1_table_offset)?;
         file.flush()?;
         *self.view.l1.write().unwrap_or_else(|e| e.into_inner()) = new_l1;
+        m.metadata = None;
         self.update_tree_refcounts(&mut m, &old_l1, -1)?;
         self.invalidate_caches_clean(&mut m)?;
         self.fix_copied_flags(&mut m)?;
