@@ -3,8 +3,8 @@
 //! better.
 //!
 //! `cargo bench --bench random_io` builds a 256 MiB raw file of random data and a qcow2 copy
-//! of it with qemu-img (64 KiB clusters: 4096 L2 entries per table, so random I/O walks the
-//! L2 cache), warms the page cache, then for each case alternates short rounds on raw and on
+//! of it with qemu-img (64 KiB clusters: one L2 table of 8192 entries maps all of it, so
+//! every I/O looks that one table up in the shared L2 cache), warms the page cache, then for each case alternates short rounds on raw and on
 //! qcow2 and prints the median of each and their ratio. Alternating keeps both sides under
 //! the same machine load. Writes overwrite allocated clusters (a VMM's steady state); a
 //! separate case writes into a fresh, empty qcow2 (the first write into each of its 4096
