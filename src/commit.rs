@@ -268,9 +268,9 @@ pub fn commit(plan: CommitPlan, progress: &mut dyn FnMut(u64, u64)) -> Result<()
         let Driver::Qcow2(q) = &top.driver else {
             unreachable!("only qcow2 tops have backing files");
         };
-        // qemu's fallback for qcow2_make_empty: discard every cluster, which leaves them
-        // unallocated, reading through to the base that now holds their data.
-        q.discard(0, q.size())
+        // Every cluster discarded, reading through to the base that now holds its data, and
+        // the file cut after the last cluster in use, as qemu's qcow2_make_empty leaves it.
+        q.make_empty()
             .and_then(|()| q.flush())
             .map_err(|e| e.with_path(&top.filename))?;
     }

@@ -442,7 +442,7 @@ fn commit_leaves_every_image_as_qemu_commit_does() {
 #[test]
 fn commit_without_d_empties_the_top_and_q_is_quiet() {
     let root = tempfile::tempdir().unwrap();
-    let (d, _) = twin_dirs(root.path(), &chain_inputs(11, "cluster_size=65536", "6M"));
+    let (d, theirs) = twin_dirs(root.path(), &chain_inputs(11, "cluster_size=65536", "6M"));
     let out = vdisk_ok(&d, &["commit", "-q", "-f", "qcow2", "top.qcow2"]);
     assert_eq!(out, "");
     // Nothing is left in the top image: every range comes from mid.qcow2 or below.
@@ -455,6 +455,20 @@ fn commit_without_d_empties_the_top_and_q_is_quiet() {
         assert_ne!(ext["depth"], 0, "top still holds {ext}");
     }
     assert_clean(&d, "top.qcow2", "emptied top");
+    // The emptied top gives its data clusters' space back, as qemu's does: at most the
+    // header, refcount table and block, L1 and a few L2 tables remain.
+    tool_ok(
+        &theirs,
+        "qemu-img",
+        &["commit", "-q", "-f", "qcow2", "top.qcow2"],
+    );
+    let len = |d: &Path| std::fs::metadata(d.join("top.qcow2")).unwrap().len();
+    assert!(
+        len(&d) <= len(&theirs) + (4 << 16),
+        "emptied top is {} bytes, qemu's {}",
+        len(&d),
+        len(&theirs)
+    );
 }
 
 #[test]

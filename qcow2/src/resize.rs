@@ -155,6 +155,17 @@ impl Qcow2 {
         self.flush_meta(&mut m)
     }
 
+    /// Empties the image, as `qemu-img commit` empties the top image once its data is in the
+    /// base: every guest cluster is discarded (reads fall through to the backing file) and
+    /// the file is cut after the last cluster still in use. qemu rewrites the image from
+    /// scratch where it can (`make_completely_empty`); this keeps the L2 tables, which the
+    /// discard leaves allocated, but gives the data clusters' space back to the host.
+    pub fn make_empty(&self) -> Result<()> {
+        use vdisk_block::Discard;
+        self.discard(0, self.view.size)?;
+        self.truncate_tail()
+    }
+
     /// Cuts the image file after the last cluster with a non-zero refcount.
     fn truncate_tail(&self) -> Result<()> {
         let cs = self.geom.cluster_size();
