@@ -19,7 +19,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use vdisk_block::{BlockDevice, Discard, Error, MapKind, Preallocation, Result, WriteZeroes};
+use vdisk_block::{BlockDevice, Error, MapKind, Preallocation, Result, WriteZeroes};
 use vdisk_qcow2::Qcow2;
 
 use crate::open::{
