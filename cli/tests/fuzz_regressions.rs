@@ -50,6 +50,76 @@ fn replay(target: &str) {
     eprintln!("{target}: {} inputs replayed", files.len());
 }
 
+/// The qcow2_rw oracle too slow for the fuzz loop: every input in `files` whose image our
+/// check found clean before the operations must leave an image `qemu-img check` finds free
+/// of corruption (leaks are allowed, as in qemu). Returns (inputs checked by qemu-img,
+/// failures).
+fn qemu_check_qcow2_rw(files: &[PathBuf]) -> (usize, Vec<String>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let img = dir.path().join("out.qcow2");
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for p in files {
+        let data = std::fs::read(p).expect("read saved input");
+        let Some(out) = harness::qcow2_rw_outcome(&data) else {
+            continue;
+        };
+        if !out.clean_before || out.external_data {
+            continue;
+        }
+        std::fs::write(&img, &out.image).expect("write image");
+        // The fuzzed header may name any backing file: check the image alone.
+        let spec = format!(
+            r#"json:{{"driver":"qcow2","backing":null,"file":{{"driver":"file","filename":"{}"}}}}"#,
+            img.display()
+        );
+        let r = std::process::Command::new("qemu-img")
+            .args(["check", "-U", &spec])
+            .output()
+            .expect("run qemu-img");
+        checked += 1;
+        // 0: clean, 3: leaks only. 1 (could not check) and 2 (corruption) are failures.
+        if !matches!(r.status.code(), Some(0 | 3)) {
+            failures.push(format!(
+                "{}: qemu-img check exit {:?}: {}{}",
+                p.display(),
+                r.status.code(),
+                String::from_utf8_lossy(&r.stdout),
+                String::from_utf8_lossy(&r.stderr)
+            ));
+        }
+    }
+    (checked, failures)
+}
+
+#[test]
+fn qcow2_rw_regressions_pass_qemu_img_check() {
+    let (checked, failures) = qemu_check_qcow2_rw(&inputs("qcow2_rw"));
+    eprintln!("qcow2_rw: {checked} images checked by qemu-img");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The same over a corpus: `VDISK_FUZZ_QEMU_CHECK=fuzz/corpus/qcow2_rw cargo test --release
+/// -p vdisk-cli --test fuzz_regressions qemu_check_env -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn qemu_check_env() {
+    let dir = std::env::var("VDISK_FUZZ_QEMU_CHECK").expect("VDISK_FUZZ_QEMU_CHECK=dir");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("read corpus dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let (checked, failures) = qemu_check_qcow2_rw(&files);
+    eprintln!(
+        "{} inputs, {checked} images checked by qemu-img, {} failures",
+        files.len(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// Replays the files or directories named by `VDISK_FUZZ_REPLAY=target:path[:path…]` (for
 /// triage of fresh artifacts on stable: `cargo test --release --test fuzz_regressions
 /// replay_env -- --ignored --nocapture`).

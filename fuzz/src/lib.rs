@@ -558,11 +558,27 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 /// check found clean before, it must find no corruption after our own writes, and every
 /// write that succeeded must read back.
 pub fn qcow2_rw(data: &[u8]) {
+    let _ = qcow2_rw_outcome(data);
+}
+
+/// What [`qcow2_rw`] leaves behind, for oracles too slow for the fuzz loop (qemu-img check,
+/// in cli/tests/fuzz_regressions.rs).
+pub struct Qcow2RwOutcome {
+    /// The image file after the operations, flushed and closed.
+    pub image: Vec<u8>,
+    /// Our check found the image clean before the operations.
+    pub clean_before: bool,
+    /// The image keeps its guest data in an external data file (which qemu-img would need).
+    pub external_data: bool,
+}
+
+/// [`qcow2_rw`], returning the image it leaves; `None` when the input does not open.
+pub fn qcow2_rw_outcome(data: &[u8]) -> Option<Qcow2RwOutcome> {
     use vdisk_qcow2::check::check;
     let (img, ops) = split_ops(data, QCOW2_OPS);
     let file = CappedMem::new(img);
     let Ok(mut q) = Qcow2::open_rw(file.clone()) else {
-        return;
+        return None;
     };
     let mut backing = vec![0u8; 64 << 10];
     for (i, b) in backing.iter_mut().enumerate() {
@@ -634,6 +650,13 @@ pub fn qcow2_rw(data: &[u8]) {
     }
     let mut k = Knobs::new(data);
     walk_image(&q, &mut k, &mut budget);
+    let external_data = q.needs_data_file();
+    drop(q);
+    Some(Qcow2RwOutcome {
+        image: file.0.to_vec(),
+        clean_before: clean,
+        external_data,
+    })
 }
 
 /// ext4 write operations on a fuzzed filesystem: the input minus its last
