@@ -869,24 +869,28 @@ mod plvm_common;
 
 const SECTOR: usize = 512;
 
-/// A 1 MiB GPT disk (sfdisk) with two partitions.
-fn gpt_disk(lab: &Lab) -> Vec<u8> {
-    let p = lab.path().join("gpt.img");
-    File::create(&p).unwrap().set_len(1 << 20).unwrap();
+/// A disk image of `size` bytes at `path`, partitioned by sfdisk from `script`.
+fn sfdisk_disk(path: &Path, size: u64, script: &[u8]) -> Vec<u8> {
+    File::create(path).unwrap().set_len(size).unwrap();
     let mut c = Command::new("sfdisk")
         .args(["-q", "--no-reread", "--no-tell-kernel"])
-        .arg(&p)
+        .arg(path)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .expect("sfdisk (util-linux fdisk)");
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(b"label: gpt\nstart=34, size=400\nstart=434, size=400\n")
-        .unwrap();
+    c.stdin.take().unwrap().write_all(script).unwrap();
     assert!(c.wait().unwrap().success());
-    std::fs::read(&p).unwrap()
+    std::fs::read(path).unwrap()
+}
+
+/// A 1 MiB GPT disk (sfdisk) with two partitions.
+fn gpt_disk(lab: &Lab) -> Vec<u8> {
+    sfdisk_disk(
+        &lab.path().join("gpt.img"),
+        1 << 20,
+        b"label: gpt\nstart=34, size=400\nstart=434, size=400\n",
+    )
 }
 
 /// Recomputes the entry array and header CRCs of the GPT header at `hdr_lba`.
@@ -953,25 +957,12 @@ fn guest_partition_tables() {
     fails(d, &raw("gpt-overlap.img"), "/dev/sda", "overlaps");
 
     // An MBR whose first EBR links to itself.
-    let p = d.join("mbr.img");
-    File::create(&p).unwrap().set_len(2 << 20).unwrap();
-    let mut c = Command::new("sfdisk")
-        .args(["-q", "--no-reread", "--no-tell-kernel"])
-        .arg(&p)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(
-            b"label: dos\nstart=64, size=200, type=83\nstart=300, size=1500, type=5\n\
-              start=310, size=100, type=83\nstart=420, size=100, type=83\n",
-        )
-        .unwrap();
-    assert!(c.wait().unwrap().success());
-    let mbr = std::fs::read(&p).unwrap();
+    let mbr = sfdisk_disk(
+        &d.join("mbr.img"),
+        2 << 20,
+        b"label: dos\nstart=64, size=200, type=83\nstart=300, size=1500, type=5\n\
+          start=310, size=100, type=83\nstart=420, size=100, type=83\n",
+    );
     succeeds(d, &raw("mbr.img"));
     lab.patched(&mbr, "ebr-loop.img", |b| {
         let next = 300 * SECTOR + 446 + 16 + 8;
