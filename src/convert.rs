@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Condvar, Mutex};
 
-use vdisk_block::{BlockDevice, Error, Result, WriteZeroes};
+use vdisk_block::{BlockDevice, Error, Image, Result, WriteZeroes};
 use vdisk_qcow2::header::incompatible;
 use vdisk_qcow2::Qcow2;
 use vdisk_raw::RawFile;
@@ -141,6 +141,20 @@ impl<'a> Target<'a> {
             compressed: None,
             granularity: 1,
             holds_metadata: false,
+        }
+    }
+
+    /// An image of any format, written through its [`Image`] interface (and its write-zeroes
+    /// ability when it has one).
+    pub fn image(image: &'a dyn Image) -> Self {
+        Target {
+            dev: image,
+            zeroes: image
+                .as_write_zeroes()
+                .map(|z| z as &(dyn WriteZeroes + Sync)),
+            compressed: None,
+            granularity: 1,
+            holds_metadata: true,
         }
     }
 
@@ -661,6 +675,10 @@ pub fn convert(
                     opts,
                     progress,
                 ),
+                driver => {
+                    let image = driver.image();
+                    copy_all(sources, Target::image(&*image), total, opts, progress)
+                }
             };
             result.map_err(|e| e.with_path(dst))
         }

@@ -129,6 +129,8 @@ pub fn chain_status(top: &OpenedImage, offset: u64, max_len: u64) -> Result<Opti
                     depth += 1;
                 }
             },
+            // A kind this engine does not know yet: data of this layer, read through it.
+            _ => return Ok(Some(here(true, false, true, false, None))),
         }
     }
 }
@@ -136,10 +138,7 @@ pub fn chain_status(top: &OpenedImage, offset: u64, max_len: u64) -> Result<Opti
 /// Whether the image names a backing file (opened or not): qemu recurses into the host file
 /// only for images without one.
 fn has_backing_name(layer: &OpenedImage) -> bool {
-    match &layer.driver {
-        crate::open::Driver::Qcow2(q) => q.backing_file_name().is_some(),
-        crate::open::Driver::Raw(_) => false,
-    }
+    layer.driver.backing_file_name().is_some()
 }
 
 /// The file a layer's data offsets refer to, named as it was opened (qemu prints the

@@ -43,6 +43,28 @@ pub fn image_info(img: &OpenedImage) -> Result<Value> {
     m.insert("format".into(), json!(img.format.name()));
     let actual = img.file.allocated_size()?;
     match &img.driver {
+        Driver::Other(o) => {
+            m.insert("dirty-flag".into(), json!(false));
+            m.insert("actual-size".into(), json!(actual));
+            m.insert("virtual-size".into(), json!(o.size()));
+            if let Some(cs) = o.cluster_size() {
+                m.insert("cluster-size".into(), json!(cs));
+            }
+            if let Some(name) = o.backing_file_name() {
+                m.insert("backing-filename".into(), json!(name));
+                let full = crate::open::resolve_backing(&img.filename, name);
+                m.insert(
+                    "full-backing-filename".into(),
+                    json!(full.to_string_lossy()),
+                );
+                if let Some(fmt) = o.backing_format() {
+                    m.insert("backing-filename-format".into(), json!(fmt));
+                }
+            }
+            if let Some(fs) = o.format_specific() {
+                m.insert("format-specific".into(), fs);
+            }
+        }
         Driver::Raw(raw) => {
             m.insert("dirty-flag".into(), json!(false));
             m.insert("actual-size".into(), json!(actual));

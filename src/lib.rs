@@ -39,3 +39,4 @@ pub mod dd;
 pub mod engine;
 pub mod measure;
 pub mod rebase;
+pub mod registry;
