@@ -44,6 +44,10 @@ pub fn image_info(img: &OpenedImage) -> Result<Value> {
     let actual = img.file.allocated_size()?;
     match &img.driver {
         Driver::Other(o) => {
+            let mut actual = actual;
+            for (_, f) in o.extra_files() {
+                actual = actual.saturating_add(f.allocated_size()?);
+            }
             m.insert("dirty-flag".into(), json!(false));
             m.insert("actual-size".into(), json!(actual));
             m.insert("virtual-size".into(), json!(o.size()));
@@ -156,10 +160,17 @@ pub fn image_info(img: &OpenedImage) -> Result<Value> {
             );
         }
     }
-    m.insert(
-        "children".into(),
-        json!([{"name": "file", "info": file_node(&img.file, &filename)?}]),
-    );
+    let mut children = Vec::new();
+    if let Driver::Other(o) = &img.driver {
+        // qemu lists children newest first: the extents (opened after the file), last
+        // extent first, then the file.
+        for (name, f) in o.extra_files().iter().rev() {
+            let fname = f.path().to_string_lossy().into_owned();
+            children.push(json!({"name": name, "info": file_node(f, &fname)?}));
+        }
+    }
+    children.push(json!({"name": "file", "info": file_node(&img.file, &filename)?}));
+    m.insert("children".into(), Value::Array(children));
     Ok(Value::Object(m))
 }
 

@@ -42,6 +42,8 @@ pub enum Format {
     Raw,
     /// QEMU copy-on-write version 2 (and 3).
     Qcow2,
+    /// VMware's virtual disk: descriptor plus flat, sparse, zero and stream extents.
+    Vmdk,
 }
 
 impl Format {
@@ -360,9 +362,6 @@ fn open_at_depth(
     let mut data_file = None;
     let (driver, backing) = match format {
         Format::Raw => (Driver::Raw(file.clone()), None),
-        _ if registry::entry(format).open.is_some() => {
-            open_registered(path, opts, format, &file, read_only, seen)?
-        }
         Format::Qcow2 => {
             // The image itself may be written; backing files never are (read_only is
             // forced below the top of the chain).
@@ -420,6 +419,7 @@ fn open_at_depth(
             }
             (Driver::Qcow2(Arc::new(q)), backing)
         }
+        _ => open_registered(path, opts, format, &file, read_only, seen)?,
     };
     if opts.snapshot.is_some() && format != Format::Qcow2 {
         return Err(Error::unsupported(format!(

@@ -63,6 +63,18 @@ pub trait FormatImage: Image + fmt::Debug {
         None
     }
 
+    /// The file to ask about holes for the data at `offset` (qemu's `BDRV_BLOCK_RECURSE`,
+    /// which VMDK flat extents set): holes there read as zeros.
+    fn recurse_file(&self, _offset: u64) -> Option<Arc<RawFile>> {
+        None
+    }
+
+    /// Files besides the image file that hold guest data (VMDK extent files), with the
+    /// child name qemu gives them (`extents.0`), for `info`.
+    fn extra_files(&self) -> Vec<(String, Arc<RawFile>)> {
+        Vec::new()
+    }
+
     /// Writes back what the image holds in memory and closes it for good (a stream-optimized
     /// VMDK writes its tables and footer). Called once after the last write.
     fn finish(&self) -> Result<()> {
@@ -161,6 +173,7 @@ pub static FORMATS: &[FormatEntry] = &[
         create_help: "",
         supports_backing: true,
     },
+    crate::formats::vmdk::ENTRY,
 ];
 
 /// The entry of `format`.
