@@ -55,7 +55,8 @@ impl Format {
     /// Guesses the format from the first bytes of a file (at most
     /// [`registry::PROBE_BUF_SIZE`]): the registered format whose probe is surest, else raw.
     pub fn probe(head: &[u8]) -> Format {
-        registry::probe(head, Path::new(""))
+        let n = head.len().min(registry::PROBE_BUF_SIZE);
+        registry::probe(&head[..n], Path::new(""))
     }
 }
 
