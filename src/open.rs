@@ -508,9 +508,15 @@ mod tests {
         assert_eq!(Format::probe(b"QFI"), Format::Raw);
         assert_eq!(Format::probe(b""), Format::Raw);
         assert_eq!("qcow2".parse::<Format>().unwrap(), Format::Qcow2);
+        assert_eq!("vmdk".parse::<Format>().unwrap(), Format::Vmdk);
+        assert_eq!(Format::probe(b"KDMV\x01\0\0\0"), Format::Vmdk);
         assert_eq!(
-            "vmdk".parse::<Format>().unwrap_err().to_string(),
-            "Unknown driver 'vmdk'"
+            Format::probe(b"# Disk DescriptorFile\nversion=1\n"),
+            Format::Vmdk
+        );
+        assert_eq!(
+            "nosuchfmt".parse::<Format>().unwrap_err().to_string(),
+            "Unknown driver 'nosuchfmt'"
         );
     }
 
