@@ -62,6 +62,8 @@ PY
   rm -f src.qcow2 base.qcow2 top.qcow2
 fi
 [ -f src.qcow2 ] || qemu-img convert -f raw -O qcow2 src.raw src.qcow2
+[ -f src.vmdk ] || qemu-img convert -f raw -O vmdk src.raw src.vmdk
+[ -f src-stream.vmdk ] || qemu-img convert -f raw -O vmdk -o subformat=streamOptimized src.raw src-stream.vmdk
 if [ ! -f top.qcow2 ]; then
   qemu-img convert -f raw -O qcow2 src.raw base.qcow2
   qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
@@ -79,6 +81,7 @@ run() {
   echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || echo "convert.sh: cannot drop the page cache; times will be noisy" >&2
   cat src.raw src.qcow2 > /dev/null
   [ "$SRC" != top.qcow2 ] || cat base.qcow2 top.qcow2 > /dev/null
+  cat "$SRC" > /dev/null
   /usr/bin/time -o time.out -f "%e %M" "$@" >/dev/null 2>&1
   cat time.out
 }
@@ -133,5 +136,8 @@ bench "qcow2 -> qcow2" src.qcow2 qcow2 qcow2
 bench "qcow2 chain -> qcow2" top.qcow2 qcow2 qcow2
 bench "raw -> qcow2 -c (zlib)" src.raw raw qcow2 -c -o compression_type=zlib
 bench "raw -> qcow2 -c (zstd)" src.raw raw qcow2 -c -o compression_type=zstd
+bench "vmdk -> qcow2" src.vmdk vmdk qcow2
+bench "vmdk stream -> qcow2" src-stream.vmdk vmdk qcow2
+bench "raw -> vmdk stream" src.raw raw vmdk -o subformat=streamOptimized
 echo
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min)"

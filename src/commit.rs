@@ -19,7 +19,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use vdisk_block::{BlockDevice, Error, MapKind, Preallocation, Result, WriteZeroes};
+use vdisk_block::{BlockDevice, BlockDeviceExt, Error, Image, MapKind, Preallocation, Result};
 use vdisk_qcow2::Qcow2;
 
 use crate::open::{
@@ -75,7 +75,10 @@ fn backing_of(layer: &OpenedImage) -> Option<(String, Option<String>)> {
         Driver::Qcow2(q) => q
             .backing_file_name()
             .map(|n| (n.to_string(), q.backing_format().map(str::to_string))),
-        Driver::Raw(_) => None,
+        Driver::Other(o) => o
+            .backing_file_name()
+            .map(|n| (n.to_string(), o.backing_format().map(str::to_string))),
+        _ => None,
     }
 }
 
@@ -197,6 +200,11 @@ fn grow_base(path: &Path, format: Option<Format>, size: u64) -> Result<()> {
                 .map_err(|e| e.with_path(path))?;
             q.flush().map_err(|e| e.with_path(path))
         }
+        _ => Err(Error::unsupported(format!(
+            "Cannot grow the {} image to the top's size",
+            img.format
+        ))
+        .with_path(path)),
     }
 }
 
@@ -226,15 +234,19 @@ fn status_above(layers: &[OpenedImage], pos: u64, max: u64) -> Result<(Above, u6
             MapKind::Data { .. } | MapKind::Compressed => return Ok((Above::Data(i), len)),
             MapKind::Zero { .. } => return Ok((Above::Zero, len)),
             MapKind::Unallocated { .. } | MapKind::Eof => {}
+            // A kind this code does not know: copy it, which is always right.
+            _ => return Ok((Above::Data(i), len)),
         }
     }
     Ok((Above::Base, len))
 }
 
-fn zeroes_of(img: &OpenedImage) -> &dyn WriteZeroes {
-    match &img.driver {
-        Driver::Raw(f) => &**f,
-        Driver::Qcow2(q) => &**q,
+/// Makes `[pos, pos + len)` of `img` read as zeros: its fast way if it has one, else by
+/// writing zeros.
+fn write_zeroes(img: &dyn Image, pos: u64, len: u64) -> Result<()> {
+    match img.as_write_zeroes() {
+        Some(z) => z.write_zeroes(pos, len, true),
+        None => img.write_zeroes_by_writing(pos, len),
     }
 }
 
@@ -243,16 +255,13 @@ fn zeroes_of(img: &OpenedImage) -> &dyn WriteZeroes {
 pub fn commit(plan: CommitPlan, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
     let size = plan.size();
     let base = plan.base.image();
-    let base_zeroes = zeroes_of(&plan.base);
     let mut buf = vec![0u8; CHUNK as usize];
     let mut pos = 0;
     while pos < size {
         let (what, len) = status_above(&plan.layers, pos, (size - pos).min(CHUNK))?;
         match what {
             Above::Base => {}
-            Above::Zero => base_zeroes
-                .write_zeroes(pos, len, true)
-                .map_err(|e| e.with_path(&plan.base.filename))?,
+            Above::Zero => write_zeroes(&*base, pos, len)?,
             Above::Data(i) => {
                 let b = &mut buf[..len as usize];
                 plan.layers[i].image().read_at(b, pos)?;
@@ -266,7 +275,11 @@ pub fn commit(plan: CommitPlan, progress: &mut dyn FnMut(u64, u64)) -> Result<()
     let top = &plan.layers[0];
     if plan.empty_top {
         let Driver::Qcow2(q) = &top.driver else {
-            unreachable!("only qcow2 tops have backing files");
+            return Err(Error::unsupported(format!(
+                "emptying a {} image after a commit is not supported",
+                top.format
+            ))
+            .with_path(&top.filename));
         };
         // Every cluster discarded, reading through to the base that now holds its data, and
         // the file cut after the last cluster in use, as qemu's qcow2_make_empty leaves it.

@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Condvar, Mutex};
 
-use vdisk_block::{BlockDevice, Error, Result, WriteZeroes};
+use vdisk_block::{BlockDevice, Error, Image, Result, WriteZeroes};
 use vdisk_qcow2::header::incompatible;
 use vdisk_qcow2::Qcow2;
 use vdisk_raw::RawFile;
@@ -141,6 +141,20 @@ impl<'a> Target<'a> {
             compressed: None,
             granularity: 1,
             holds_metadata: false,
+        }
+    }
+
+    /// An image of any format, written through its [`Image`] interface (and its write-zeroes
+    /// ability when it has one).
+    pub fn image(image: &'a dyn Image) -> Self {
+        Target {
+            dev: image,
+            zeroes: image
+                .as_write_zeroes()
+                .map(|z| z as &(dyn WriteZeroes + Sync)),
+            compressed: None,
+            granularity: 1,
+            holds_metadata: true,
         }
     }
 
@@ -617,6 +631,10 @@ pub fn convert(
             let created = create_image_with(dst, &req, cache)?;
             let result = match &created {
                 CreatedImage::Raw(f) => copy_all(sources, Target::raw(f), total, opts, progress),
+                CreatedImage::Other(o) => {
+                    let image = o.clone().into_image();
+                    copy_all(sources, Target::image(&*image), total, opts, progress)
+                }
                 CreatedImage::Qcow2(q) => {
                     let mut t = Target::qcow2(q, opts.compress);
                     if req.qcow2.preallocation != vdisk_block::Preallocation::Off {
@@ -661,6 +679,10 @@ pub fn convert(
                     opts,
                     progress,
                 ),
+                driver => {
+                    let image = driver.image();
+                    copy_all(sources, Target::image(&*image), total, opts, progress)
+                }
             };
             result.map_err(|e| e.with_path(dst))
         }
@@ -669,24 +691,22 @@ pub fn convert(
 
 /// Refuses `-c` where qemu-img does, before anything is created.
 fn check_compressible(req: &CreateRequest) -> Result<()> {
-    match req.format {
-        Format::Raw => Err(Error::unsupported(
+    if req.format != Format::Qcow2 {
+        return Err(Error::unsupported(
             "Compression not supported for this file format",
-        )),
-        Format::Qcow2 => {
-            if req.qcow2.preallocation != vdisk_block::Preallocation::Off {
-                return Err(Error::unsupported(
-                    "Compression and preallocation not supported at the same time",
-                ));
-            }
-            if req.qcow2.data_file.is_some() {
-                return Err(Error::unsupported(
-                    "error while writing at byte 0: Operation not supported",
-                ));
-            }
-            Ok(())
-        }
+        ));
     }
+    if req.qcow2.preallocation != vdisk_block::Preallocation::Off {
+        return Err(Error::unsupported(
+            "Compression and preallocation not supported at the same time",
+        ));
+    }
+    if req.qcow2.data_file.is_some() {
+        return Err(Error::unsupported(
+            "error while writing at byte 0: Operation not supported",
+        ));
+    }
+    Ok(())
 }
 
 /// Copies the sources one after the other into `target`, then writes its metadata back

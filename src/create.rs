@@ -55,6 +55,9 @@ pub struct CreateRequest {
     pub backing_format: Option<String>,
     /// Options as the user spelled them, for the "Formatting" line.
     given: HashMap<&'static str, String>,
+    /// For formats created through the [registry](crate::registry): their `-o` options
+    /// (size and backing options excluded), checked by the format, in the order given.
+    pub format_options: Vec<(String, String)>,
 }
 
 /// Whether `opts` (the raw `-o` strings) ask for the option list (`-o help` or `-o ?`).
@@ -72,6 +75,10 @@ pub fn wants_help(opts: &[impl AsRef<str>]) -> Result<bool> {
 
 /// The text `qemu-img create -f FMT -o help` prints.
 pub fn create_help(format: Format) -> &'static str {
+    let entry = crate::registry::entry(format);
+    if entry.check_option.is_some() {
+        return entry.create_help;
+    }
     match format {
         Format::Raw => "Supported raw options:\n  \
              preallocation=<str (off, falloc, full)> - Preallocation mode (allowed values: off, falloc, full)\n  \
@@ -89,6 +96,7 @@ pub fn create_help(format: Format) -> &'static str {
              preallocation=<str>    - Preallocation mode (allowed values: off, metadata, falloc, full)\n  \
              refcount_bits=<num>    - Width of a reference count entry in bits\n  \
              size=<size>            - Virtual disk size\n",
+        _ => entry.create_help,
     }
 }
 
@@ -121,11 +129,31 @@ pub fn parse_create_options(format: Format, opts: &[impl AsRef<str>]) -> Result<
         backing_file: None,
         backing_format: None,
         given: HashMap::new(),
+        format_options: Vec::new(),
     };
+    let entry = crate::registry::entry(format);
     for (k, v) in &pairs {
-        match format {
-            Format::Raw => req.raw_option(k, v)?,
-            Format::Qcow2 => req.qcow2_option(k, v)?,
+        match (format, entry.check_option) {
+            (Format::Raw, _) => req.raw_option(k, v)?,
+            (Format::Qcow2, _) => req.qcow2_option(k, v)?,
+            (_, Some(check)) => match k.as_str() {
+                "size" => {
+                    req.size = Some(parse_size(v)?);
+                    req.size_text = Some(v.to_string());
+                }
+                "backing_file" if entry.supports_backing => req.backing_file = Some(v.to_string()),
+                "backing_fmt" if entry.supports_backing => req.backing_format = Some(v.to_string()),
+                _ => {
+                    check(k, v)?;
+                    req.format_options.push((k.to_string(), v.to_string()));
+                }
+            },
+            (_, None) => {
+                return Err(Error::unsupported(format!(
+                    "Format driver '{}' does not support image creation",
+                    entry.name
+                )))
+            }
         }
     }
     Ok(req)
@@ -342,6 +370,10 @@ impl CreateRequest {
         let size = self.size.unwrap_or(0);
         let size_text = self.size_text.clone().unwrap_or_else(|| size.to_string());
         let given = |k: &str| self.given.get(k).map(String::as_str);
+        let entry = crate::registry::entry(self.format);
+        if let Some(line) = entry.formatting_line {
+            return line(path.as_ref(), &self.params(size), &size_text);
+        }
         match self.format {
             Format::Raw => {
                 let mut line = format!("Formatting '{name}', fmt=raw size={size}");
@@ -389,6 +421,17 @@ impl CreateRequest {
                 ));
                 line
             }
+            _ => format!("Formatting '{name}', fmt={} size={size}", entry.name),
+        }
+    }
+
+    /// The parameters a registered format's create function and Formatting line take.
+    pub fn params(&self, size: u64) -> crate::registry::CreateParams<'_> {
+        crate::registry::CreateParams {
+            size,
+            options: &self.format_options,
+            backing_file: self.backing_file.as_deref(),
+            backing_format: self.backing_format.as_deref(),
         }
     }
 }
@@ -399,6 +442,8 @@ pub enum CreatedImage {
     Raw(RawFile),
     /// A qcow2 image (with its external data file attached, if it has one).
     Qcow2(Box<Qcow2>),
+    /// An image of a format created through the registry.
+    Other(Arc<dyn crate::registry::FormatImage>),
 }
 
 impl CreatedImage {
@@ -407,6 +452,7 @@ impl CreatedImage {
         match self {
             CreatedImage::Raw(r) => r,
             CreatedImage::Qcow2(q) => &**q,
+            CreatedImage::Other(o) => &**o,
         }
     }
 }
@@ -457,6 +503,26 @@ pub fn create_image_with(
         Format::Qcow2 => {
             let o = req.qcow2_options(path)?;
             create_qcow2(path, &o, cache).map(|q| CreatedImage::Qcow2(Box::new(q)))
+        }
+        format => {
+            let entry = crate::registry::entry(format);
+            let create = entry.create.ok_or_else(|| {
+                Error::unsupported(format!(
+                    "Format driver '{}' does not support image creation",
+                    entry.name
+                ))
+                .with_path(path)
+            })?;
+            if !entry.supports_backing && req.backing_file.is_some() {
+                return Err(Error::invalid(format!(
+                    "Backing file not supported for file format '{}'",
+                    entry.name
+                ))
+                .with_path(path));
+            }
+            let size = req.rounded_size(path)?;
+            let img = create(path, &req.params(size)).map_err(|e| e.with_path(path))?;
+            Ok(CreatedImage::Other(Arc::from(img)))
         }
     }
 }

@@ -85,18 +85,25 @@ pub fn chain_status(top: &OpenedImage, offset: u64, max_len: u64) -> Result<Opti
             data,
             compressed,
             offset: host,
-            file: host.map(|_| data_file_name(layer)),
+            file: host.map(|_| data_file_name(layer, offset)),
         };
         match m.kind {
             MapKind::Data { host_offset } => {
                 let mut ext = here(true, false, true, false, Some(host_offset));
-                if layer.backing.is_none()
+                let recurse = if let crate::open::Driver::Other(o) = &layer.driver {
+                    o.recurse_file(offset)
+                } else if layer.backing.is_none()
                     && !has_backing_name(layer)
                     && layer.metadata_preallocated()
                 {
+                    Some(layer.data_file().clone())
+                } else {
+                    None
+                };
+                if let Some(file) = recurse {
                     // qemu's BDRV_BLOCK_RECURSE: ask the host file whether the cluster is a
                     // hole; a hole (or the file's end) reads as zeros.
-                    let fm = Image::map(&**layer.data_file(), host_offset, ext.length)?;
+                    let fm = Image::map(&*file, host_offset, ext.length)?;
                     match fm.kind {
                         MapKind::Eof => ext.zero = true,
                         kind => {
@@ -129,6 +136,8 @@ pub fn chain_status(top: &OpenedImage, offset: u64, max_len: u64) -> Result<Opti
                     depth += 1;
                 }
             },
+            // A kind this engine does not know yet: data of this layer, read through it.
+            _ => return Ok(Some(here(true, false, true, false, None))),
         }
     }
 }
@@ -136,15 +145,17 @@ pub fn chain_status(top: &OpenedImage, offset: u64, max_len: u64) -> Result<Opti
 /// Whether the image names a backing file (opened or not): qemu recurses into the host file
 /// only for images without one.
 fn has_backing_name(layer: &OpenedImage) -> bool {
-    match &layer.driver {
-        crate::open::Driver::Qcow2(q) => q.backing_file_name().is_some(),
-        crate::open::Driver::Raw(_) => false,
-    }
+    layer.driver.backing_file_name().is_some()
 }
 
 /// The file a layer's data offsets refer to, named as it was opened (qemu prints the
 /// resolved name of a backing file, and the data file's name for external data).
-fn data_file_name(layer: &OpenedImage) -> String {
+fn data_file_name(layer: &OpenedImage, offset: u64) -> String {
+    if let crate::open::Driver::Other(o) = &layer.driver {
+        if let Some(name) = o.data_file_name(offset) {
+            return name;
+        }
+    }
     layer.data_file().path().to_string_lossy().into_owned()
 }
 

@@ -108,10 +108,7 @@ impl GuestDisks {
 
 /// The guest bytes of an image (its backing chain included) as a device.
 pub fn image_device(img: &OpenedImage) -> Arc<dyn BlockDevice> {
-    match &img.driver {
-        Driver::Raw(r) => r.clone(),
-        Driver::Qcow2(q) => q.clone(),
-    }
+    img.driver.image()
 }
 
 /// Opens the filesystem on guest device `device` with the driver detection picks (or the

@@ -43,6 +43,32 @@ pub fn image_info(img: &OpenedImage) -> Result<Value> {
     m.insert("format".into(), json!(img.format.name()));
     let actual = img.file.allocated_size()?;
     match &img.driver {
+        Driver::Other(o) => {
+            let mut actual = actual;
+            for (_, f) in o.extra_files() {
+                actual = actual.saturating_add(f.allocated_size()?);
+            }
+            m.insert("dirty-flag".into(), json!(false));
+            m.insert("actual-size".into(), json!(actual));
+            m.insert("virtual-size".into(), json!(o.size()));
+            if let Some(cs) = o.cluster_size() {
+                m.insert("cluster-size".into(), json!(cs));
+            }
+            if let Some(name) = o.backing_file_name() {
+                m.insert("backing-filename".into(), json!(name));
+                let full = crate::open::resolve_backing(&img.filename, name);
+                m.insert(
+                    "full-backing-filename".into(),
+                    json!(full.to_string_lossy()),
+                );
+                if let Some(fmt) = o.backing_format() {
+                    m.insert("backing-filename-format".into(), json!(fmt));
+                }
+            }
+            if let Some(fs) = o.format_specific() {
+                m.insert("format-specific".into(), fs);
+            }
+        }
         Driver::Raw(raw) => {
             m.insert("dirty-flag".into(), json!(false));
             m.insert("actual-size".into(), json!(actual));
@@ -134,10 +160,17 @@ pub fn image_info(img: &OpenedImage) -> Result<Value> {
             );
         }
     }
-    m.insert(
-        "children".into(),
-        json!([{"name": "file", "info": file_node(&img.file, &filename)?}]),
-    );
+    let mut children = Vec::new();
+    if let Driver::Other(o) = &img.driver {
+        // qemu lists children newest first: the extents (opened after the file), last
+        // extent first, then the file.
+        for (name, f) in o.extra_files().iter().rev() {
+            let fname = f.path().to_string_lossy().into_owned();
+            children.push(json!({"name": name, "info": file_node(f, &fname)?}));
+        }
+    }
+    children.push(json!({"name": "file", "info": file_node(&img.file, &filename)?}));
+    m.insert("children".into(), Value::Array(children));
     Ok(Value::Object(m))
 }
 

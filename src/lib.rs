@@ -37,5 +37,7 @@ pub mod convert;
 pub mod create;
 pub mod dd;
 pub mod engine;
+pub mod formats;
 pub mod measure;
 pub mod rebase;
+pub mod registry;

@@ -73,6 +73,9 @@ pub fn measure(req: &CreateRequest, source: Option<&OpenedImage>) -> Result<Meas
     match req.format {
         Format::Raw => Ok(measure_raw(req, source)),
         Format::Qcow2 => measure_qcow2(req, source),
+        other => Err(Error::unsupported(format!(
+            "Block driver '{other}' does not support size measurement"
+        ))),
     }
 }
 

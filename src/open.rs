@@ -25,36 +25,38 @@ use vdisk_block::{BlockDevice, Error, Image, Result};
 use vdisk_qcow2::Qcow2;
 use vdisk_raw::RawFile;
 
+use crate::registry::{self, FormatImage};
+
 /// The longest backing chain we follow. Real chains (snapshots stacked by libvirt, build
 /// layers) are a handful deep; a longer chain is far more likely a hostile image trying to
 /// exhaust descriptors or stack.
 pub const MAX_BACKING_DEPTH: usize = 64;
 
-/// The image formats vdisk reads.
+/// The image formats vdisk reads. Each has an entry in the [format registry](crate::registry),
+/// which gives its name, its probe and, for formats outside raw and qcow2, how it is opened
+/// and created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Format {
     /// A plain file or block device holding the guest's bytes.
     Raw,
     /// QEMU copy-on-write version 2 (and 3).
     Qcow2,
+    /// VMware's virtual disk: descriptor plus flat, sparse, zero and stream extents.
+    Vmdk,
 }
 
 impl Format {
     /// The name qemu-img uses.
     pub fn name(self) -> &'static str {
-        match self {
-            Format::Raw => "raw",
-            Format::Qcow2 => "qcow2",
-        }
+        registry::entry(self).name
     }
 
-    /// Guesses the format from the first bytes of a file: qcow2's magic, else raw.
+    /// Guesses the format from the first bytes of a file (at most
+    /// [`registry::PROBE_BUF_SIZE`]): the registered format whose probe is surest, else raw.
     pub fn probe(head: &[u8]) -> Format {
-        if head.starts_with(b"QFI\xfb") {
-            Format::Qcow2
-        } else {
-            Format::Raw
-        }
+        let n = head.len().min(registry::PROBE_BUF_SIZE);
+        registry::probe(&head[..n], Path::new(""))
     }
 }
 
@@ -67,11 +69,9 @@ impl fmt::Display for Format {
 impl FromStr for Format {
     type Err = Error;
     fn from_str(s: &str) -> Result<Format> {
-        match s {
-            "raw" => Ok(Format::Raw),
-            "qcow2" => Ok(Format::Qcow2),
-            _ => Err(Error::invalid(format!("Unknown driver '{s}'"))),
-        }
+        registry::by_name(s)
+            .map(|e| e.format)
+            .ok_or_else(|| Error::invalid(format!("Unknown driver '{s}'")))
     }
 }
 
@@ -118,11 +118,34 @@ impl Default for OpenOptions {
 
 /// The format-specific object behind an [`OpenedImage`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Driver {
     /// A raw image: the protocol file itself.
     Raw(Arc<RawFile>),
     /// A qcow2 image over the protocol file.
     Qcow2(Arc<Qcow2>),
+    /// An image of another registered format, opened through the registry.
+    Other(Arc<dyn FormatImage>),
+}
+
+impl Driver {
+    /// The driver's image (guest bytes, backing chain included), without path context.
+    pub fn image(&self) -> Arc<dyn Image> {
+        match self {
+            Driver::Raw(r) => r.clone(),
+            Driver::Qcow2(q) => q.clone(),
+            Driver::Other(o) => o.clone().into_image(),
+        }
+    }
+
+    /// The backing file name the image records, if any.
+    pub fn backing_file_name(&self) -> Option<&str> {
+        match self {
+            Driver::Raw(_) => None,
+            Driver::Qcow2(q) => q.backing_file_name(),
+            Driver::Other(o) => o.backing_file_name(),
+        }
+    }
 }
 
 /// An open image with what the caller may want to report about it.
@@ -159,10 +182,7 @@ impl OpenedImage {
     }
 
     fn driver_image(&self) -> Arc<dyn Image> {
-        match &self.driver {
-            Driver::Raw(r) => r.clone(),
-            Driver::Qcow2(q) => q.clone(),
-        }
+        self.driver.image()
     }
 
     /// The file guest data offsets refer to: the external data file, else the image file.
@@ -244,6 +264,53 @@ impl Image for Named {
     fn backing(&self) -> Option<&Arc<dyn Image>> {
         self.inner.backing()
     }
+    fn as_write_zeroes(&self) -> Option<&(dyn vdisk_block::WriteZeroes + Send + Sync)> {
+        self.inner
+            .as_write_zeroes()
+            .map(|_| self as &(dyn vdisk_block::WriteZeroes + Send + Sync))
+    }
+    fn as_discard(&self) -> Option<&(dyn vdisk_block::Discard + Send + Sync)> {
+        self.inner
+            .as_discard()
+            .map(|_| self as &(dyn vdisk_block::Discard + Send + Sync))
+    }
+    fn as_resize(&self) -> Option<&(dyn vdisk_block::Resize + Send + Sync)> {
+        self.inner
+            .as_resize()
+            .map(|_| self as &(dyn vdisk_block::Resize + Send + Sync))
+    }
+}
+
+// The abilities forwarded with this layer's path added to their errors. Each is offered by
+// `as_*` above only when the inner image has it, so the `expect`-free fallbacks never run.
+impl vdisk_block::WriteZeroes for Named {
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
+        match self.inner.as_write_zeroes() {
+            Some(w) => w.write_zeroes(offset, len, may_unmap),
+            None => Err(Error::unsupported("write-zeroes is not supported")),
+        }
+        .map_err(|e| e.with_path(&self.path))
+    }
+}
+
+impl vdisk_block::Discard for Named {
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        match self.inner.as_discard() {
+            Some(d) => d.discard(offset, len),
+            None => Err(Error::unsupported("discard is not supported")),
+        }
+        .map_err(|e| e.with_path(&self.path))
+    }
+}
+
+impl vdisk_block::Resize for Named {
+    fn resize(&self, new_size: u64, prealloc: vdisk_block::Preallocation) -> Result<()> {
+        match self.inner.as_resize() {
+            Some(r) => r.resize(new_size, prealloc),
+            None => Err(Error::unsupported("resizing is not supported")),
+        }
+        .map_err(|e| e.with_path(&self.path))
+    }
 }
 
 /// Opens the image at `path` with `opts`, following its backing chain as the policy allows.
@@ -284,11 +351,12 @@ fn open_at_depth(
     let (format, probed) = match format {
         Some(f) => (f, false),
         None => {
-            let mut head = [0u8; 4];
-            let n = file.size().min(4) as usize;
+            let mut head = [0u8; registry::PROBE_BUF_SIZE];
+            // min() with a small constant: fits in usize
+            let n = file.size().min(registry::PROBE_BUF_SIZE as u64) as usize;
             file.read_at(&mut head[..n], 0)
                 .map_err(|e| e.with_path(path))?;
-            (Format::probe(&head[..n]), true)
+            (registry::probe(&head[..n], path), true)
         }
     };
 
@@ -352,6 +420,7 @@ fn open_at_depth(
             }
             (Driver::Qcow2(Arc::new(q)), backing)
         }
+        _ => open_registered(path, opts, format, &file, read_only, seen)?,
     };
     if opts.snapshot.is_some() && format != Format::Qcow2 {
         return Err(Error::unsupported(format!(
@@ -370,6 +439,50 @@ fn open_at_depth(
         data_file,
         metadata_prealloc: OnceLock::new(),
     })
+}
+
+/// Opens an image of a format the registry opens, and its backing chain as the policy says.
+fn open_registered(
+    path: &Path,
+    opts: &OpenOptions,
+    format: Format,
+    file: &Arc<RawFile>,
+    read_only: bool,
+    seen: &mut Vec<(u64, u64)>,
+) -> Result<(Driver, Option<Box<OpenedImage>>)> {
+    let entry = registry::entry(format);
+    let open = entry
+        .open
+        .ok_or_else(|| Error::unsupported(format!("the {} format cannot be opened", entry.name)))?;
+    let ctx = registry::OpenContext {
+        path,
+        file: file.clone(),
+        read_only,
+        force_share: opts.force_share,
+    };
+    let mut img = open(&ctx).map_err(|e| e.with_path(path))?;
+    let backing = match (img.backing_file_name().map(str::to_owned), opts.backing) {
+        (None, _) | (Some(_), BackingPolicy::Ignore) => None,
+        (Some(name), BackingPolicy::Refuse) => {
+            return Err(Error::invalid(format!(
+                "refusing to open the backing file '{name}' that the image names"
+            ))
+            .with_path(path))
+        }
+        (Some(name), BackingPolicy::Follow) => {
+            let bpath = resolve_backing(path, &name);
+            let bfmt = match img.backing_format() {
+                Some(f) => Some(f.parse::<Format>().map_err(|e| e.with_path(path))?),
+                None => None,
+            };
+            let mut bopts = opts.clone();
+            bopts.snapshot = None;
+            let b = open_at_depth(&bpath, &bopts, bfmt, seen)?;
+            img.set_backing(b.image()).map_err(|e| e.with_path(path))?;
+            Some(Box::new(b))
+        }
+    };
+    Ok((Driver::Other(Arc::from(img)), backing))
 }
 
 /// Where qemu looks for a backing file: an absolute name as is, a relative name next to the
@@ -395,10 +508,71 @@ mod tests {
         assert_eq!(Format::probe(b"QFI"), Format::Raw);
         assert_eq!(Format::probe(b""), Format::Raw);
         assert_eq!("qcow2".parse::<Format>().unwrap(), Format::Qcow2);
+        assert_eq!("vmdk".parse::<Format>().unwrap(), Format::Vmdk);
+        assert_eq!(Format::probe(b"KDMV\x01\0\0\0"), Format::Vmdk);
         assert_eq!(
-            "vmdk".parse::<Format>().unwrap_err().to_string(),
-            "Unknown driver 'vmdk'"
+            Format::probe(b"# Disk DescriptorFile\nversion=1\n"),
+            Format::Vmdk
         );
+        assert_eq!(
+            "nosuchfmt".parse::<Format>().unwrap_err().to_string(),
+            "Unknown driver 'nosuchfmt'"
+        );
+    }
+
+    #[test]
+    fn wrappers_forward_abilities_and_name_the_file() {
+        let mem = Arc::new(vdisk_block::MemDevice::from_vec(vec![0xff; 4096]));
+        let named = Named {
+            inner: mem.clone(),
+            path: PathBuf::from("disk.img"),
+        };
+        let z = named.as_write_zeroes().expect("MemDevice writes zeroes");
+        z.write_zeroes(0, 512, false).unwrap();
+        let mut b = [1u8; 512];
+        mem.read_at(&mut b, 0).unwrap();
+        assert_eq!(b, [0u8; 512]);
+        named
+            .as_resize()
+            .unwrap()
+            .resize(8192, vdisk_block::Preallocation::Off)
+            .unwrap();
+        assert_eq!(named.size(), 8192);
+        assert!(named.as_discard().is_some());
+        // An image without an ability is not offered one by its wrapper.
+        let plain = Named {
+            inner: Arc::new(Plain),
+            path: PathBuf::from("p"),
+        };
+        assert!(plain.as_write_zeroes().is_none() && plain.as_resize().is_none());
+    }
+
+    struct Plain;
+    impl BlockDevice for Plain {
+        fn size(&self) -> u64 {
+            0
+        }
+        fn read_at(&self, _: &mut [u8], _: u64) -> Result<()> {
+            Ok(())
+        }
+        fn write_at(&self, _: &[u8], _: u64) -> Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+    impl Image for Plain {
+        fn format_name(&self) -> &'static str {
+            "plain"
+        }
+        fn map(&self, offset: u64, _: u64) -> Result<vdisk_block::Mapping> {
+            Ok(vdisk_block::Mapping {
+                offset,
+                len: 0,
+                kind: vdisk_block::MapKind::Eof,
+            })
+        }
     }
 
     #[test]

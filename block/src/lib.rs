@@ -117,6 +117,22 @@ pub trait Image: BlockDevice {
     fn backing(&self) -> Option<&Arc<dyn Image>> {
         None
     }
+
+    /// The image's fast way to write zeros, if it has one. Wrappers forward it, so a caller
+    /// holding a `dyn Image` can ask for exactly the ability it needs.
+    fn as_write_zeroes(&self) -> Option<&(dyn WriteZeroes + Send + Sync)> {
+        None
+    }
+
+    /// The image's discard ability, if it has one.
+    fn as_discard(&self) -> Option<&(dyn Discard + Send + Sync)> {
+        None
+    }
+
+    /// The image's resize ability, if it has one.
+    fn as_resize(&self) -> Option<&(dyn Resize + Send + Sync)> {
+        None
+    }
 }
 
 /// Writing zeros without transferring them (fallocate zero-range, qcow2 zero clusters).

@@ -1,7 +1,9 @@
 //! Where guest bytes live: the answer an [`Image`](crate::Image) gives for a range.
 
 /// What one extent of guest bytes is, in the layer that answered.
+/// New kinds may be added as formats need them: match with a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MapKind {
     /// Stored uncompressed in this layer's data file, starting at `host_offset`; reading the
     /// extent reads the same number of bytes there.

@@ -81,6 +81,16 @@ impl Image for MemDevice {
             },
         })
     }
+
+    fn as_write_zeroes(&self) -> Option<&(dyn WriteZeroes + Send + Sync)> {
+        Some(self)
+    }
+    fn as_discard(&self) -> Option<&(dyn Discard + Send + Sync)> {
+        Some(self)
+    }
+    fn as_resize(&self) -> Option<&(dyn Resize + Send + Sync)> {
+        Some(self)
+    }
 }
 
 impl WriteZeroes for MemDevice {

@@ -40,7 +40,16 @@ fn missing_file() {
 
 #[test]
 fn unknown_format() {
-    assert_one_line_failure(&["info", "-f", "vmdk", "a.raw"], "Unknown driver 'vmdk'");
+    // (vmdk, the name this test used, is now a format vdisk has.)
+    assert_one_line_failure(
+        &["info", "-f", "nosuchfmt", "a.raw"],
+        "Unknown driver 'nosuchfmt'",
+    );
+    // A known format on a file that is not one: still one line.
+    assert_one_line_failure(
+        &["info", "-f", "vmdk", "a.raw"],
+        "invalid VMDK image descriptor",
+    );
 }
 
 #[test]

@@ -197,6 +197,7 @@ targets!(
     qcow2_snapshot,
     qcow2_rw,
     probe_open,
+    vmdk_open_read,
     partition_table,
     lvm,
     detect,

@@ -204,7 +204,12 @@ pub fn probe_open(data: &[u8]) {
     let path = &scratch();
     std::fs::write(path, data).expect("write scratch image");
     let mut k = Knobs::new(data);
-    for format in [None, Some(Format::Raw), Some(Format::Qcow2)] {
+    for format in [
+        None,
+        Some(Format::Raw),
+        Some(Format::Qcow2),
+        Some(Format::Vmdk),
+    ] {
         for backing in [BackingPolicy::Ignore, BackingPolicy::Refuse] {
             let opts = OpenOptions {
                 format,
@@ -226,6 +231,30 @@ pub fn probe_open(data: &[u8]) {
             let mut budget = 1 << 20;
             walk_image(&*img.image(), &mut k, &mut budget);
         }
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// VMDK: the bytes as a sparse file or a descriptor, opened with -f vmdk (extent files must
+/// lie next to it, and none exist in the scratch directory but the image itself, which a
+/// descriptor may name), then mapped and read; and the descriptor parser on the raw text.
+pub fn vmdk_open_read(data: &[u8]) {
+    let _ = vdisk_vmdk::descriptor::parse(&String::from_utf8_lossy(data));
+    let path = &scratch();
+    std::fs::write(path, data).expect("write scratch image");
+    let mut k = Knobs::new(data);
+    for backing in [BackingPolicy::Ignore, BackingPolicy::Refuse] {
+        let opts = OpenOptions {
+            format: Some(Format::Vmdk),
+            backing,
+            ..OpenOptions::default()
+        };
+        let Ok(img) = vdisk::open(path, &opts) else {
+            continue;
+        };
+        let _ = vdisk::info::image_info(&img);
+        let mut budget = 1 << 20;
+        walk_image(&*img.image(), &mut k, &mut budget);
     }
     let _ = std::fs::remove_file(path);
 }
@@ -829,6 +858,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("qcow2_snapshot", qcow2_snapshot),
     ("qcow2_rw", qcow2_rw),
     ("probe_open", probe_open),
+    ("vmdk_open_read", vmdk_open_read),
     ("partition_table", partition_table),
     ("lvm", lvm),
     ("detect", detect_fs),

@@ -631,6 +631,13 @@ impl Image for Qcow2 {
     fn backing(&self) -> Option<&Arc<dyn Image>> {
         self.backing.as_ref()
     }
+
+    fn as_write_zeroes(&self) -> Option<&(dyn vdisk_block::WriteZeroes + Send + Sync)> {
+        Some(self)
+    }
+    fn as_discard(&self) -> Option<&(dyn vdisk_block::Discard + Send + Sync)> {
+        Some(self)
+    }
 }
 
 #[cfg(test)]

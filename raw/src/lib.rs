@@ -537,6 +537,16 @@ impl Image for RawFile {
             Err(_) => no_info(),
         }
     }
+
+    fn as_write_zeroes(&self) -> Option<&(dyn WriteZeroes + Send + Sync)> {
+        Some(self)
+    }
+    fn as_discard(&self) -> Option<&(dyn Discard + Send + Sync)> {
+        Some(self)
+    }
+    fn as_resize(&self) -> Option<&(dyn Resize + Send + Sync)> {
+        Some(self)
+    }
 }
 
 impl WriteZeroes for RawFile {

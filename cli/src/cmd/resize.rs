@@ -85,6 +85,7 @@ pub fn run(a: ResizeArgs) -> CmdResult {
             q.resize_image(new_size, prealloc, a.shrink)?;
             q.flush()?;
         }
+        _ => return Err(Failure::new("Image format driver does not support resize")),
     }
     if !a.quiet {
         println!("Image resized.");

@@ -201,6 +201,7 @@ pub fn our_map(q: &Qcow2) -> Vec<MapEntry> {
                 (m.offset, m.len, false, true, false, false, host_offset)
             }
             MapKind::Compressed => (m.offset, m.len, true, false, true, true, None),
+            other => panic!("qcow2 returned a mapping kind it never makes: {other:?}"),
         };
         assert!(m.len > 0);
         off = m.end();

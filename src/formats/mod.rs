@@ -1,0 +1,4 @@
+//! The adapters between the registry and the format crates outside raw and qcow2: one file
+//! per format, each an [`ENTRY`](vmdk::ENTRY) that [`crate::registry::FORMATS`] lists.
+
+pub mod vmdk;
