@@ -52,6 +52,8 @@ pub enum Command {
     Measure(crate::cmd::measure::MeasureArgs),
     /// Copy part of an image into a new image (qemu-img dd).
     Dd(crate::cmd::dd::DdArgs),
+    /// Serve an image over the network block device protocol (qemu-nbd).
+    Nbd(crate::cmd::nbd::NbdArgs),
     /// Mount guest filesystems on a host directory through FUSE (guestmount).
     Mount(crate::cmd::guest::mount::MountArgs),
     /// Unmount a `vdisk mount` and wait for its server to exit (guestunmount).

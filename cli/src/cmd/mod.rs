@@ -11,6 +11,7 @@ pub mod guest;
 mod info;
 mod map;
 pub mod measure;
+pub mod nbd;
 mod progress;
 pub mod rebase;
 pub mod resize;
@@ -38,6 +39,7 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Commit(a) => commit::run(a),
         Command::Measure(a) => measure::run(a),
         Command::Dd(a) => dd::run(a),
+        Command::Nbd(a) => nbd::run(a),
         Command::Mount(a) => guest::mount::run(a),
         Command::Umount(a) => guest::umount::run(a),
         Command::Filesystems(a) => guest::filesystems::run(a),

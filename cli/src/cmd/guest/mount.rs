@@ -226,7 +226,7 @@ fn child(a: &MountArgs, mut cfg: MountConfig, tree: Tree, disks: &GuestDisks, wr
 
 /// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and the threads it starts later), and
 /// returns the set for [`stop_on_signals`].
-fn block_stop_signals() -> libc::sigset_t {
+pub(crate) fn block_stop_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t; these calls only edit it and this thread's mask.
@@ -282,7 +282,7 @@ fn write_pid_file(a: &MountArgs) -> Result<(), Failure> {
 /// A new session without a terminal, stdio on /dev/null (so a caller reading our output,
 /// `$(vdisk mount ...)`, is not kept waiting by the daemon), cwd "/" (so it pins no
 /// directory).
-fn detach() -> std::io::Result<()> {
+pub(crate) fn detach() -> std::io::Result<()> {
     // SAFETY: setsid has no preconditions; a freshly forked child is never a group leader.
     if unsafe { libc::setsid() } == -1 {
         return Err(std::io::Error::last_os_error());
@@ -302,7 +302,7 @@ fn detach() -> std::io::Result<()> {
     std::env::set_current_dir("/")
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), Failure> {
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd), Failure> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 writes two descriptors into the array we pass, which has room for two.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
@@ -315,7 +315,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), Failure> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn os_text(e: &std::io::Error) -> String {
+pub(crate) fn os_text(e: &std::io::Error) -> String {
     let s = e.to_string();
     s.split(" (os error").next().unwrap_or(&s).to_string()
 }
