@@ -53,8 +53,8 @@ run_case() { # name conns direction
   for _ in $(seq "$RUNS"); do
     for tool in qemu vdisk; do
       cp --sparse=always src.qcow2 t.qcow2
-      rm -f s.sock
-      serve "$tool" s.sock t.qcow2
+      rm -f "$WORK/s.sock"
+      serve "$tool" "$WORK/s.sock" t.qcow2
       uri="nbd+unix:///?socket=$WORK/s.sock"
       start=$(date +%s.%N)
       if [ "$dir" = out ]; then
