@@ -167,7 +167,8 @@ impl Xfs {
         let end = offset
             .checked_add(buf.len() as u64)
             .ok_or_else(|| Error::invalid("XFS: read range overflows"))?;
-        let first = extents.partition_point(|e| (e.startoff + e.blockcount) * bs <= offset);
+        let first =
+            extents.partition_point(|e| (e.startoff + e.blockcount).saturating_mul(bs) <= offset);
         for e in &extents[first..] {
             let es = e.startoff.saturating_mul(bs);
             if es >= end {

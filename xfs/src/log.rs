@@ -10,6 +10,8 @@ use crate::{be32, Xfs};
 pub const XLOG_HEADER_MAGIC_NUM: u32 = 0xfeed_babe;
 /// Op header flag: an unmount record.
 pub const XLOG_UNMOUNT_TRANS: u8 = 0x20;
+/// The largest log XFS makes (XFS_MAX_LOG_BYTES): bounds what the head search reads.
+pub const MAX_LOG_BYTES: u64 = 2 << 30;
 /// The message for a log that needs recovery.
 pub const DIRTY: &str = "XFS log is dirty; replay not supported yet";
 
@@ -24,9 +26,14 @@ pub fn check_clean(fs: &Xfs) -> Result<()> {
     let sb = &fs.sb;
     let start = fs.fsb_to_byte(sb.sb_logstart)?;
     let nbb = u64::from(sb.sb_logblocks) * u64::from(sb.sb_blocksize) / 512;
-    if nbb < 2 {
-        return Err(Error::corrupt("XFS log: too small"));
+    if !(2..=MAX_LOG_BYTES / 512).contains(&nbb) {
+        return Err(Error::corrupt(format!(
+            "XFS log: {} blocks is not a log size XFS makes",
+            sb.sb_logblocks
+        )));
     }
+    // The whole log lies inside the filesystem.
+    fs.fsb_to_byte(sb.sb_logstart + u64::from(sb.sb_logblocks) - 1)?;
     // Read the cycle number of every block, a chunk at a time.
     let chunk = 2048u64;
     let mut cycles = Vec::with_capacity(nbb as usize);

@@ -187,7 +187,7 @@ impl Superblock {
         let bs = sb.sb_blocksize;
         if !bs.is_power_of_two()
             || !(512..=65536).contains(&bs)
-            || 1u32 << sb.sb_blocklog != bs
+            || 1u32.checked_shl(u32::from(sb.sb_blocklog)) != Some(bs)
             || bs < u32::from(sb.sb_sectsize)
         {
             return Err(Error::corrupt(format!(
@@ -197,9 +197,9 @@ impl Superblock {
         let is = sb.sb_inodesize;
         if !is.is_power_of_two()
             || !(256..=2048).contains(&is)
-            || 1u16 << sb.sb_inodelog != is
+            || 1u16.checked_shl(u32::from(sb.sb_inodelog)) != Some(is)
             || u32::from(sb.sb_inopblock) * u32::from(is) != bs
-            || 1u16 << sb.sb_inopblog != sb.sb_inopblock
+            || 1u16.checked_shl(u32::from(sb.sb_inopblog)) != Some(sb.sb_inopblock)
         {
             return Err(Error::corrupt(format!(
                 "XFS superblock: bad inode size {is} / inodes per block {}",
