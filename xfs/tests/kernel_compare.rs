@@ -78,3 +78,8 @@ fn forms_are_covered() {
     assert_eq!(inode(b"/etc/long-link").di_format, ForkFormat::Extents);
     assert_eq!(inode(b"/etc/short-link").di_format, ForkFormat::Local);
 }
+
+#[test]
+fn nrext64_and_bigtime() {
+    compare(&["-i", "nrext64=1", "-m", "bigtime=1"]);
+}
