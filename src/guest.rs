@@ -112,28 +112,45 @@ pub fn image_device(img: &OpenedImage) -> Arc<dyn BlockDevice> {
 }
 
 /// Opens the filesystem on guest device `device` with the driver detection picks (or the
-/// one `fstype` names): ext2, ext3 and ext4 through our ext4 engine; other types are
+/// one `fstype` names): ext2, ext3 and ext4 through our ext4 engine, XFS through the
+/// read-only XFS engine (vdisk_xfs); other types are
 /// refused with an Unsupported error naming the type.
 pub fn open_filesystem(
     guest: &Guest,
     device: &str,
     fstype: Option<&str>,
 ) -> Result<Arc<dyn FileSystem>> {
-    let dev = ext_device(guest, device, fstype)?;
+    let dev = match ext_device(guest, device, fstype)? {
+        (dev, true) => {
+            return Ok(Arc::new(
+                vdisk_xfs::Xfs::open(dev).map_err(|e| e.with_path(device))?,
+            ))
+        }
+        (dev, false) => dev,
+    };
     Ok(Arc::new(
         Ext4Fs::open(dev).map_err(|e| e.with_path(device))?,
     ))
 }
 
 /// Opens the filesystem on guest device `device` for writing, as [`open_filesystem`] picks
-/// the driver: ext2, ext3 and ext4 through the ext4 write engine. The device must be
+/// the driver: ext2, ext3 and ext4 through the ext4 write engine; XFS is refused as
+/// read-only. The device must be
 /// writable (its image opened read-write).
 pub fn open_filesystem_rw(
     guest: &Guest,
     device: &str,
     fstype: Option<&str>,
 ) -> Result<Arc<Ext4Rw>> {
-    let dev = ext_device(guest, device, fstype)?;
+    let dev = match ext_device(guest, device, fstype)? {
+        (_, true) => {
+            return Err(Error::unsupported(format!(
+                "{device}: {}",
+                vdisk_xfs::READ_ONLY
+            )))
+        }
+        (dev, false) => dev,
+    };
     Ok(Arc::new(
         Ext4Rw::open(dev).map_err(|e| e.with_path(device))?,
     ))
@@ -141,7 +158,12 @@ pub fn open_filesystem_rw(
 
 /// The device `device`, when it holds a filesystem the ext4 engine serves (detected, or named
 /// by `fstype`); an Unsupported error naming the type otherwise.
-fn ext_device(guest: &Guest, device: &str, fstype: Option<&str>) -> Result<Arc<dyn BlockDevice>> {
+/// The bool is true for XFS (served by the read-only XFS engine).
+fn ext_device(
+    guest: &Guest,
+    device: &str,
+    fstype: Option<&str>,
+) -> Result<(Arc<dyn BlockDevice>, bool)> {
     let dev = guest.open_device(device)?;
     let kind = match fstype {
         Some(t) => t.to_string(),
@@ -155,7 +177,8 @@ fn ext_device(guest: &Guest, device: &str, fstype: Option<&str>) -> Result<Arc<d
         },
     };
     match kind.as_str() {
-        "ext2" | "ext3" | "ext4" => Ok(dev),
+        "ext2" | "ext3" | "ext4" => Ok((dev, false)),
+        "xfs" => Ok((dev, true)),
         "swap" => Err(Error::unsupported(format!(
             "{device}: this is a swap device, not a filesystem"
         ))),
@@ -164,8 +187,8 @@ fn ext_device(guest: &Guest, device: &str, fstype: Option<&str>) -> Result<Arc<d
              (/dev/VG/LV) instead"
         ))),
         other => Err(Error::unsupported(format!(
-            "{device}: {other} filesystems are not supported yet (vdisk reads ext2, ext3 and \
-             ext4)"
+            "{device}: {other} filesystems are not supported yet (vdisk reads ext2, ext3, \
+             ext4 and XFS)"
         ))),
     }
 }
@@ -503,7 +526,7 @@ pub fn inspect(guest: &Guest) -> Result<Vec<OsInfo>> {
     let fss = guest.list_filesystems()?;
     let mut out = Vec::new();
     for f in &fss {
-        if !matches!(f.fs_type.as_str(), "ext2" | "ext3" | "ext4") {
+        if !matches!(f.fs_type.as_str(), "ext2" | "ext3" | "ext4" | "xfs") {
             continue;
         }
         let Ok(fs) = open_filesystem(guest, &f.device, Some(&f.fs_type)) else {

@@ -421,6 +421,21 @@ fn vg_text(p2_sectors: u64, pe_count: u64) -> String {
 
 /// Builds the disk: 128 MiB, sda1 = 32 MiB /boot, sda2 = PV; root LV 48 MiB, swap LV 8 MiB.
 pub fn centos_disk() -> CentosDisk {
+    centos_disk_with(RootFs::Ext4)
+}
+
+/// The root LV's filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootFs {
+    /// ext4 with CentOS 7's features, built with `mkfs.ext4 -d`.
+    Ext4,
+    /// XFS v5 with CentOS 7's mkfs.xfs features, filled through a kernel loop mount, every
+    /// file labelled with `security.selinux` as an installed CentOS labels it.
+    Xfs,
+}
+
+/// As [`centos_disk`], with the root LV's filesystem chosen.
+pub fn centos_disk_with(rootfs: RootFs) -> CentosDisk {
     need(&[
         "sfdisk",
         "pvcreate",
@@ -436,6 +451,14 @@ pub fn centos_disk() -> CentosDisk {
     let raw = d.join("disk.raw");
     let (root_t, boot_t) = (d.join("root-tree"), d.join("boot-tree"));
     root_tree(&root_t);
+    if rootfs == RootFs::Xfs {
+        let f = root_t.join("etc/fstab");
+        let t = fs::read_to_string(&f).unwrap().replace(
+            "/dev/mapper/centos-root /                       ext4 ",
+            "/dev/mapper/centos-root /                       xfs  ",
+        );
+        fs::write(&f, t).unwrap();
+    }
     boot_tree(&boot_t);
     sh(&format!(
         "truncate -s 128M {0}; printf 'label: dos\\nstart=2048, size=32MiB, type=83, bootable\\ntype=8e\\n' \
@@ -514,10 +537,29 @@ pub fn centos_disk() -> CentosDisk {
         );
     }
     let (root, swap) = (lvs["root"], lvs["swap"]);
+    let mkroot = match rootfs {
+        RootFs::Ext4 => format!(
+            "mkfs.ext4 -q -F -O ^metadata_csum,^64bit -L root -U {ROOT_UUID} -d root-tree root.fs {}k",
+            root.1 / 1024
+        ),
+        // mkfs.xfs refuses < 300 MB unless run with the fstests variables.
+        RootFs::Xfs => format!(
+            "truncate -s {} root.fs
+             TEST_DIR=/tmp TEST_DEV=/dev/null QA_CHECK_FS=xfs mkfs.xfs -q -f -L root \
+               -m uuid={ROOT_UUID} -m crc=1,finobt=0 -i sparse=0 -m reflink=0,rmapbt=0 root.fs
+             mkdir -p root-mnt; mount -o loop root.fs root-mnt
+             cp -a root-tree/. root-mnt/
+             find root-mnt -exec python3 -c 'import os,sys
+for p in sys.argv[1:]: os.setxattr(p, \"security.selinux\", b\"system_u:object_r:etc_t:s0\\0\", follow_symlinks=False)' {{}} +
+             umount root-mnt; rmdir root-mnt
+             timeout 120 xfs_repair -n root.fs >/dev/null",
+            root.1
+        ),
+    };
     sh(&format!(
         "cd {t}
          mkfs.ext4 -q -F -L boot -U {BOOT_UUID} -d boot-tree boot.fs {bk}k
-         mkfs.ext4 -q -F -O ^metadata_csum,^64bit -L root -U {ROOT_UUID} -d root-tree root.fs {rk}k
+         {mkroot}
          truncate -s {sw} swap.fs; mkswap -q -L swap -U {SWAP_UUID} swap.fs
          dd if=boot.fs of=disk.raw bs=1M seek={bo} oflag=seek_bytes conv=notrunc status=none
          dd if=root.fs of=disk.raw bs=1M seek={ro} oflag=seek_bytes conv=notrunc status=none
@@ -526,7 +568,6 @@ pub fn centos_disk() -> CentosDisk {
          qemu-img create -q -f qcow2 -b disk.raw -F raw test.qcow2",
         t = d.display(),
         bk = boot.1 / 1024,
-        rk = root.1 / 1024,
         sw = swap.1,
         bo = boot.0,
         ro = root.0,
