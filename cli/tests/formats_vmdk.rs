@@ -421,4 +421,50 @@ fn guest_commands_read_a_vmdk() {
         ],
     );
     assert_eq!(got, "vmdk-guest\n");
+
+    // A write through the guest commands into a sparse VMDK made by vdisk: qemu-img check
+    // is clean, and e2fsck is clean on qemu-img's own reading of the image.
+    vdisk_ok(
+        d,
+        &["convert", "-f", "raw", "-O", "vmdk", "fs.raw", "rw.vmdk"],
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vdisk"))
+        .args([
+            "write",
+            "--format",
+            "vmdk",
+            "-a",
+            "rw.vmdk",
+            "-m",
+            "/dev/sda",
+            "/hostname",
+        ])
+        .current_dir(d)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"renamed\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let got = vdisk_ok(
+        d,
+        &[
+            "cat",
+            "--format",
+            "vmdk",
+            "-a",
+            "rw.vmdk",
+            "-m",
+            "/dev/sda",
+            "/hostname",
+        ],
+    );
+    assert_eq!(got, "renamed\n");
+    tool_ok(d, "qemu-img", &["check", "-f", "vmdk", "rw.vmdk"]);
+    tool_ok(
+        d,
+        "qemu-img",
+        &["convert", "-f", "vmdk", "-O", "raw", "rw.vmdk", "back.raw"],
+    );
+    tool_ok(d, "e2fsck", &["-fn", "back.raw"]);
 }
