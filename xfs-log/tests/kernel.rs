@@ -1,0 +1,101 @@
+//! The log state of images made by mkfs.xfs and left dirty by the kernel (`xfs_io shutdown -f`),
+//! checked against `xfs_logprint`. Needs root, loop devices and xfsprogs; skips otherwise.
+
+use std::path::Path;
+use std::process::Command;
+use vdisk_raw::{OpenOptions, RawFile};
+use vdisk_xfs_log::Log;
+
+fn have_tools() -> bool {
+    Command::new("mkfs.xfs").arg("-V").output().is_ok()
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(cmd)
+        .args(args)
+        .output()
+        .expect("run tool");
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn mkfs(path: &Path) {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(300 << 20).unwrap();
+    run("mkfs.xfs", &["-q", "-f", path.to_str().unwrap()]);
+}
+
+fn state(path: &Path) -> vdisk_xfs_log::LogState {
+    let dev = RawFile::open(
+        path,
+        &OpenOptions {
+            read_only: true,
+            force_share: true,
+        },
+    )
+    .unwrap();
+    let log = Log::open(&dev).unwrap();
+    log.state().unwrap()
+}
+
+#[test]
+fn fresh_mkfs_log_is_clean() {
+    if !have_tools() {
+        eprintln!("skipped: no mkfs.xfs");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.xfs");
+    mkfs(&img);
+    let s = state(&img);
+    assert!(s.clean, "{s:?}");
+    let lp = run("xfs_logprint", &["-d", img.to_str().unwrap()]);
+    assert!(lp.contains("HEADER Cycle 1"), "{lp}");
+}
+
+#[test]
+fn godown_leaves_a_dirty_log() {
+    if !have_tools() || !nix_root() {
+        eprintln!("skipped: needs root and xfsprogs");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.xfs");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    mkfs(&img);
+    let (i, m) = (img.to_str().unwrap(), mnt.to_str().unwrap());
+    run("mount", &["-o", "loop", i, m]);
+    for k in 0..50 {
+        std::fs::create_dir_all(mnt.join(format!("d{}/e{k}", k % 5))).unwrap();
+        std::fs::write(mnt.join(format!("d{}/f{k}", k % 5)), b"hello").unwrap();
+    }
+    let godown = Command::new("timeout")
+        .args(["60", "xfs_io", "-x", "-c", "shutdown -f", m])
+        .status();
+    let _ = Command::new("umount").arg(m).status();
+    assert!(godown.unwrap().success());
+    let s = state(&img);
+    assert!(!s.clean, "{s:?}");
+    assert!(u64::from(s.tail.block()) != s.head_blk || s.tail.cycle() != s.head_cycle);
+    // The kernel agrees that the log needs replay: mounting replays it, then it is clean.
+    run("mount", &["-o", "loop", i, m]);
+    assert!(mnt.join("d0/f0").exists());
+    run("umount", &[m]);
+    let s = state(&img);
+    assert!(s.clean, "{s:?}");
+}
+
+fn nix_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
+}
