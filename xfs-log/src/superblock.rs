@@ -156,3 +156,58 @@ impl LogGeometry {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plausible v5 superblock: 4 KiB blocks, 4 AGs of 19200 blocks, log at block 38400.
+    fn golden() -> [u8; 512] {
+        let mut sb = [0u8; 512];
+        sb[0..4].copy_from_slice(&XFS_SB_MAGIC.to_be_bytes());
+        sb[4..8].copy_from_slice(&4096u32.to_be_bytes());
+        sb[48..56].copy_from_slice(&(2u64 << 15).to_be_bytes());
+        sb[84..88].copy_from_slice(&19200u32.to_be_bytes());
+        sb[88..92].copy_from_slice(&4u32.to_be_bytes());
+        sb[96..100].copy_from_slice(&2560u32.to_be_bytes());
+        sb[100..102].copy_from_slice(&0xb4a5u16.to_be_bytes());
+        sb[102..104].copy_from_slice(&512u16.to_be_bytes());
+        sb[120] = 12;
+        sb[124] = 15;
+        sb
+    }
+
+    #[test]
+    fn golden_parses() {
+        let g = LogGeometry::parse(&golden(), 300 << 20).unwrap();
+        assert!(g.v5 && g.log_v2);
+        assert_eq!(g.log_offset, 2 * 19200 * 4096);
+        assert_eq!(g.log_bbs, 2560 * 8);
+    }
+
+    #[test]
+    fn hostile_fields_are_refused() {
+        let mut sb = golden();
+        sb[0] = 0;
+        assert!(LogGeometry::parse(&sb, 300 << 20)
+            .unwrap_err()
+            .to_string()
+            .contains("bad magic"));
+        let mut sb = golden();
+        sb[48..56].copy_from_slice(&(9u64 << 15).to_be_bytes());
+        let e = LogGeometry::parse(&sb, 300 << 20).unwrap_err().to_string();
+        assert!(e.contains("outside the filesystem"), "{e}");
+        let mut sb = golden();
+        sb[96..100].copy_from_slice(&u32::MAX.to_be_bytes());
+        let e = LogGeometry::parse(&sb, 300 << 20).unwrap_err().to_string();
+        assert!(e.contains("bad XFS log size"), "{e}");
+        let e = LogGeometry::parse(&golden(), 100 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("past the end"), "{e}");
+        let mut sb = golden();
+        sb[48..56].copy_from_slice(&0u64.to_be_bytes());
+        let e = LogGeometry::parse(&sb, 300 << 20).unwrap_err().to_string();
+        assert!(e.contains("external log"), "{e}");
+    }
+}

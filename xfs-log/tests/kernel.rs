@@ -84,6 +84,21 @@ fn godown_leaves_a_dirty_log() {
     let s = state(&img);
     assert!(!s.clean, "{s:?}");
     assert!(u64::from(s.tail.block()) != s.head_blk || s.tail.cycle() != s.head_cycle);
+    // A copy with one flipped byte in the last record's data fails its CRC, in one line.
+    let bad = dir.path().join("bad.xfs");
+    run("cp", &["--sparse=always", i, bad.to_str().unwrap()]);
+    {
+        use vdisk_block::BlockDevice;
+        let dev = RawFile::open(&bad, &OpenOptions::default()).unwrap();
+        let log = Log::open(&dev).unwrap();
+        let off = log.geometry().log_offset + (s.last_record_blk + 1) * 512 + 100;
+        let mut b = [0u8; 1];
+        dev.read_at(&mut b, off).unwrap();
+        b[0] ^= 0x55;
+        dev.write_at(&b, off).unwrap();
+        let e = log.state().unwrap_err().to_string();
+        assert!(e.contains("CRC mismatch"), "{e}");
+    }
     // The kernel agrees that the log needs replay: mounting replays it, then it is clean.
     run("mount", &["-o", "loop", i, m]);
     assert!(mnt.join("d0/f0").exists());
