@@ -22,9 +22,11 @@
 pub mod crc;
 pub mod record;
 pub mod superblock;
+pub mod trans;
 
 pub use record::{Lsn, RecordHeader};
 pub use superblock::LogGeometry;
+pub use trans::Transaction;
 
 use record::{be32, record_crc, BBSIZE, XLOG_HEADER_MAGIC_NUM};
 use vdisk_block::{BlockDevice, Error, Result};
@@ -126,6 +128,12 @@ impl<'a> Log<'a> {
 
     /// Reads the record header at `blk` and checks its CRC (v5 logs) and UUID.
     pub fn read_record(&self, blk: u64) -> Result<(RecordHeader, Vec<u8>)> {
+        let (h, _, data) = self.read_record_parts(blk)?;
+        Ok((h, data))
+    }
+
+    /// As [`Log::read_record`], also returning the extended header blocks.
+    pub(crate) fn read_record_parts(&self, blk: u64) -> Result<(RecordHeader, Vec<u8>, Vec<u8>)> {
         let mut hb = vec![0u8; BBSIZE];
         self.read_bbs(blk, &mut hb)?;
         let h = RecordHeader::parse(&hb, blk)?;
@@ -159,7 +167,7 @@ impl<'a> Log<'a> {
                 ));
             }
         }
-        Ok((h, data))
+        Ok((h, ext, data))
     }
 
     /// Reads `buf.len()` bytes of log from `blk`, wrapping at the log's end.

@@ -84,6 +84,42 @@ fn godown_leaves_a_dirty_log() {
     let s = state(&img);
     assert!(!s.clean, "{s:?}");
     assert!(u64::from(s.tail.block()) != s.head_blk || s.tail.cycle() != s.head_cycle);
+    // The transactions we read are the ones xfs_logprint -t prints, item by item.
+    {
+        let dev = RawFile::open(
+            &img,
+            &OpenOptions {
+                read_only: true,
+                force_share: true,
+            },
+        )
+        .unwrap();
+        let log = Log::open(&dev).unwrap();
+        let txs = log.transactions(&s).unwrap();
+        assert!(!txs.is_empty());
+        let mut ours = Vec::new();
+        for t in &txs {
+            ours.push(format!("TRANS:{:#x}", t.tid));
+            for it in t.items().unwrap() {
+                ours.push(it.name().unwrap_or("?").to_string());
+            }
+        }
+        let lp = run("xfs_logprint", &["-t", i]);
+        let theirs: Vec<String> = lp
+            .lines()
+            .filter_map(|l| {
+                if let Some(rest) = l.strip_prefix("TRANS: tid:") {
+                    let tid = rest.split_whitespace().next()?;
+                    return Some(format!("TRANS:{tid}"));
+                }
+                let (tok, _) = l.split_once(": ")?;
+                (!tok.starts_with([' ', '\t']) && tok.chars().all(|c| c.is_ascii_uppercase()))
+                    .then(|| tok.to_string())
+            })
+            .collect();
+        assert!(ours.len() > 10, "{ours:?}");
+        assert_eq!(ours, theirs, "{lp}");
+    }
     // A copy with one flipped byte in the last record's data fails its CRC, in one line.
     let bad = dir.path().join("bad.xfs");
     run("cp", &["--sparse=always", i, bad.to_str().unwrap()]);
