@@ -23,6 +23,7 @@ pub mod crc;
 pub mod record;
 pub mod superblock;
 pub mod trans;
+pub mod writer;
 
 pub use record::{Lsn, RecordHeader};
 pub use superblock::LogGeometry;

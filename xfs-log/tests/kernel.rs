@@ -150,3 +150,69 @@ fn nix_root() -> bool {
         .map(|o| o.stdout.starts_with(b"0"))
         .unwrap_or(false)
 }
+
+#[test]
+fn kernel_replays_our_buffer_transaction() {
+    if !have_tools() || !nix_root() {
+        eprintln!("skipped: needs root and xfsprogs");
+        return;
+    }
+    use vdisk_block::BlockDevice;
+    use vdisk_xfs_log::writer::{BufUpdate, XFS_BLFT_SB_BUF};
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.xfs");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    mkfs(&img);
+    let (i, m) = (img.to_str().unwrap(), mnt.to_str().unwrap());
+    {
+        let dev = RawFile::open(&img, &OpenOptions::default()).unwrap();
+        let log = Log::open(&dev).unwrap();
+        let st = log.state().unwrap();
+        let mut sb = vec![0u8; 512];
+        dev.read_at(&mut sb, 0).unwrap();
+        let before = sb.clone();
+        sb[108..120].copy_from_slice(b"vdisklog\0\0\0\0");
+        let upd = BufUpdate {
+            daddr: 0,
+            data: sb,
+            blft: XFS_BLFT_SB_BUF,
+        };
+        let st2 = log.write_buffers(&st, 0x1234_5678, &[upd]).unwrap();
+        assert!(!st2.clean, "{st2:?}");
+        // Nothing went home: the superblock on disk is unchanged.
+        let mut now = vec![0u8; 512];
+        dev.read_at(&mut now, 0).unwrap();
+        assert_eq!(now, before);
+        // We read our own transaction back.
+        let txs = log.transactions(&st2).unwrap();
+        assert_eq!(txs.len(), 1);
+        assert!(txs[0].committed);
+        let items = txs[0].items().unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].name(), Some("BUF"));
+    }
+    let lp = run("xfs_logprint", &["-t", i]);
+    assert!(
+        lp.contains("<DIRTY>") && lp.contains("TRANS: tid:0x12345678"),
+        "{lp}"
+    );
+    assert!(lp.contains("SUPER Block Buffer"), "{lp}");
+    // The kernel's recovery applies it.
+    run("mount", &["-o", "loop", i, m]);
+    run("umount", &[m]);
+    let label = run(
+        "xfs_db",
+        &["-r", "-c", "sb 0", "-c", "p fname", "-c", "p lsn", i],
+    );
+    assert!(label.contains("fname = \"vdisklog\\000"), "{label}");
+    let out = Command::new("timeout")
+        .args(["120", "xfs_repair", "-n", i])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
