@@ -21,6 +21,7 @@
 
 pub mod crc;
 pub mod record;
+pub mod recover;
 pub mod superblock;
 pub mod trans;
 pub mod writer;
