@@ -225,3 +225,66 @@ fn kernel_replays_our_buffer_transaction() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn hostile_log_bytes_never_panic() {
+    if !have_tools() || !nix_root() {
+        eprintln!("skipped: needs root and xfsprogs");
+        return;
+    }
+    use vdisk_block::BlockDevice;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.xfs");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    mkfs(&img);
+    let (i, m) = (img.to_str().unwrap(), mnt.to_str().unwrap());
+    run("mount", &["-o", "loop", i, m]);
+    for k in 0..20 {
+        std::fs::write(mnt.join(format!("f{k}")), b"x").unwrap();
+    }
+    let _ = Command::new("timeout")
+        .args(["60", "xfs_io", "-x", "-c", "shutdown -f", m])
+        .status();
+    let _ = Command::new("umount").arg(m).status();
+    let dev = RawFile::open(&img, &OpenOptions::default()).unwrap();
+    let log = Log::open(&dev).unwrap();
+    let st = log.state().unwrap();
+    assert!(!st.clean);
+    let base = log.geometry().log_offset;
+    let span = (st.head_blk + 8) * 512;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut errors = 0;
+    for _ in 0..300 {
+        let flips: Vec<(u64, u8)> = (0..1 + next() % 4)
+            .map(|_| (base + next() % span, next() as u8 | 1))
+            .collect();
+        let mut saved = Vec::new();
+        for &(off, x) in &flips {
+            let mut b = [0u8; 1];
+            dev.read_at(&mut b, off).unwrap();
+            saved.push((off, b[0]));
+            dev.write_at(&[b[0] ^ x], off).unwrap();
+        }
+        let r = log.state().and_then(|s| {
+            let ov = vdisk_xfs_log::recover::Overlay::new(&dev);
+            log.transactions(&s)?;
+            vdisk_xfs_log::recover::recover(&log, &s, &ov)
+        });
+        if let Err(e) = r {
+            errors += 1;
+            let text = e.to_string();
+            assert!(!text.contains('\n') && !text.is_empty(), "{text}");
+        }
+        for (off, b) in saved.into_iter().rev() {
+            dev.write_at(&[b], off).unwrap();
+        }
+    }
+    assert!(errors > 0);
+}
