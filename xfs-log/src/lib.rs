@@ -13,6 +13,35 @@
 //! header before the head names the tail (`h_tail_lsn`); a log whose last record is a lone
 //! unmount record right before the head is clean.
 //!
+//! The API, in the order an engine uses it:
+//!
+//! - [`Log::open`] reads the superblock's log fields ([`LogGeometry`]); [`Log::state`] finds
+//!   head and tail ([`LogState`], with `clean`).
+//! - [`Log::transactions`] walks tail to head and returns every [`Transaction`] (committed or
+//!   not); [`Transaction::items`] splits one into log items.
+//! - [`recover::recover`] replays the committed ones onto a target: a [`recover::Overlay`]
+//!   (read-only open: the base device is never written) or the device itself (write home),
+//!   after which [`Log::write_unmount`] makes the log clean. Buffer items only for now; inode,
+//!   ICREATE, EFI/EFD and the other items are refused by name.
+//! - [`Log::write_buffers`] logs one transaction of [`writer::BufUpdate`]s at the head of a
+//!   clean log without writing them home; after the caller writes them home,
+//!   [`Log::write_unmount`] moves the tail past them.
+//!
+//! ```
+//! use vdisk_block::{BlockDevice, MemDevice};
+//! use vdisk_xfs_log::recover::Overlay;
+//!
+//! let base = MemDevice::new(4096);
+//! let ov = Overlay::new(&base);
+//! ov.write_at(b"replayed", 1020).unwrap(); // spans sectors 1 and 2
+//! let mut b = [0u8; 8];
+//! ov.read_at(&mut b, 1020).unwrap();
+//! assert_eq!(&b, b"replayed");
+//! base.read_at(&mut b, 1020).unwrap();
+//! assert_eq!(b, [0; 8]); // the base is untouched
+//! assert_eq!(ov.dirty_sectors(), vec![1, 2]);
+//! ```
+//!
 //! This crate parses the superblock fields it needs itself ([`LogGeometry`]), so it does not
 //! depend on the XFS reader.
 

@@ -268,7 +268,14 @@ impl Log<'_> {
                 "writing an XFS log record across the end of the log",
             ));
         }
-        let cycle = st.head_cycle;
+        // A head that wrapped to block 0 starts the next cycle.
+        let cycle = if blk == 0 {
+            st.head_cycle
+                .checked_add(1)
+                .ok_or_else(|| Error::corrupt("XFS log cycle number overflows"))?
+        } else {
+            st.head_cycle
+        };
         let lsn = Lsn::new(cycle, blk as u32);
         let mut data = vec![0u8; BBSIZE];
         // Op header: tid, len 8, client XFS_LOG, flags UNMOUNT; then struct xlog_unmount.

@@ -145,7 +145,14 @@ impl Log<'_> {
                 "writing an XFS log record across the end of the log",
             ));
         }
-        let cycle = st.head_cycle;
+        // A head that wrapped to block 0 starts the next cycle.
+        let cycle = if blk == 0 {
+            st.head_cycle
+                .checked_add(1)
+                .ok_or_else(|| Error::corrupt("XFS log cycle number overflows"))?
+        } else {
+            st.head_cycle
+        };
         let lsn = Lsn::new(cycle, blk as u32);
         let mut hdr = vec![0u8; BBSIZE];
         hdr[0..4].copy_from_slice(&XLOG_HEADER_MAGIC_NUM.to_be_bytes());
