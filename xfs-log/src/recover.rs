@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use vdisk_block::{BlockDevice, Error, Result};
 
 /// `XFS_BLF_CANCEL`: the buffer was freed; earlier log items for it must not be replayed.
-pub const XFS_BLF_CANCEL: u16 = 0x4;
+pub const XFS_BLF_CANCEL: u16 = 0x2;
 /// `XLOG_UNMOUNT_TYPE`: the payload of an unmount record.
 pub const XLOG_UNMOUNT_TYPE: u16 = 0x556e;
 /// Offset of `sb_lsn` in the superblock.
@@ -155,18 +155,30 @@ pub struct RecoveryStats {
 /// reads as the filesystem (an [`Overlay`] over the log's device, or the device itself to
 /// write home).
 pub fn recover(log: &Log<'_>, st: &LogState, target: &dyn BlockDevice) -> Result<RecoveryStats> {
-    let mut stats = RecoveryStats::default();
     if st.clean {
-        return Ok(stats);
+        return Ok(RecoveryStats::default());
     }
     let txs: Vec<Transaction> = log
         .transactions(st)?
         .into_iter()
         .filter(|t| t.committed)
         .collect();
+    let g = log.geometry();
+    replay(&txs, g.v5, g.sectsize, target)
+}
+
+/// Replays committed transactions `txs` (in log order) onto `target`; `v5` and `sectsize` come
+/// from the superblock. [`recover`] calls it with the log's transactions.
+pub fn replay(
+    txs: &[Transaction],
+    v5: bool,
+    sectsize: u16,
+    target: &dyn BlockDevice,
+) -> Result<RecoveryStats> {
+    let mut stats = RecoveryStats::default();
     // Pass 1: count cancel records per buffer.
     let mut cancels: HashMap<(u64, u16), u32> = HashMap::new();
-    for t in &txs {
+    for t in txs {
         for it in t.items()? {
             if it.kind == XFS_LI_BUF {
                 let b = parse_blf(&it.regions[0])?;
@@ -182,7 +194,7 @@ pub fn recover(log: &Log<'_>, st: &LogState, target: &dyn BlockDevice) -> Result
         }
     }
     // Pass 2: replay in log order.
-    for t in &txs {
+    for t in txs {
         for it in t.items()? {
             let b = parse_blf(&it.regions[0])?;
             if let Some(n) = cancels.get_mut(&(b.blkno, b.len_bbs)) {
@@ -205,7 +217,7 @@ pub fn recover(log: &Log<'_>, st: &LogState, target: &dyn BlockDevice) -> Result
                 .ok_or_else(|| Error::corrupt("XFS buffer address overflows"))?;
             let mut buf = vec![0u8; len];
             target.read_at(&mut buf, off)?;
-            if log.geometry().v5
+            if v5
                 && b.blkno == 0
                 && buf.get(..4) == Some(&crate::superblock::XFS_SB_MAGIC.to_be_bytes()[..])
             {
@@ -238,14 +250,11 @@ pub fn recover(log: &Log<'_>, st: &LogState, target: &dyn BlockDevice) -> Result
                 let n = want.min(data.len());
                 buf[s * XFS_BLF_CHUNK..s * XFS_BLF_CHUNK + n].copy_from_slice(&data[..n]);
             }
-            if log.geometry().v5
-                && b.blkno == 0
-                && buf.len() >= usize::from(log.geometry().sectsize)
-            {
+            if v5 && b.blkno == 0 && buf.len() >= usize::from(sectsize) {
                 // As the kernel's superblock write verifier: stamp the LSN, recompute the CRC
                 // over the sector with the CRC field as zero (stored little-endian).
                 buf[SB_LSN_OFFSET..SB_LSN_OFFSET + 8].copy_from_slice(&t.lsn.0.to_be_bytes());
-                let sect = usize::from(log.geometry().sectsize).max(BBSIZE);
+                let sect = usize::from(sectsize).max(BBSIZE);
                 buf[SB_CRC_OFFSET..SB_CRC_OFFSET + 4].fill(0);
                 let crc = crate::crc::crc32c(&buf[..sect]);
                 buf[SB_CRC_OFFSET..SB_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
@@ -306,5 +315,80 @@ impl Log<'_> {
         self.dev.write_at(&hdr, base)?;
         self.dev.flush()?;
         self.state()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vdisk_block::MemDevice;
+
+    fn buf_item(daddr: u64, flags: u16, fill: u8) -> Vec<Vec<u8>> {
+        let mut blf = Vec::new();
+        blf.extend_from_slice(&XFS_LI_BUF.to_le_bytes());
+        blf.extend_from_slice(&2u16.to_le_bytes());
+        blf.extend_from_slice(&flags.to_le_bytes());
+        blf.extend_from_slice(&1u16.to_le_bytes());
+        blf.extend_from_slice(&daddr.to_le_bytes());
+        blf.extend_from_slice(&1u32.to_le_bytes());
+        blf.extend_from_slice(&0b10u32.to_le_bytes()); // chunk 1: bytes 128..256
+        vec![blf, vec![fill; XFS_BLF_CHUNK]]
+    }
+
+    fn tx(tid: u32, lsn: u64, item: Vec<Vec<u8>>) -> Transaction {
+        let mut th = crate::trans::XFS_TRANS_HEADER_MAGIC.to_le_bytes().to_vec();
+        th.extend_from_slice(&[0; 12]);
+        let mut regions = vec![th];
+        regions.extend(item);
+        Transaction {
+            tid,
+            lsn: Lsn(lsn),
+            regions,
+            committed: true,
+        }
+    }
+
+    #[test]
+    fn cancelled_buffers_replay_only_after_the_cancel() {
+        let dev = MemDevice::new(8192);
+        let txs = [
+            tx(1, 10, buf_item(8, 0, 0xaa)),
+            tx(2, 11, buf_item(8, XFS_BLF_CANCEL, 0xcc)),
+            tx(3, 12, buf_item(8, 0, 0xbb)),
+            tx(4, 13, buf_item(9, 0, 0xdd)),
+        ];
+        let st = replay(&txs, true, 512, &dev).unwrap();
+        assert_eq!(
+            st,
+            RecoveryStats {
+                transactions: 4,
+                buffers: 2,
+                skipped: 2
+            }
+        );
+        let mut b = [0u8; 1024];
+        dev.read_at(&mut b, 8 * 512).unwrap();
+        assert!(b[..128].iter().all(|&x| x == 0));
+        assert!(b[128..256].iter().all(|&x| x == 0xbb));
+        assert!(b[512 + 128..512 + 256].iter().all(|&x| x == 0xdd));
+    }
+
+    #[test]
+    fn hostile_items_are_refused() {
+        let dev = MemDevice::new(8192);
+        let mut item = buf_item(8, 0, 1);
+        item[0][16..20].copy_from_slice(&1000u32.to_le_bytes());
+        let e = replay(&[tx(1, 1, item)], true, 512, &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dirty map of 1000 words"), "{e}");
+        let e = replay(&[tx(1, 1, buf_item(100, 0, 1))], true, 512, &dev).unwrap_err();
+        assert!(e.to_string().contains("past the end"), "{e}");
+        let mut item = buf_item(8, 0, 1);
+        item[0][0..2].copy_from_slice(&0x123bu16.to_le_bytes());
+        let e = replay(&[tx(1, 1, item)], true, 512, &dev)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "XFS log recovery of INO items is not supported yet");
     }
 }
