@@ -21,8 +21,9 @@
 //!   not); [`Transaction::items`] splits one into log items.
 //! - [`recover::recover`] replays the committed ones onto a target: a [`recover::Overlay`]
 //!   (read-only open: the base device is never written) or the device itself (write home),
-//!   after which [`Log::write_unmount`] makes the log clean. Buffer items only for now; inode,
-//!   ICREATE, EFI/EFD and the other items are refused by name.
+//!   after which [`Log::write_unmount`] makes the log clean. Superblock buffers and v3 inode
+//!   items so far; other v5 buffer types (their CRCs are not recomputed yet), ICREATE, EFI/EFD
+//!   and the other items are refused by name. [`recover::replay`] replays given transactions.
 //! - [`Log::write_buffers`] logs one transaction of [`writer::BufUpdate`]s at the head of a
 //!   clean log without writing them home; after the caller writes them home,
 //!   [`Log::write_unmount`] moves the tail past them.

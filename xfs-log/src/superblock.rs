@@ -26,6 +26,8 @@ pub struct LogGeometry {
     pub logblocks: u32,
     /// `sb_sectsize`: the data device's sector size in bytes.
     pub sectsize: u16,
+    /// `sb_inodesize`: bytes per inode (the dinode CRC covers all of them).
+    pub inodesize: u16,
     /// `sb_logsectsize`: the log's sector size (0 on old filesystems: 512).
     pub logsectsize: u16,
     /// `sb_logsunit`: the log stripe unit in bytes (v2 logs); records are padded to it.
@@ -85,6 +87,7 @@ impl LogGeometry {
         let logblocks = be32(sb, 96);
         let versionnum = be16(sb, 100);
         let sectsize = be16(sb, 102);
+        let inodesize = be16(sb, 104);
         let agblklog = sb[124];
         let logsectsize = be16(sb, 194);
         let logsunit = be32(sb, 196);
@@ -147,6 +150,7 @@ impl LogGeometry {
             logstart,
             logblocks,
             sectsize,
+            inodesize,
             logsectsize: lss,
             logsunit,
             v5,
