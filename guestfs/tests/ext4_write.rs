@@ -2206,3 +2206,24 @@ fn crash_kill9() {
     }
     eprintln!("{}", summary.join("\n"));
 }
+
+/// A lookup of a name longer than 255 bytes answers ENAMETOOLONG, as the kernel's ext4 does
+/// (pjdfstest checks it), through the read-write engine and the read-only one.
+#[test]
+fn lookup_of_a_too_long_name_is_enametoolong() {
+    let img = mkimg("longname", 8, "mkfs.ext4", &[], None);
+    let long = OsStr::from_bytes(&[b'x'; 256]);
+    let ok = OsStr::from_bytes(&[b'x'; 255]);
+    {
+        let fs = Ext4Rw::open(RwDev::open(&img)).unwrap();
+        let root = fs.root_ino();
+        let e = fs.lookup(root, long).unwrap_err();
+        assert_eq!(vdisk_guestfs::fs::errno(&e), 36, "{e}");
+        assert_eq!(fs.lookup(root, ok).unwrap(), None);
+    }
+    let ro = vdisk_guestfs::ext4::Ext4::open(RwDev::open(&img)).unwrap();
+    let e = ro.lookup(ro.root_ino(), long).unwrap_err();
+    assert_eq!(vdisk_guestfs::fs::errno(&e), 36, "{e}");
+    assert_eq!(ro.lookup(ro.root_ino(), ok).unwrap(), None);
+    fsck_clean(&img, "after lookups");
+}

@@ -746,6 +746,9 @@ impl FileSystem for Ext4Rw {
         if !dir.is_dir() {
             return Err(errno_error("lookup", errno::ENOTDIR));
         }
+        if name.len() > EXT4_NAME_LEN {
+            return Err(errno_error("lookup", errno::ENAMETOOLONG));
+        }
         Ok(fs.dir_lookup(&dir, name.as_bytes())?.map(Ino::from))
     }
     fn getattr(&self, ino: Ino) -> Result<Attr> {
