@@ -384,6 +384,9 @@ impl FileSystem for ext4::Ext4 {
         if !dir.is_dir() {
             return Err(errno_error("lookup", errno::ENOTDIR));
         }
+        if name.len() > crate::ext4::dir_entry::EXT4_NAME_LEN {
+            return Err(errno_error("lookup", errno::ENAMETOOLONG));
+        }
         Ok(self.find_entry(&dir, name.as_bytes())?.map(Ino::from))
     }
 

@@ -2206,3 +2206,68 @@ fn crash_kill9() {
     }
     eprintln!("{}", summary.join("\n"));
 }
+
+/// A lookup of a name longer than 255 bytes answers ENAMETOOLONG, as the kernel's ext4 does
+/// (pjdfstest checks it), through the read-write engine and the read-only one.
+#[test]
+fn lookup_of_a_too_long_name_is_enametoolong() {
+    let img = mkimg("longname", 8, "mkfs.ext4", &[], None);
+    let long = OsStr::from_bytes(&[b'x'; 256]);
+    let ok = OsStr::from_bytes(&[b'x'; 255]);
+    {
+        let fs = Ext4Rw::open(RwDev::open(&img)).unwrap();
+        let root = fs.root_ino();
+        let e = fs.lookup(root, long).unwrap_err();
+        assert_eq!(vdisk_guestfs::fs::errno(&e), 36, "{e}");
+        assert_eq!(fs.lookup(root, ok).unwrap(), None);
+    }
+    let ro = vdisk_guestfs::ext4::Ext4::open(RwDev::open(&img)).unwrap();
+    let e = ro.lookup(ro.root_ino(), long).unwrap_err();
+    assert_eq!(vdisk_guestfs::fs::errno(&e), 36, "{e}");
+    assert_eq!(ro.lookup(ro.root_ino(), ok).unwrap(), None);
+    fsck_clean(&img, "after lookups");
+}
+
+/// Never make a damaged filesystem worse: with lost+found's inode-bitmap bit cleared, or a
+/// file's block marked free, the first write is refused with one line suggesting e2fsck, and
+/// the image is byte-identical afterwards (what e2fsck says about it is unchanged).
+#[test]
+fn damaged_bitmaps_refuse_the_first_write() {
+    let src = populated_tree();
+    for (case, req) in [("ibit", "freei <11>"), ("bbit", "freeb 0")] {
+        let img = mkimg(
+            &format!("damaged-{case}"),
+            8,
+            "mkfs.ext4",
+            &[],
+            Some(src.path()),
+        );
+        let req = if case == "bbit" {
+            // The first data block of a file mkfs copied in.
+            let out = run("debugfs", &["-R", "blocks /mid", img.to_str().unwrap()]);
+            format!("freeb {}", out.split_whitespace().next().unwrap())
+        } else {
+            req.to_string()
+        };
+        run("debugfs", &["-w", "-R", &req, img.to_str().unwrap()]);
+        let before = std::fs::read(&img).unwrap();
+        let fs = Ext4Rw::open(RwDev::open(&img)).unwrap();
+        let root = fs.root_ino();
+        let e = fs
+            .create(root, OsStr::new("new"), 0o644, 0, 0)
+            .map(|_| ())
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("refusing to write") && msg.contains("e2fsck -fy") && !msg.contains('\n'),
+            "{case}: {msg}"
+        );
+        // Refused again, still without writing.
+        assert!(fs.mkdir(root, OsStr::new("d"), 0o755, 0, 0).is_err());
+        drop(fs);
+        assert!(
+            std::fs::read(&img).unwrap() == before,
+            "{case}: the image changed"
+        );
+    }
+}

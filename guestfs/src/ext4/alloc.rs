@@ -264,6 +264,7 @@ impl Ext4 {
                     }
                 }
                 let Some((i, len)) = found else { continue };
+                self.check_new_blocks(first + i as u64, len as u64)?;
                 for b in i..i + len {
                     set_bit(&mut bm, b, true);
                 }
@@ -368,6 +369,7 @@ impl Ext4 {
             else {
                 continue;
             };
+            self.check_new_inode(g * ipg + i as u32 + 1, &gd)?;
             // The table beyond (ipg - itable_unused) was never used: zero the slots we now
             // expose when the table was not zeroed at mkfs time.
             if csum {

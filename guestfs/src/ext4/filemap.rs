@@ -66,6 +66,11 @@ impl FileMap {
         (self.tree.len() + self.ind.len()) as u64
     }
 
+    /// The metadata blocks (tree nodes, indirect blocks) themselves.
+    pub fn meta_list(&self) -> Vec<u64> {
+        self.tree.iter().chain(self.ind.values()).copied().collect()
+    }
+
     /// Data blocks mapped (unwritten included).
     pub fn data_blocks(&self) -> u64 {
         self.exts.iter().map(|e| e.len).sum()

@@ -33,6 +33,7 @@ pub mod inode;
 pub mod journal;
 mod journal_write;
 pub mod superblock;
+mod validate;
 mod write;
 pub mod xattr;
 mod xattr_write;
@@ -154,6 +155,8 @@ pub struct Ext4 {
     cache: BlockCache,
     /// The write side's journal and open transaction (empty when reading only).
     journal_state: journal_write::JournalState,
+    /// What the validation before the first write proved (see `validate`).
+    safety: validate::Safety,
 }
 
 impl std::fmt::Debug for Ext4 {
@@ -219,6 +222,7 @@ impl Ext4 {
             replayed_transactions: 0,
             journal_next_sequence: 0,
             journal_state: Default::default(),
+            safety: Default::default(),
         };
         if fs.sb.has_incompat(incompat::RECOVER) {
             if !opts.replay_journal {

@@ -49,6 +49,8 @@ struct State {
     orig_state: u16,
     /// The superblock is marked not clean on disk.
     dirty: bool,
+    /// Why the validation before the first write refused the filesystem, once it has.
+    refused: Option<String>,
 }
 
 /// The ext4 engine, read-write.
@@ -126,6 +128,7 @@ impl Ext4Rw {
                 fs,
                 orig_state,
                 dirty: false,
+                refused: None,
             }),
         })
     }
@@ -150,6 +153,14 @@ impl Ext4Rw {
     fn w(&self) -> Result<RwLockWriteGuard<'_, State>> {
         let mut g = self.st.write().unwrap_or_else(|e| e.into_inner());
         if !g.dirty {
+            // Never make a damaged filesystem worse: validate before the first change.
+            if let Some(why) = &g.refused {
+                return Err(Error::corrupt(why.clone()));
+            }
+            if let Err(e) = g.fs.validate_for_write() {
+                g.refused = Some(e.to_string());
+                return Err(e);
+            }
             g.fs.sb.s_state &= !EXT4_VALID_FS;
             if g.fs.journaled() {
                 // As while mounted: recovery must replay what the journal may hold.
@@ -734,6 +745,9 @@ impl FileSystem for Ext4Rw {
         )?;
         if !dir.is_dir() {
             return Err(errno_error("lookup", errno::ENOTDIR));
+        }
+        if name.len() > EXT4_NAME_LEN {
+            return Err(errno_error("lookup", errno::ENAMETOOLONG));
         }
         Ok(fs.dir_lookup(&dir, name.as_bytes())?.map(Ino::from))
     }

@@ -1,0 +1,40 @@
+#!/bin/bash
+# Runs every damaged ext4 image of DIR (default ../shared/ext4-hostile: e2fsprogs' tests/*/image*)
+# through `vdisk write`, `mkdir`, `copy-in` and `rm`, and prints one verdict per image: "ok" when
+# each command either refused or left `e2fsck -fn` reporting nothing it did not report before
+# (problem lines compared with numbers normalised; the "before" is taken after a journal-only
+# replay, which the writer also performs), "WORSE" with the new lines otherwise.
+# Usage: scripts/ext4-hostile.sh [VDISK [DIR]]   (exit 1 when any image got worse)
+V=${1:-target/debug/vdisk}; DIR=${2:-/work/shared/ext4-hostile}
+worse=0
+norm() { grep -v -e "^$1: " -e '^e2fsck ' -e '^Pass ' -e '^$' -e 'WARNING' -e '^\*\*\*' \
+  -e '^/lib' -e '^e2fsck(' -e '^Signal' | sed -E 's/[0-9]+/N/g' | sort -u; }
+for D in "$DIR"/*/; do
+  n=$(basename "$D"); T=$(mktemp -d)
+  if [ -f "$D/image.gz" ]; then gzip -dc "$D/image.gz" > "$T/img"
+  elif [ -f "$D/image.bz2" ]; then bzip2 -dc "$D/image.bz2" > "$T/img"
+  elif [ -f "$D/image" ]; then cp "$D/image" "$T/img"; else rm -rf "$T"; continue; fi
+  chmod u+w "$T/img"; cp "$T/img" "$T/fs"
+  timeout 60 e2fsck -E journal_only -y "$T/fs" >/dev/null 2>&1
+  timeout 60 e2fsck -fn "$T/fs" 2>&1 | norm "$T/fs" > "$T/before"
+  head -c 3000 /dev/urandom > "$T/data"; mkdir -p "$T/tree/sub"; echo hello > "$T/tree/a"
+  seq 1 100 > "$T/tree/sub/b"
+  res=""
+  for cmd in "write /newfile --from $T/data" "mkdir /newdir" "copy-in $T/tree /newdir" "rm /newfile"; do
+    set -- $cmd; c=$1; shift
+    timeout 60 "$V" "$c" -a "$T/img" --format raw -m /dev/sda "$@" > "$T/out" 2>&1
+    rc=$?; res="$res $c:$rc"
+    [ $rc -ne 0 ] && [ "$(wc -l < "$T/out")" -ne 1 ] && res="$res(not-one-line)"
+  done
+  if grep -q 'copy-in:0' <<< "$res"; then
+    got=$(timeout 60 "$V" cat -a "$T/img" --format raw -m /dev/sda /newdir/tree/sub/b 2>/dev/null | md5sum)
+    [ "$got" = "$(md5sum < "$T/tree/sub/b")" ] || res="$res readback-FAILED"
+  fi
+  cp "$T/img" "$T/fs"; timeout 60 e2fsck -fn "$T/fs" 2>&1 | norm "$T/fs" > "$T/after"
+  new=$(comm -13 "$T/before" "$T/after")
+  if [ -n "$new" ] || grep -q FAILED <<< "$res"; then
+    worse=1; echo "WORSE $n$res"; echo "$new" | head -8 | sed 's/^/    /'
+  else echo "ok $n$res"; fi
+  rm -rf "$T"
+done
+exit $worse
