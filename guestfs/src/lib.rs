@@ -4,11 +4,11 @@
 //! Each module owns one layer; every layer is a [`vdisk_block::BlockDevice`] over the one
 //! below (a partition is a window on a disk, an LV a list of windows on PVs).
 #![warn(missing_docs)]
-pub mod detect;
-pub mod devices;
 pub mod ext4;
 pub mod fs;
 pub mod fuse;
-pub mod lvm;
-pub mod partition;
 pub mod stack;
+
+// Partition tables, LVM and detection live in the volume crate; re-exported so that
+// `vdisk_guestfs::lvm::...` and friends keep working for callers.
+pub use vdisk_volume::{detect, devices, lvm, partition};

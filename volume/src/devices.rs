@@ -9,7 +9,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use vdisk_block::{BlockDevice, MemDevice};
-//! use vdisk_guestfs::devices::Guest;
+//! use vdisk_volume::devices::Guest;
 //!
 //! let disk: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(1 << 20));
 //! let guest = Guest::new(vec![disk]).unwrap();
