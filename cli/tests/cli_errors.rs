@@ -82,3 +82,49 @@ fn help_and_version_succeed() {
         assert!(h.contains("Usage"), "{args:?}: {h}");
     }
 }
+
+/// Invoked as `qemu-img` (a symlink, as qemu's iotests run it), vdisk speaks as qemu-img:
+/// the probing warning only for an image guessed raw and opened for writing, in qemu's words,
+/// and the `qemu-img:` prefix. As `vdisk` it keeps its own stricter warning.
+#[test]
+fn as_qemu_img_warns_and_prefixes_as_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vdisk"), d.join("qemu-img")).unwrap();
+    let ours = |args: &[&str]| {
+        let out = std::process::Command::new(d.join("qemu-img"))
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let theirs = |args: &[&str]| {
+        let out = common::tool(d, "qemu-img", args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    common::tool_ok(d, "qemu-img", &["create", "-f", "raw", "r.img", "1M"]);
+    common::tool_ok(d, "qemu-img", &["create", "-f", "qcow2", "q.qcow2", "1M"]);
+    for args in [
+        &["resize", "r.img", "2M"][..],
+        &["resize", "q.qcow2", "2M"],
+        &["info", "r.img"],
+        &["map", "q.qcow2"],
+    ] {
+        let (o, t) = (ours(args), theirs(args));
+        assert_eq!(o, t, "{args:?}");
+    }
+    let (code, err) = ours(&["check", "-f", "qcow2", "missing.qcow2"]);
+    assert_eq!(code, Some(1));
+    assert!(err.starts_with("qemu-img: "), "{err}");
+    // As vdisk, every probed image still warns.
+    let out = common::vdisk(d, &["resize", "q.qcow2", "3M"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("vdisk: warning: "), "{err}");
+}

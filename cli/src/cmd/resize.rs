@@ -64,7 +64,10 @@ pub fn run(a: ResizeArgs) -> CmdResult {
         return Err(Failure::new("New image size must be positive."));
     }
     if new_size < current && !a.shrink {
-        eprintln!("vdisk: Use the --shrink option to perform a shrink operation.");
+        eprintln!(
+            "{}: Use the --shrink option to perform a shrink operation.",
+            crate::prog()
+        );
         return Err(Failure::new(
             "warning: Shrinking an image will delete all data beyond the shrunken image's end. \
              Before performing such an operation, make sure there is no important data there.",
