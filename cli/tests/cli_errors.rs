@@ -128,3 +128,32 @@ fn as_qemu_img_warns_and_prefixes_as_qemu() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("vdisk: warning: "), "{err}");
 }
+
+/// Options may stand between the file arguments, as qemu-img's getopt permutes them
+/// (iotest 058: `convert -f qcow2 a.qcow2 -O qcow2 out.qcow2`); one file alone is refused.
+#[test]
+fn convert_accepts_options_between_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tool_ok(d, "qemu-img", &["create", "-f", "qcow2", "a.qcow2", "1M"]);
+    tool_ok(d, "qemu-io", &["-c", "write -P 7 4k 64k", "a.qcow2"]);
+    vdisk_ok(
+        d,
+        &[
+            "convert",
+            "-f",
+            "qcow2",
+            "a.qcow2",
+            "-O",
+            "qcow2",
+            "out.qcow2",
+        ],
+    );
+    tool_ok(d, "qemu-img", &["compare", "a.qcow2", "out.qcow2"]);
+    let info = tool_ok(d, "qemu-img", &["info", "out.qcow2"]);
+    assert!(info.contains("file format: qcow2"), "{info}");
+    let out = vdisk(d, &["convert", "-f", "qcow2", "a.qcow2"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Must specify image file name"), "{err}");
+}
