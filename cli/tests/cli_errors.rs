@@ -157,3 +157,23 @@ fn convert_accepts_options_between_files() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Must specify image file name"), "{err}");
 }
+
+/// Hexadecimal numbers in `-o` and as sizes, as qemu_strtosz reads them (iotest 214).
+#[test]
+fn hex_sizes_as_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let args = ["create", "-f", "qcow2", "-o", "cluster_size=0x1000"];
+    let mut ours = args.to_vec();
+    ours.extend(["a.qcow2", "0x100000"]);
+    vdisk_ok(d, &ours);
+    let mut theirs = args.to_vec();
+    theirs.extend(["b.qcow2", "0x100000"]);
+    tool_ok(d, "qemu-img", &theirs);
+    let a = tool_ok(d, "qemu-img", &["info", "--output=json", "a.qcow2"]);
+    let b = tool_ok(d, "qemu-img", &["info", "--output=json", "b.qcow2"]);
+    let (a, b) = (json(&a), json(&b));
+    assert_eq!(a["cluster-size"], 4096);
+    assert_eq!(a["virtual-size"], b["virtual-size"]);
+    assert_eq!(a["cluster-size"], b["cluster-size"]);
+}
