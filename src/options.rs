@@ -3,10 +3,23 @@
 use vdisk_block::{Error, Result};
 
 /// Parses a size as qemu-img does: a number of bytes, optionally with a fraction and one of
-/// the binary suffixes `b k K M G T P E` (`k` and `K` both mean KiB).
+/// the binary suffixes `b k K M G T P E` (`k` and `K` both mean KiB), or a plain hexadecimal
+/// number of bytes (`0x10000`).
 pub fn parse_size(s: &str) -> Result<u64> {
     let bad = || Error::invalid(format!("Invalid image size specified: '{s}'."));
     let t = s.trim();
+    // qemu_strtosz reads a hexadecimal byte count too (`cluster_size=0x10000`), without a
+    // fraction or a unit.
+    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let value = u64::from_str_radix(hex, 16).map_err(|_| bad())?;
+        if value > i64::MAX as u64 {
+            return Err(Error::invalid("Image size must be less than 8 EiB!"));
+        }
+        return Ok(value);
+    }
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
@@ -98,6 +111,11 @@ mod tests {
         assert!(parse_size("-1").is_err());
         assert!(parse_size("1.5").is_err());
         assert!(parse_size("99999999999999999999").is_err());
+        assert_eq!(parse_size("0x10000").unwrap(), 65536);
+        assert_eq!(parse_size("0X1f").unwrap(), 31);
+        assert!(parse_size("0x").is_err());
+        assert!(parse_size("0x1.5").is_err());
+        assert!(parse_size("0x8000000000000000").is_err());
     }
 
     #[test]

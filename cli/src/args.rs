@@ -234,7 +234,8 @@ pub struct ConvertArgs {
     /// With -n: the existing target already reads as zeros, so zero ranges are not written.
     #[arg(long)]
     pub target_is_zero: bool,
-    /// The source images (concatenated, in order), then the image to write.
-    #[arg(required = true, num_args = 2.., value_name = "FILE")]
+    /// The source images (concatenated, in order), then the image to write. Options may
+    /// stand between them, as qemu-img's getopt allows.
+    #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
 }

@@ -49,6 +49,26 @@ impl From<std::io::Error> for Failure {
     }
 }
 
+/// The name messages start with: `qemu-img` when invoked under that name (a symlink or copy
+/// named so, as qemu's iotests run it), so the output is qemu-img's; else `vdisk`.
+pub fn prog() -> &'static str {
+    static PROG: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    PROG.get_or_init(|| {
+        let arg0 = std::env::args_os().next().unwrap_or_default();
+        let base = std::path::Path::new(&arg0).file_name().unwrap_or_default();
+        if base == "qemu-img" {
+            "qemu-img"
+        } else {
+            "vdisk"
+        }
+    })
+}
+
+/// Whether vdisk runs as `qemu-img` (see [`prog`]) and so speaks as qemu-img does.
+pub fn as_qemu_img() -> bool {
+    prog() == "qemu-img"
+}
+
 /// Result of a command: Ok(exit code) or a failure to print.
 pub type CmdResult = Result<u8, Failure>;
 
@@ -63,7 +83,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("vdisk: {}", f.msg);
+            eprintln!("{}: {}", prog(), f.msg);
             ExitCode::from(f.code)
         }
     }
@@ -86,7 +106,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("vdisk: {first} (try 'vdisk --help')");
+            eprintln!("{p}: {first} (try '{p} --help')", p = prog());
             ExitCode::from(1)
         }
     }

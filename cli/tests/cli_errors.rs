@@ -91,3 +91,98 @@ fn help_and_version_succeed() {
         assert!(h.contains("Usage"), "{args:?}: {h}");
     }
 }
+
+/// Invoked as `qemu-img` (a symlink, as qemu's iotests run it), vdisk speaks as qemu-img:
+/// the probing warning only for an image guessed raw and opened for writing, in qemu's words,
+/// and the `qemu-img:` prefix. As `vdisk` it keeps its own stricter warning.
+#[test]
+fn as_qemu_img_warns_and_prefixes_as_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vdisk"), d.join("qemu-img")).unwrap();
+    let ours = |args: &[&str]| {
+        let out = std::process::Command::new(d.join("qemu-img"))
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let theirs = |args: &[&str]| {
+        let out = common::tool(d, "qemu-img", args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    common::tool_ok(d, "qemu-img", &["create", "-f", "raw", "r.img", "1M"]);
+    common::tool_ok(d, "qemu-img", &["create", "-f", "qcow2", "q.qcow2", "1M"]);
+    for args in [
+        &["resize", "r.img", "2M"][..],
+        &["resize", "q.qcow2", "2M"],
+        &["info", "r.img"],
+        &["map", "q.qcow2"],
+    ] {
+        let (o, t) = (ours(args), theirs(args));
+        assert_eq!(o, t, "{args:?}");
+    }
+    let (code, err) = ours(&["check", "-f", "qcow2", "missing.qcow2"]);
+    assert_eq!(code, Some(1));
+    assert!(err.starts_with("qemu-img: "), "{err}");
+    // As vdisk, every probed image still warns.
+    let out = common::vdisk(d, &["resize", "q.qcow2", "3M"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("vdisk: warning: "), "{err}");
+}
+
+/// Options may stand between the file arguments, as qemu-img's getopt permutes them
+/// (iotest 058: `convert -f qcow2 a.qcow2 -O qcow2 out.qcow2`); one file alone is refused.
+#[test]
+fn convert_accepts_options_between_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tool_ok(d, "qemu-img", &["create", "-f", "qcow2", "a.qcow2", "1M"]);
+    tool_ok(d, "qemu-io", &["-c", "write -P 7 4k 64k", "a.qcow2"]);
+    vdisk_ok(
+        d,
+        &[
+            "convert",
+            "-f",
+            "qcow2",
+            "a.qcow2",
+            "-O",
+            "qcow2",
+            "out.qcow2",
+        ],
+    );
+    tool_ok(d, "qemu-img", &["compare", "a.qcow2", "out.qcow2"]);
+    let info = tool_ok(d, "qemu-img", &["info", "out.qcow2"]);
+    assert!(info.contains("file format: qcow2"), "{info}");
+    let out = vdisk(d, &["convert", "-f", "qcow2", "a.qcow2"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Must specify image file name"), "{err}");
+}
+
+/// Hexadecimal numbers in `-o` and as sizes, as qemu_strtosz reads them (iotest 214).
+#[test]
+fn hex_sizes_as_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let args = ["create", "-f", "qcow2", "-o", "cluster_size=0x1000"];
+    let mut ours = args.to_vec();
+    ours.extend(["a.qcow2", "0x100000"]);
+    vdisk_ok(d, &ours);
+    let mut theirs = args.to_vec();
+    theirs.extend(["b.qcow2", "0x100000"]);
+    tool_ok(d, "qemu-img", &theirs);
+    let a = tool_ok(d, "qemu-img", &["info", "--output=json", "a.qcow2"]);
+    let b = tool_ok(d, "qemu-img", &["info", "--output=json", "b.qcow2"]);
+    let (a, b) = (json(&a), json(&b));
+    assert_eq!(a["cluster-size"], 4096);
+    assert_eq!(a["virtual-size"], b["virtual-size"]);
+    assert_eq!(a["cluster-size"], b["cluster-size"]);
+}

@@ -259,3 +259,72 @@ fn raw_resize() {
     vdisk_ok(d, &["resize", "-f", "raw", "--shrink", "r.raw", "-512K"]);
     assert_eq!(size_of(d, "r.raw"), 1536 << 10);
 }
+
+/// Asserts that qemu-io reads `pattern` over `[offset, offset + len)` of `img`.
+fn assert_pattern(d: &Path, img: &str, pattern: u8, offset: u64, len: u64, what: &str) {
+    let out = tool_ok(
+        d,
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            &format!("read -P {pattern} {offset} {len}"),
+            img,
+        ],
+    );
+    assert!(
+        !out.contains("failed") && out.contains("read "),
+        "{what}: pattern {pattern} at {offset}+{len}: {out}"
+    );
+}
+
+/// Shrinking an overlay and growing it again must read zeros in the grown range, never the
+/// old data of a kept cluster (iotest 292) nor the backing file through unallocated clusters
+/// or subclusters (iotest 271), as qemu's truncate zeroes it when the backing file reaches
+/// past the old end.
+#[test]
+fn resize_grow_over_backing_reads_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for el2 in ["off", "on"] {
+        // The top image either holds its own data (292) or none (271: the backing shows).
+        for own_data in [true, false] {
+            // 532480 (520k) is inside a cluster, 532992 also inside a 2k subcluster.
+            for (shrunk, grown) in [(532_480u64, 580_608u64), (532_992, 1 << 20)] {
+                let what = format!("extended_l2={el2} own_data={own_data} {shrunk}->{grown}");
+                let opt = format!("extended_l2={el2}");
+                for f in ["base.qcow2", "top.qcow2"] {
+                    let _ = std::fs::remove_file(d.join(f));
+                }
+                tool_ok(
+                    d,
+                    "qemu-img",
+                    &["create", "-f", "qcow2", "-o", &opt, "base.qcow2", "1M"],
+                );
+                tool_ok(d, "qemu-io", &["-c", "write -P 1 0 1M", "base.qcow2"]);
+                let args = ["create", "-f", "qcow2", "-o", &opt, "-b", "base.qcow2"];
+                let mut args = args.to_vec();
+                args.extend(["-F", "qcow2", "top.qcow2", "1M"]);
+                tool_ok(d, "qemu-img", &args);
+                let kept = if own_data {
+                    tool_ok(d, "qemu-io", &["-c", "write -P 2 0 1M", "top.qcow2"]);
+                    2
+                } else {
+                    1
+                };
+                let shrunk_s = shrunk.to_string();
+                let grown_s = grown.to_string();
+                vdisk_ok(
+                    d,
+                    &["resize", "-f", "qcow2", "--shrink", "top.qcow2", &shrunk_s],
+                );
+                vdisk_ok(d, &["resize", "-f", "qcow2", "top.qcow2", &grown_s]);
+                assert_pattern(d, "top.qcow2", kept, 0, shrunk, &what);
+                assert_pattern(d, "top.qcow2", 0, shrunk, grown - shrunk, &what);
+                let c = tool(d, "qemu-img", &["check", "-f", "qcow2", "top.qcow2"]);
+                assert_eq!(c.status.code(), Some(0), "{what}: qemu-img check");
+            }
+        }
+    }
+}

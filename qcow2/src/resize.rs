@@ -4,6 +4,8 @@
 //! replaces the old one) and rewrites the size field. Shrinking first deallocates every
 //! guest cluster past the new end (entries cleared, storage released), frees the L2 tables
 //! of L1 entries past it, rewrites the size, then cuts the file after its last cluster in use.
+//! When the attached backing file reaches past the old end, the grown range is zeroed (zero
+//! clusters and subclusters, explicit zeros for a partial head) so nothing old shows through.
 //! Snapshots keep their own L1 tables and sizes; the active L1 is never made smaller, so
 //! applying a larger snapshot later only grows it again.
 
@@ -78,6 +80,18 @@ impl Qcow2 {
             self.write_size(new_size)?;
             if prealloc != Preallocation::Off {
                 self.preallocate_range(old, new_size, prealloc)?;
+            }
+            // As qemu's bdrv_co_truncate: a backing file reaching past the old end would show
+            // through the grown range (and a cluster kept by an earlier shrink still holds its
+            // old bytes there), so the new range is made to read as zeros.
+            let backing_len = match &self.backing {
+                Some(b) => b.size(),
+                None => 0,
+            };
+            if backing_len > old {
+                use vdisk_block::WriteZeroes;
+                self.write_zeroes(old, new_size - old, false)?;
+                self.flush()?;
             }
         }
         Ok(())

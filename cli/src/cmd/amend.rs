@@ -75,7 +75,7 @@ pub fn parse_amend_options(list: &[String]) -> Result<AmendOptions, Failure> {
                 "backing_fmt" => o.backing_fmt = Some(v),
                 "size" => o.size = Some(parse_size(&v)?),
                 k if CREATE_ONLY.contains(&k) => {
-                    eprintln!("vdisk: Invalid parameter '{k}'");
+                    eprintln!("{}: Invalid parameter '{k}'", crate::prog());
                     return Err(Failure::new(
                         "This option is only supported for image creation",
                     ));

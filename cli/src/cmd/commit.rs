@@ -40,7 +40,7 @@ pub fn run(a: CommitArgs) -> CmdResult {
     };
     let plan = open_commit(&a.filename, &opts)?;
     for img in plan.images() {
-        warn_probed(img);
+        warn_probed(img, true);
     }
     let mut bar = Progress::new(a.progress && !a.quiet, plan.size());
     commit(plan, &mut |d, t| bar.update(d, t))?;

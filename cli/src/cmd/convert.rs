@@ -21,7 +21,10 @@ pub fn run(a: ConvertArgs) -> CmdResult {
         print!("{}", create_help(out_fmt));
         return Ok(0);
     }
-    let (target, sources) = a.files.split_last().expect("clap requires two files");
+    let (target, sources) = match a.files.split_last() {
+        Some((t, s)) if !s.is_empty() => (t, s),
+        _ => return Err(Failure::new("Must specify image file name")),
+    };
     if a.target_is_zero && !a.no_create {
         return Err(Failure::new("--target-is-zero requires use of -n flag"));
     }

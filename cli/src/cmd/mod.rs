@@ -67,12 +67,26 @@ pub fn parse_format(s: &str) -> Result<Format, Failure> {
 /// be guessed.
 pub fn open_image(path: &Path, opts: &OpenOptions) -> Result<OpenedImage, Failure> {
     let img = vdisk::open(path, opts)?;
-    warn_probed(&img);
+    warn_probed(&img, !opts.read_only);
     Ok(img)
 }
 
-/// Warns on stderr for each image of the chain whose format had to be guessed.
-pub fn warn_probed(img: &OpenedImage) {
+/// Warns on stderr for each image of the chain whose format had to be guessed. Run as
+/// `qemu-img`, warns as qemu does instead: only for an image opened `writable` whose format was
+/// guessed raw (backing files are opened read-only), in qemu's words.
+pub fn warn_probed(img: &OpenedImage, writable: bool) {
+    if crate::as_qemu_img() {
+        if writable && img.probed && img.format == vdisk::Format::Raw {
+            eprintln!(
+                "WARNING: Image format was not specified for '{}' and probing guessed raw.\n         \
+                 Automatically detecting the format is dangerous for raw images, write \
+                 operations on block 0 will be restricted.\n         Specify the 'raw' format \
+                 explicitly to remove the restrictions.",
+                img.filename.display()
+            );
+        }
+        return;
+    }
     for layer in img.chain() {
         if layer.probed {
             eprintln!(

@@ -57,7 +57,7 @@ pub fn run(a: RebaseArgs) -> CmdResult {
         force_share: a.force_share,
     };
     let img = open_overlay(&a.filename, &opts)?;
-    warn_probed(&img);
+    warn_probed(&img, true);
     let mut bar = Progress::new(a.progress && !a.quiet, img.image().size());
     rebase(img, &opts, &mut |d, t| bar.update(d, t))?;
     bar.finish();

@@ -37,7 +37,7 @@ pub fn run(a: ResizeArgs) -> CmdResult {
         format: a.format.as_deref().map(parse_format).transpose()?,
         read_only: false,
         force_share: false,
-        backing: BackingPolicy::Ignore,
+        backing: BackingPolicy::Follow,
         snapshot: None,
     };
     let prealloc: Preallocation = match &a.preallocation {
@@ -64,7 +64,10 @@ pub fn run(a: ResizeArgs) -> CmdResult {
         return Err(Failure::new("New image size must be positive."));
     }
     if new_size < current && !a.shrink {
-        eprintln!("vdisk: Use the --shrink option to perform a shrink operation.");
+        eprintln!(
+            "{}: Use the --shrink option to perform a shrink operation.",
+            crate::prog()
+        );
         return Err(Failure::new(
             "warning: Shrinking an image will delete all data beyond the shrunken image's end. \
              Before performing such an operation, make sure there is no important data there.",
@@ -80,8 +83,13 @@ pub fn run(a: ResizeArgs) -> CmdResult {
         }
         Driver::Qcow2(_) => {
             let file = img.file.clone();
+            // The backing image decides whether the grown range must be zeroed.
+            let backing = img.backing.as_ref().map(|b| b.image());
             drop(img);
             let mut q = Qcow2::open_rw(file)?;
+            if let Some(b) = backing {
+                q.set_backing(b);
+            }
             q.resize_image(new_size, prealloc, a.shrink)?;
             q.flush()?;
         }
