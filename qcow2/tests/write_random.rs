@@ -116,7 +116,9 @@ fn pattern(len: usize, seed: u8, compressible: bool) -> Vec<u8> {
     if compressible {
         (0..len).map(|i| seed ^ ((i / 100) as u8)).collect()
     } else {
-        let mut x = u64::from(seed) * 0x9e37_79b9_7f4a_7c15 + 1;
+        let mut x = u64::from(seed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(1);
         (0..len)
             .map(|_| {
                 x ^= x << 13;
