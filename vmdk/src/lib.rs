@@ -224,8 +224,9 @@ impl Vmdk {
             } else {
                 Vec::new()
             };
-            let text = String::from_utf8_lossy(&text);
-            let text = text.trim_end_matches('\0');
+            // The descriptor is a C string: it ends at the first NUL, whatever follows.
+            let text = String::from_utf8_lossy(until_nul(&text));
+            let text = text.as_ref();
             let descriptor = if text.is_empty() {
                 Descriptor {
                     version: 1,
@@ -274,9 +275,8 @@ impl Vmdk {
     }
 
     fn from_descriptor_text(path: &Path, text: &[u8], opts: &OpenOptions) -> Result<Vmdk> {
-        let text = std::str::from_utf8(text)
+        let text = std::str::from_utf8(until_nul(text))
             .map_err(|_| Error::corrupt("invalid VMDK image descriptor (not text)"))?;
-        let text = text.trim_end_matches('\0');
         let d = descriptor::parse(text)?;
         match d.create_type.as_str() {
             "monolithicFlat"
@@ -845,4 +845,10 @@ impl Drop for Vmdk {
             let _ = self.finish();
         }
     }
+}
+
+/// The bytes before the first NUL: qemu reads a descriptor as a C string, so whatever follows
+/// its terminator in the descriptor area is not part of it.
+fn until_nul(b: &[u8]) -> &[u8] {
+    b.iter().position(|&c| c == 0).map_or(b, |n| &b[..n])
 }
