@@ -394,27 +394,11 @@ fn open_at_depth(
                 )
                 .with_path(path));
             }
-            let backing = match (q.backing_file_name().map(str::to_owned), opts.backing) {
-                (None, _) | (Some(_), BackingPolicy::Ignore) => None,
-                (Some(name), BackingPolicy::Refuse) => {
-                    return Err(Error::invalid(format!(
-                        "refusing to open the backing file '{name}' that the image names"
-                    ))
-                    .with_path(path))
-                }
-                (Some(name), BackingPolicy::Follow) => {
-                    let bpath = resolve_backing(path, &name);
-                    let bfmt = match q.backing_format() {
-                        Some(f) => Some(f.parse::<Format>().map_err(|e| e.with_path(path))?),
-                        None => None,
-                    };
-                    let mut bopts = opts.clone();
-                    bopts.snapshot = None;
-                    let b = open_at_depth(&bpath, &bopts, bfmt, seen)?;
-                    q.set_backing(b.image());
-                    Some(Box::new(b))
-                }
-            };
+            let backing =
+                open_backing(path, q.backing_file_name(), q.backing_format(), opts, seen)?;
+            if let Some(b) = &backing {
+                q.set_backing(b.image());
+            }
             if let Some(snap) = &opts.snapshot {
                 q.load_snapshot(snap).map_err(|e| e.with_path(path))?;
             }
@@ -461,28 +445,42 @@ fn open_registered(
         force_share: opts.force_share,
     };
     let mut img = open(&ctx).map_err(|e| e.with_path(path))?;
-    let backing = match (img.backing_file_name().map(str::to_owned), opts.backing) {
-        (None, _) | (Some(_), BackingPolicy::Ignore) => None,
+    let name = img.backing_file_name().map(str::to_owned);
+    let fmt = img.backing_format().map(str::to_owned);
+    let backing = open_backing(path, name.as_deref(), fmt.as_deref(), opts, seen)?;
+    if let Some(b) = &backing {
+        img.set_backing(b.image()).map_err(|e| e.with_path(path))?;
+    }
+    Ok((Driver::Other(Arc::from(img)), backing))
+}
+
+/// Opens the backing file an image at `path` names (`name`, recorded format `fmt`) as the
+/// policy allows: `None` when there is none or it is ignored, an error when it is refused.
+fn open_backing(
+    path: &Path,
+    name: Option<&str>,
+    fmt: Option<&str>,
+    opts: &OpenOptions,
+    seen: &mut Vec<(u64, u64)>,
+) -> Result<Option<Box<OpenedImage>>> {
+    let name = match (name, opts.backing) {
+        (None, _) | (Some(_), BackingPolicy::Ignore) => return Ok(None),
         (Some(name), BackingPolicy::Refuse) => {
             return Err(Error::invalid(format!(
                 "refusing to open the backing file '{name}' that the image names"
             ))
             .with_path(path))
         }
-        (Some(name), BackingPolicy::Follow) => {
-            let bpath = resolve_backing(path, &name);
-            let bfmt = match img.backing_format() {
-                Some(f) => Some(f.parse::<Format>().map_err(|e| e.with_path(path))?),
-                None => None,
-            };
-            let mut bopts = opts.clone();
-            bopts.snapshot = None;
-            let b = open_at_depth(&bpath, &bopts, bfmt, seen)?;
-            img.set_backing(b.image()).map_err(|e| e.with_path(path))?;
-            Some(Box::new(b))
-        }
+        (Some(name), BackingPolicy::Follow) => name,
     };
-    Ok((Driver::Other(Arc::from(img)), backing))
+    let bpath = resolve_backing(path, name);
+    let bfmt = match fmt {
+        Some(f) => Some(f.parse::<Format>().map_err(|e| e.with_path(path))?),
+        None => None,
+    };
+    let mut bopts = opts.clone();
+    bopts.snapshot = None;
+    Ok(Some(Box::new(open_at_depth(&bpath, &bopts, bfmt, seen)?)))
 }
 
 /// Where qemu looks for a backing file: an absolute name as is, a relative name next to the
