@@ -38,7 +38,9 @@ mod sparse;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use vdisk_block::{BlockDevice, Error, Image, MapKind, Mapping, Preallocation, Resize, Result};
+use vdisk_block::{
+    BlockDevice, BlockDeviceExt, Error, Image, MapKind, Mapping, Preallocation, Resize, Result,
+};
 use vdisk_raw::RawFile;
 
 use descriptor::{Descriptor, ExtentLine, ExtentType};
@@ -444,16 +446,7 @@ impl BlockDevice for Vmdk {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|&e| e <= self.size)
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "request for {} bytes at offset {offset} reaches past the end ({} bytes)",
-                    buf.len(),
-                    self.size
-                ))
-            })?;
+        let end = self.check_range(offset, buf.len() as u64)?;
         let mut pos = offset;
         while pos < end {
             let e = self
@@ -486,16 +479,7 @@ impl BlockDevice for Vmdk {
         if self.read_only {
             return Err(Error::invalid("the image is open read-only"));
         }
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|&e| e <= self.size)
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "request for {} bytes at offset {offset} reaches past the end ({} bytes)",
-                    buf.len(),
-                    self.size
-                ))
-            })?;
+        let end = self.check_range(offset, buf.len() as u64)?;
         let mut pos = offset;
         while pos < end {
             let e = self
