@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 
-use vdisk_block::{BlockDevice, Error, Image, MapKind, Mapping, Result};
+use vdisk_block::{BlockDevice, BlockDeviceExt, Error, Image, MapKind, Mapping, Result};
 
 use crate::proto::*;
 
@@ -539,7 +539,7 @@ impl BlockDevice for Client {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.check(offset, buf.len() as u64)?;
+        self.check_range(offset, buf.len() as u64)?;
         let mut done = 0usize;
         while done < buf.len() {
             let n = (buf.len() - done).min(MAX_PAYLOAD as usize);
@@ -561,7 +561,7 @@ impl BlockDevice for Client {
         if self.is_read_only() {
             return Err(Error::invalid("the NBD export is read-only"));
         }
-        self.check(offset, buf.len() as u64)?;
+        self.check_range(offset, buf.len() as u64)?;
         for (i, chunk) in buf.chunks(MAX_PAYLOAD as usize).enumerate() {
             let pos = offset + (i * MAX_PAYLOAD as usize) as u64;
             self.request(CMD_WRITE, 0, pos, chunk.len() as u32, chunk, None)?;
@@ -582,29 +582,12 @@ impl BlockDevice for Client {
 }
 
 impl Client {
-    fn check(&self, offset: u64, len: u64) -> Result<()> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.size => Ok(()),
-            _ => Err(Error::invalid(format!(
-                "request at {offset} for {len} bytes is past the end of the {}-byte export",
-                self.size
-            ))),
-        }
-    }
-
     /// Writes zeros over `[offset, offset + len)`, letting the server unmap them when
     /// `may_unmap`; falls back to writing zeros when the server has no write-zeroes.
     pub fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
-        self.check(offset, len)?;
+        self.check_range(offset, len)?;
         if self.flags & FLAG_SEND_WRITE_ZEROES == 0 {
-            let z = vec![0u8; len.min(1 << 20) as usize];
-            let mut pos = offset;
-            while pos < offset + len {
-                let n = (offset + len - pos).min(z.len() as u64) as usize;
-                self.write_at(&z[..n], pos)?;
-                pos += n as u64;
-            }
-            return Ok(());
+            return self.write_zeroes_by_writing(offset, len);
         }
         let flags = if may_unmap { 0 } else { CMD_FLAG_NO_HOLE };
         let mut pos = offset;
@@ -618,7 +601,7 @@ impl Client {
 
     /// Asks the server to discard `[offset, offset + len)` (a no-op when it cannot).
     pub fn trim(&self, offset: u64, len: u64) -> Result<()> {
-        self.check(offset, len)?;
+        self.check_range(offset, len)?;
         if self.flags & FLAG_SEND_TRIM == 0 {
             return Ok(());
         }

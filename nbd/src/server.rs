@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Condvar, Mutex};
 
-use vdisk_block::{Error, Image, MapKind, Result};
+use vdisk_block::{BlockDeviceExt, Error, Image, MapKind, Result};
 
 use crate::proto::*;
 
@@ -670,7 +670,10 @@ impl Server {
                     }
                     Some(_) => {}
                     None if fast => return Err(ENOTSUP),
-                    None => write_zeroes_slowly(&*e.image, req.offset, len).map_err(errno)?,
+                    None => e
+                        .image
+                        .write_zeroes_by_writing(req.offset, len)
+                        .map_err(errno)?,
                 }
             }
             CMD_BLOCK_STATUS => return self.block_status(s, req),
@@ -818,18 +821,6 @@ fn push_run(runs: &mut Vec<(u32, u32)>, len: u32, flags: u32) {
         }
     }
     runs.push((len, flags));
-}
-
-fn write_zeroes_slowly(img: &dyn Image, offset: u64, len: u64) -> Result<()> {
-    let chunk = vec![0u8; len.min(1 << 20) as usize];
-    let mut pos = offset;
-    let end = offset + len;
-    while pos < end {
-        let n = (end - pos).min(chunk.len() as u64) as usize;
-        img.write_at(&chunk[..n], pos)?;
-        pos += n as u64;
-    }
-    Ok(())
 }
 
 /// What the client negotiated.
