@@ -24,6 +24,7 @@ use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
+use vdisk_guestfs::ops::os_text;
 
 use vdisk::guest::GuestDisks;
 use vdisk_guestfs::fs::{FileSystem, FileSystemMut};
@@ -313,9 +314,4 @@ pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd), Failure> {
     }
     // SAFETY: both descriptors were just created by pipe2 and are owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-pub(crate) fn os_text(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    s.split(" (os error").next().unwrap_or(&s).to_string()
 }
