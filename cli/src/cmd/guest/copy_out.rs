@@ -8,6 +8,7 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use vdisk::guest::Access;
 
 use vdisk_guestfs::ops;
 
@@ -40,8 +41,8 @@ pub fn run(mut a: CopyOutArgs) -> CmdResult {
             host.display()
         )));
     }
-    let disks = open_disks(&a.disks)?;
-    let tree = open_tree(&disks, &a.select, true)?;
+    let disks = open_disks(&a.disks, Access::ReadOnly)?;
+    let tree = open_tree(&disks, &a.select, true, Access::ReadOnly)?;
     let paths: Vec<Vec<u8>> = a.paths.iter().map(|p| guest_path(p)).collect();
     let paths: Vec<&[u8]> = paths.iter().map(Vec::as_slice).collect();
     ops::copy_out(&*tree, &paths, &host, &mut |w| super::warn(&w))?;

@@ -9,11 +9,11 @@
 
 use std::sync::Arc;
 
-use vdisk::guest::GuestDisks;
+use vdisk::guest::{Access, GuestDisks};
 use vdisk_guestfs::fs::FileSystemMut;
 use vdisk_guestfs::stack::Stack;
 
-use super::{open_disks_rw, open_tree_rw, DiskArgs, MountSelect};
+use super::{open_disks, open_tree, DiskArgs, MountSelect};
 use crate::Failure;
 
 /// The guest, open for changes.
@@ -27,8 +27,8 @@ impl Edit {
     /// Opens the images read-write and mounts the tree (without `-m`, inspects, as virt-edit
     /// and virt-copy-in do).
     pub fn open(d: &DiskArgs, sel: &MountSelect) -> Result<Edit, Failure> {
-        let disks = open_disks_rw(d)?;
-        let tree = open_tree_rw(&disks, sel, true)?;
+        let disks = open_disks(d, Access::ReadWrite)?;
+        let tree = open_tree(&disks, sel, true, Access::ReadWrite)?;
         Ok(Edit { disks, tree })
     }
 
