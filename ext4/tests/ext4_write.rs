@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use ext4_common::{run, run_status, scratch, Mount};
 use vdisk_block::{BlockDevice, Error, Result};
-use vdisk_guestfs::ext4::Ext4Rw;
-use vdisk_guestfs::fs::{FileKind, FileSystem, FileSystemMut, Ino, SetAttr, TimeSet, Timestamp};
+use vdisk_ext4::Ext4Rw;
+use vdisk_fs::{FileKind, FileSystem, FileSystemMut, Ino, SetAttr, TimeSet, Timestamp};
 
 /// A read-write device over a host file.
 pub struct RwDev {
@@ -608,7 +608,7 @@ fn step(r: &mut Rng, fs: &Ext4Rw, m: &mut Model, bs: u64, log: &mut Vec<String>)
                 Ok(()) => {
                     m.nodes.get_mut(&id).unwrap().xattrs.insert(name, v);
                 }
-                Err(e) if vdisk_guestfs::fs::errno(&e) == 28 => {}
+                Err(e) if vdisk_fs::errno(&e) == 28 => {}
                 Err(e) => panic!("setxattr: {e}"),
             }
         }
@@ -1156,7 +1156,7 @@ fn create_many(fs: &Ext4Rw, m: &mut Model, dir: &str, prefix: &str, n: u32) {
 fn is_indexed(fs: &Ext4Rw, path: &str) -> bool {
     let ino = resolve(fs, path) as u32;
     let i = fs.engine().live_inode(ino).unwrap();
-    i.has_flag(vdisk_guestfs::ext4::inode::EXT4_INDEX_FL)
+    i.has_flag(vdisk_ext4::inode::EXT4_INDEX_FL)
 }
 
 /// An htree directory of thousands of entries (built by e2fsck -fyD) takes inserts until its
@@ -1199,7 +1199,7 @@ fn htree_case(name: &str, args: &[&str], files: u32, more: u32, want_levels: u8)
         let levels = {
             let e = fs.engine();
             let i = e.live_inode(resolve(&fs, "big") as u32).unwrap();
-            let vdisk_guestfs::ext4::Run::Data { start, .. } = e.map(&i, 0).unwrap() else {
+            let vdisk_ext4::Run::Data { start, .. } = e.map(&i, 0).unwrap() else {
                 panic!()
             };
             e.block(start, &String::new).unwrap()[0x1E]
@@ -1284,7 +1284,7 @@ fn inline_data_files_converted() {
     let inline = |p: &str| {
         let e = fs.engine();
         let i = e.live_inode(resolve(&fs, p) as u32).unwrap();
-        i.has_flag(vdisk_guestfs::ext4::inode::EXT4_INLINE_DATA_FL)
+        i.has_flag(vdisk_ext4::inode::EXT4_INLINE_DATA_FL)
     };
     assert!(
         inline("tiny") && inline("f100") && inline("small"),
@@ -1594,10 +1594,10 @@ fn journal_replayed_then_written() {
     );
     drop(guard);
     {
-        let fs = vdisk_guestfs::ext4::Ext4::open(ext4_common::FileDev::open(&copy)).unwrap();
+        let fs = vdisk_ext4::Ext4::open(ext4_common::FileDev::open(&copy)).unwrap();
         assert!(
             fs.superblock()
-                .has_incompat(vdisk_guestfs::ext4::superblock::incompat::RECOVER),
+                .has_incompat(vdisk_ext4::superblock::incompat::RECOVER),
             "the copy does not need recovery"
         );
     }
@@ -2218,12 +2218,12 @@ fn lookup_of_a_too_long_name_is_enametoolong() {
         let fs = Ext4Rw::open(RwDev::open(&img)).unwrap();
         let root = fs.root_ino();
         let e = fs.lookup(root, long).unwrap_err();
-        assert_eq!(vdisk_guestfs::fs::errno(&e), 36, "{e}");
+        assert_eq!(vdisk_fs::errno(&e), 36, "{e}");
         assert_eq!(fs.lookup(root, ok).unwrap(), None);
     }
-    let ro = vdisk_guestfs::ext4::Ext4::open(RwDev::open(&img)).unwrap();
+    let ro = vdisk_ext4::Ext4::open(RwDev::open(&img)).unwrap();
     let e = ro.lookup(ro.root_ino(), long).unwrap_err();
-    assert_eq!(vdisk_guestfs::fs::errno(&e), 36, "{e}");
+    assert_eq!(vdisk_fs::errno(&e), 36, "{e}");
     assert_eq!(ro.lookup(ro.root_ino(), ok).unwrap(), None);
     fsck_clean(&img, "after lookups");
 }
