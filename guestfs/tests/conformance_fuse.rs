@@ -1,0 +1,137 @@
+//! The conformance suite through FUSE: the same random operation sequences as the library
+//! runs (vdisk-fs-conformance), made with system calls on a FUSE mount of the ext4 write
+//! engine, as `vdisk mount` serves it. Afterwards e2fsck -fn is clean and the kernel's own
+//! loop mount and our reader, opened afresh, see exactly the model.
+
+#[path = "../../ext4/tests/ext4_common/mod.rs"]
+mod ext4_common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ext4_common::{run, run_status, scratch, Mount};
+use vdisk_block::{BlockDevice, BlockDeviceExt};
+use vdisk_ext4::{Ext4, Ext4Rw};
+use vdisk_fs::{Capabilities, FileSystem};
+use vdisk_fs_conformance::{self as conf, describe, Posix};
+use vdisk_guestfs::fuse::{session, MountConfig};
+
+/// A read-write device over a host file.
+struct RwDev(std::fs::File, u64);
+
+impl BlockDevice for RwDev {
+    fn size(&self) -> u64 {
+        self.1
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> vdisk_block::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.check_range(offset, buf.len() as u64)?;
+        self.0
+            .read_exact_at(buf, offset)
+            .map_err(|e| vdisk_block::Error::io("read", Some(offset), e))
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> vdisk_block::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.check_range(offset, buf.len() as u64)?;
+        self.0
+            .write_all_at(buf, offset)
+            .map_err(|e| vdisk_block::Error::io("write", Some(offset), e))
+    }
+    fn flush(&self) -> vdisk_block::Result<()> {
+        self.0
+            .sync_data()
+            .map_err(|e| vdisk_block::Error::io("flush", None, e))
+    }
+}
+
+fn rw_dev(p: &Path) -> Arc<dyn BlockDevice> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap();
+    let n = f.metadata().unwrap().len();
+    Arc::new(RwDev(f, n))
+}
+
+const SKIP: &[&str] = &["lost+found"];
+
+fn through_fuse(name: &str, mkfs_args: &[&str], seed: u64, ops: u32) {
+    let img = scratch().join(format!("{name}.img"));
+    let _ = std::fs::remove_file(&img);
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut a = vec!["-q", "-F"];
+    a.extend_from_slice(mkfs_args);
+    a.push(img.to_str().unwrap());
+    run("mkfs.ext4", &a);
+
+    let fs = Arc::new(Ext4Rw::open(rw_dev(&img)).unwrap());
+    let bs = u64::from(fs.statfs().unwrap().block_size);
+    let mut m = conf::model_from_fs(&*fs, SKIP);
+    let caps = fs.capabilities();
+    let mnt = tempfile::tempdir().unwrap();
+    let mut cfg = MountConfig::read_only(format!("vdisk-conformance:{}", std::process::id()));
+    cfg.read_only = false;
+    let bg = session(fs.clone(), mnt.path(), &cfg)
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let log = conf::run_ops(
+        &Posix(mnt.path().to_path_buf()),
+        &mut m,
+        &caps,
+        bs,
+        seed,
+        ops,
+    );
+    bg.umount_and_join().unwrap();
+    fs.writable().unwrap().flush().unwrap();
+    drop(fs);
+    let what = describe(&format!("{name} through FUSE"), &log);
+
+    let (code, out) = run_status("e2fsck", &["-fn", img.to_str().unwrap()]);
+    assert!(code == 0, "e2fsck -fn exited {code}:\n{out}\n{what}");
+    let dir = tempfile::tempdir().unwrap().keep();
+    run(
+        "mount",
+        &[
+            "-o",
+            "loop,ro",
+            img.to_str().unwrap(),
+            dir.to_str().unwrap(),
+        ],
+    );
+    let guard = Mount { dir: dir.clone() };
+    let k = conf::kernel_tree(&dir, SKIP);
+    drop(guard);
+    conf::check_kernel(&k, &m, &Capabilities::POSIX, &what);
+    let ours = Ext4::open(rw_dev(&img)).unwrap();
+    conf::check_reader(&ours, &m, SKIP, &what);
+}
+
+#[test]
+fn ext4_through_fuse_default_features() {
+    for seq in 0..3 {
+        through_fuse(
+            &format!("conf-fuse-def-{seq}"),
+            &["-T", "default"],
+            11 + seq,
+            400,
+        );
+    }
+}
+
+#[test]
+fn ext4_through_fuse_centos7_features() {
+    for seq in 0..3 {
+        through_fuse(
+            &format!("conf-fuse-c7-{seq}"),
+            &["-T", "default", "-O", "^metadata_csum,^64bit"],
+            21 + seq,
+            400,
+        );
+    }
+}
