@@ -13,52 +13,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ext4_common::{run, run_status, scratch, Mount};
-use vdisk_block::{BlockDevice, Error, Result};
+use ext4_common::{run, run_status, scratch, Mount, RwDev};
+use vdisk_block::{BlockDevice, Result};
 use vdisk_ext4::Ext4Rw;
 use vdisk_fs::{Capabilities, FileSystem, FileSystemMut, Ino, SetAttr};
 use vdisk_fs_conformance::{self as conf, describe, hex, split, Kind, MNode, Model, Rng};
-
-/// A read-write device over a host file.
-pub struct RwDev {
-    file: File,
-    size: u64,
-}
-
-impl RwDev {
-    pub fn open(p: &Path) -> Arc<dyn BlockDevice> {
-        let file = OpenOptions::new().read(true).write(true).open(p).unwrap();
-        let size = file.metadata().unwrap().len();
-        Arc::new(RwDev { file, size })
-    }
-}
-
-impl BlockDevice for RwDev {
-    fn size(&self) -> u64 {
-        self.size
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        if offset + buf.len() as u64 > self.size {
-            return Err(Error::invalid("read past the end"));
-        }
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| Error::io("read", Some(offset), e))
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        if offset + buf.len() as u64 > self.size {
-            return Err(Error::invalid("write past the end"));
-        }
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|e| Error::io("write", Some(offset), e))
-    }
-    fn flush(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io("flush", None, e))
-    }
-}
 
 /// The shared model and operations (the conformance suite), with ext4's lost+found left out.
 fn resolve(fs: &Ext4Rw, p: &str) -> Ino {

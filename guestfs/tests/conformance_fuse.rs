@@ -6,53 +6,13 @@
 #[path = "../../ext4/tests/ext4_common/mod.rs"]
 mod ext4_common;
 
-use std::path::Path;
 use std::sync::Arc;
 
-use ext4_common::{run, run_status, scratch, Mount};
-use vdisk_block::{BlockDevice, BlockDeviceExt};
+use ext4_common::{run, run_status, scratch, Mount, RwDev};
 use vdisk_ext4::{Ext4, Ext4Rw};
 use vdisk_fs::{Capabilities, FileSystem};
 use vdisk_fs_conformance::{self as conf, describe, Posix};
 use vdisk_guestfs::fuse::{session, MountConfig};
-
-/// A read-write device over a host file.
-struct RwDev(std::fs::File, u64);
-
-impl BlockDevice for RwDev {
-    fn size(&self) -> u64 {
-        self.1
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> vdisk_block::Result<()> {
-        use std::os::unix::fs::FileExt;
-        self.check_range(offset, buf.len() as u64)?;
-        self.0
-            .read_exact_at(buf, offset)
-            .map_err(|e| vdisk_block::Error::io("read", Some(offset), e))
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> vdisk_block::Result<()> {
-        use std::os::unix::fs::FileExt;
-        self.check_range(offset, buf.len() as u64)?;
-        self.0
-            .write_all_at(buf, offset)
-            .map_err(|e| vdisk_block::Error::io("write", Some(offset), e))
-    }
-    fn flush(&self) -> vdisk_block::Result<()> {
-        self.0
-            .sync_data()
-            .map_err(|e| vdisk_block::Error::io("flush", None, e))
-    }
-}
-
-fn rw_dev(p: &Path) -> Arc<dyn BlockDevice> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(p)
-        .unwrap();
-    let n = f.metadata().unwrap().len();
-    Arc::new(RwDev(f, n))
-}
 
 const SKIP: &[&str] = &["lost+found"];
 
@@ -68,7 +28,7 @@ fn through_fuse(name: &str, mkfs_args: &[&str], seed: u64, ops: u32) {
     a.push(img.to_str().unwrap());
     run("mkfs.ext4", &a);
 
-    let fs = Arc::new(Ext4Rw::open(rw_dev(&img)).unwrap());
+    let fs = Arc::new(Ext4Rw::open(RwDev::open(&img)).unwrap());
     let bs = u64::from(fs.statfs().unwrap().block_size);
     let mut m = conf::model_from_fs(&*fs, SKIP);
     let caps = fs.capabilities();
@@ -108,7 +68,7 @@ fn through_fuse(name: &str, mkfs_args: &[&str], seed: u64, ops: u32) {
     let k = conf::kernel_tree(&dir, SKIP);
     drop(guard);
     conf::check_kernel(&k, &m, &Capabilities::POSIX, &what);
-    let ours = Ext4::open(rw_dev(&img)).unwrap();
+    let ours = Ext4::open(RwDev::open(&img)).unwrap();
     conf::check_reader(&ours, &m, SKIP, &what);
 }
 
