@@ -53,8 +53,8 @@ use vdisk_guestfs::fs::{
 
 use bpb::{FatType, Geometry};
 use dirent::{
-    fat_to_unix, LfnBuilder, ShortEntry, ATTR_DIRECTORY, ATTR_LONG_NAME, ATTR_READ_ONLY,
-    ATTR_VOLUME_ID, DELETED, DIR_ENTRY_SIZE,
+    fat_to_unix, LfnBuilder, ShortEntry, ATTR_LONG_NAME, ATTR_READ_ONLY, ATTR_VOLUME_ID, DELETED,
+    DIR_ENTRY_SIZE,
 };
 use table::Table;
 

@@ -36,6 +36,8 @@ pub struct Table {
     bps: u32,
     /// Sector indices (within one FAT) changed since [`Table::take_dirty`].
     dirty: BTreeSet<u32>,
+    /// Entries changed since [`Table::begin`], with their old values.
+    undo: Vec<(u32, u32)>,
 }
 
 impl Table {
@@ -48,6 +50,7 @@ impl Table {
             entries: g.cluster_count + 2,
             bps: g.bytes_per_sector,
             dirty: BTreeSet::new(),
+            undo: Vec::new(),
         }
     }
 
@@ -110,8 +113,36 @@ impl Table {
         }
     }
 
+    /// Starts remembering changes, for [`Table::rollback`].
+    pub fn begin(&mut self) {
+        self.undo.clear();
+    }
+
+    /// Undoes every change since [`Table::begin`] (an operation that failed half-way).
+    pub fn rollback(&mut self) {
+        while let Some((n, v)) = self.undo.pop() {
+            self.store(n, v);
+        }
+    }
+
+    /// The FAT's bytes as read (without the padding byte).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.bytes.len() - 1]
+    }
+
+    /// How many bytes [`Table::bytes`] has.
+    pub fn bytes_len(&self) -> usize {
+        self.bytes.len() - 1
+    }
+
     /// Sets the entry of cluster `n` to `v` (the top four bits of a FAT32 entry are kept).
     pub fn set(&mut self, n: u32, v: u32) {
+        let old = self.raw(n);
+        self.undo.push((n, old));
+        self.store(n, v);
+    }
+
+    fn store(&mut self, n: u32, v: u32) {
         let i = n as usize;
         let (o, len) = match self.kind {
             FatType::Fat12 => {
