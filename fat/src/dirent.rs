@@ -159,14 +159,13 @@ pub fn lfn_entries(name: &[u16], checksum: u8) -> Vec<[u8; 32]> {
         b[11] = ATTR_LONG_NAME;
         b[13] = checksum;
         let start = (k - 1) * LFN_CHARS;
-        for j in 0..LFN_CHARS {
+        for (j, &o) in LFN_OFFSETS.iter().enumerate() {
             let i = start + j;
             let u = match i.cmp(&name.len()) {
                 std::cmp::Ordering::Less => name[i],
                 std::cmp::Ordering::Equal => 0,
                 std::cmp::Ordering::Greater => 0xFFFF,
             };
-            let o = LFN_OFFSETS[j];
             b[o..o + 2].copy_from_slice(&u.to_le_bytes());
         }
         out.push(b);

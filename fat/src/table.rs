@@ -224,6 +224,7 @@ impl Table {
                 )));
             }
             if v.len() as u32 >= limit {
+                Self::no_repeats(first, &v)?;
                 return Ok((v, false));
             }
             if v.len() as u32 >= self.entries {
@@ -233,6 +234,7 @@ impl Table {
             }
             v.push(c);
             match self.next(c) {
+                // A chain that ends cannot repeat a cluster (it would never end).
                 Next::End => return Ok((v, true)),
                 Next::Cluster(n) => c = n,
                 Next::Free => {
@@ -252,6 +254,22 @@ impl Table {
                 }
             }
         }
+    }
+
+    /// A chain cut short by a limit can loop inside the part walked: a cluster that comes
+    /// twice is a loop.
+    fn no_repeats(first: u32, v: &[u32]) -> Result<()> {
+        if v.len() < 2 {
+            return Ok(());
+        }
+        let mut s = v.to_vec();
+        s.sort_unstable();
+        if s.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Error::corrupt(format!(
+                "FAT: cluster chain from {first} loops"
+            )));
+        }
+        Ok(())
     }
 
     /// Number of entries (cluster_count + 2).
