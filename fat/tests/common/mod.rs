@@ -169,6 +169,24 @@ pub fn mtools_tree(img: &Path, scratch: &Path) -> BTreeMap<String, Item> {
     }
     let mut m = BTreeMap::new();
     host_walk(&out, "", &mut m);
+    // `mdir -/` lists exactly the paths the copy brought out, directories with a slash.
+    let mut listed: Vec<String> = listing
+        .lines()
+        .filter_map(|l| l.strip_prefix("::"))
+        .map(|l| l.trim_end_matches('/').to_string())
+        .collect();
+    listed.sort();
+    let copied: Vec<String> = m.keys().cloned().collect();
+    assert_eq!(listed, copied, "mdir -/ and mcopy -s disagree");
+    for (p, it) in &m {
+        if !it.dir && it.data.len() < 100_000 {
+            let t = mtool("mtype", img).arg(format!("::{p}")).output().unwrap();
+            assert!(
+                t.status.success() && t.stdout == it.data,
+                "mtype {p} differs from mcopy"
+            );
+        }
+    }
     m
 }
 
