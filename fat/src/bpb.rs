@@ -31,6 +31,9 @@ pub const FAT12_MAX_CLUSTERS: u32 = 4085;
 pub const FAT16_MAX_CLUSTERS: u32 = 65525;
 /// The largest cluster count a FAT32 entry can address (0x0FFFFFF5 less the two reserved).
 pub const FAT32_MAX_CLUSTERS: u32 = 0x0FFF_FFF5;
+/// The largest cluster: the spec asks for at most 32 KiB, mkfs.fat makes 64 KiB (128 sectors
+/// of 512 bytes) and Windows reads 256 KiB (128 of 2048); beyond that no tool goes.
+pub const MAX_CLUSTER_SIZE: u32 = 256 * 1024;
 /// The largest FAT we hold in memory: 64 MiB is 16M FAT32 clusters (a 512 GiB volume with
 /// 32 KiB clusters). Larger volumes are refused by name rather than loaded.
 pub const MAX_FAT_BYTES: u64 = 64 << 20;
@@ -44,7 +47,7 @@ pub struct Geometry {
     pub bytes_per_sector: u32,
     /// BPB_SecPerClus: a power of two from 1 to 128.
     pub sectors_per_cluster: u32,
-    /// Bytes in one cluster (at most 256 KiB with 4096-byte sectors... we allow what Linux does).
+    /// Bytes in one cluster (at most [`MAX_CLUSTER_SIZE`]).
     pub cluster_size: u32,
     /// BPB_RsvdSecCnt: sectors before the first FAT.
     pub reserved_sectors: u32,
@@ -121,11 +124,9 @@ impl Geometry {
             )));
         }
         let cluster_size = bps * spc;
-        // Linux refuses clusters above 32 MiB... the spec says 32 KiB; mkfs.fat makes up to 64 KiB
-        // with -s 128 and 512-byte sectors. 256 KiB (128 * 2048) is the largest Windows reads.
-        if cluster_size > 256 * 1024 {
+        if cluster_size > MAX_CLUSTER_SIZE {
             return Err(bad(format!(
-                "cluster size {cluster_size} is larger than 256 KiB"
+                "cluster size {cluster_size} is larger than {MAX_CLUSTER_SIZE}"
             )));
         }
         let reserved = u16_at(sector, 14);

@@ -204,7 +204,7 @@ impl LfnBuilder {
             self.checksum = b[13];
             self.start = slot;
             self.valid = true;
-        } else if !self.valid || ord != self.expect || b[13] != self.checksum {
+        } else if !self.valid || self.expect == 0 || ord != self.expect || b[13] != self.checksum {
             self.reset();
             return;
         }
@@ -587,6 +587,15 @@ mod tests {
             b.push(e, i);
         }
         assert!(b.finish(b"ALONGN~2TXT").is_none());
+        // An entry numbered 0 after a whole sequence breaks it (and must not underflow).
+        let mut b = LfnBuilder::default();
+        for (i, e) in ents.iter().enumerate() {
+            b.push(e, i);
+        }
+        let mut zero = ents[2];
+        zero[0] = 0;
+        b.push(&zero, 3);
+        assert!(b.finish(&sn).is_none());
     }
 
     #[test]

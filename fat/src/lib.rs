@@ -171,6 +171,9 @@ struct Entry {
 /// A run of a file's clusters: file cluster index, first device cluster, length.
 type Run = (u32, u32, u32);
 
+/// Files' cluster runs by (first cluster, cluster count).
+type RunCache = HashMap<(u32, u32), Arc<Vec<Run>>>;
+
 /// A FAT volume, opened read-only or read-write; one object serves [`FileSystem`] and
 /// [`FileSystemMut`] (writes on a read-only open fail with EROFS).
 pub struct Fat {
@@ -179,8 +182,9 @@ pub struct Fat {
     writable: bool,
     st: RwLock<State>,
     inos: Mutex<Inodes>,
-    /// Cluster runs of files read lately, by first cluster; emptied by every write.
-    runs: Mutex<HashMap<u32, Arc<Vec<Run>>>>,
+    /// Cluster runs of files read lately, by first cluster and cluster count (two damaged
+    /// entries may share a first cluster); emptied by every write.
+    runs: Mutex<RunCache>,
     label: Option<String>,
 }
 
@@ -553,10 +557,10 @@ impl Fat {
 
     /// The cluster runs of a file starting at `first` that holds `size` bytes.
     fn file_runs(&self, st: &State, first: u32, size: u32) -> Result<Arc<Vec<Run>>> {
-        if let Some(r) = lock(&self.runs).get(&first) {
+        let need = u64::from(size).div_ceil(u64::from(self.geo.cluster_size)) as u32;
+        if let Some(r) = lock(&self.runs).get(&(first, need)) {
             return Ok(r.clone());
         }
-        let need = u64::from(size).div_ceil(u64::from(self.geo.cluster_size)) as u32;
         let (chain, _) = st.fat.chain(first, need)?;
         if (chain.len() as u32) < need {
             return Err(Error::corrupt(format!(
@@ -576,7 +580,7 @@ impl Fat {
         if cache.len() >= MAX_CACHED_RUNS {
             cache.clear();
         }
-        cache.insert(first, runs.clone());
+        cache.insert((first, need), runs.clone());
         Ok(runs)
     }
 
