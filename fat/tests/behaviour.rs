@@ -244,6 +244,19 @@ fn directories_shrink_and_errnos() {
         fs.flush().unwrap();
     }
     fsck_clean(&img, "shrink");
+    // FSInfo holds the true free count and a next-free hint inside the volume; the backup
+    // boot sector still equals the boot sector.
+    let raw = std::fs::read(&img).unwrap();
+    let fs = open_fat(&img, false);
+    let g = fs.geometry().clone();
+    let bps = g.bytes_per_sector as usize;
+    let fsi = &raw[g.fsinfo_sector as usize * bps..][..512];
+    let u = |o: usize| u32::from_le_bytes([fsi[o], fsi[o + 1], fsi[o + 2], fsi[o + 3]]);
+    assert_eq!(u64::from(u(488)), fs.statfs().unwrap().blocks_free);
+    assert!(g.valid_cluster(u(492)), "next free {}", u(492));
+    let bk = g.backup_boot_sector as usize * bps;
+    assert!(raw[..512] == raw[bk..bk + 512]);
+    drop(fs);
     let attrs = run(mtool("mattrib", &img).arg("::/f"));
     assert!(attrs.contains('R'), "{attrs}");
     // Read-only opens refuse writes with EROFS.
