@@ -261,6 +261,8 @@ pub enum NameError {
     Invalid,
     /// Longer than 255 UTF-16 units (ENAMETOOLONG).
     TooLong,
+    /// Its short name is taken, or every numeric and hex tail is (EEXIST).
+    Exists,
 }
 
 /// The name as vfat stores and looks it up: trailing dots dropped (vfat_striptail_len).
@@ -333,12 +335,13 @@ fn short_char(c: u16, info: &mut Info) -> Option<u8> {
 /// The short name for long name `name` (UTF-16, already checked) in a directory where
 /// `taken` says whether a short name is in use, as Linux's vfat_create_shortname makes it
 /// with the default options (shortname=mixed, numeric tails). Returns the 11 bytes and
-/// whether a long name must be stored beside them; `None` when every tail is taken.
+/// whether a long name must be stored beside them. A name with nothing left for a short name
+/// (only dots and spaces) is [`NameError::Invalid`], as vfat answers EINVAL.
 pub fn make_short_name(
     name: &[u16],
     taken: &mut dyn FnMut(&[u8; 11]) -> bool,
     seed: u32,
-) -> Option<([u8; 11], bool)> {
+) -> Result<([u8; 11], bool), NameError> {
     let len = name.len();
     let dot = u16::from(b'.');
     // The extension starts after the last dot, unless the name ends in it or only
@@ -383,7 +386,7 @@ pub fn make_short_name(
         }
     }
     if base.is_empty() {
-        return None;
+        return Err(NameError::Invalid);
     }
     let mut ext = Vec::with_capacity(3);
     if let Some(es) = ext_start {
@@ -408,10 +411,10 @@ pub fn make_short_name(
     res[8..8 + ext.len()].copy_from_slice(&ext);
     if is_short && base_info.valid && ext_info.valid {
         if taken(&res) {
-            return None;
+            return Err(NameError::Exists);
         }
         // shortname=mixed creates as Windows 95 does: no long name only when all upper case.
-        return Some((res, !(base_info.upper && ext_info.upper)));
+        return Ok((res, !(base_info.upper && ext_info.upper)));
     }
     let mut baselen = base.len();
     if baselen > 6 {
@@ -422,7 +425,7 @@ pub fn make_short_name(
     for i in 1..10u8 {
         res[baselen + 1] = b'0' + i;
         if !taken(&res) {
-            return Some((res, true));
+            return Ok((res, true));
         }
     }
     // Nine tails taken: Linux switches to a hex tail from the clock; we use `seed`.
@@ -438,11 +441,11 @@ pub fn make_short_name(
         let hex = format!("{:04X}", x & 0xFFFF);
         res[baselen..baselen + 4].copy_from_slice(hex.as_bytes());
         if !taken(&res) {
-            return Some((res, true));
+            return Ok((res, true));
         }
         x = x.wrapping_sub(11);
     }
-    None
+    Err(NameError::Exists)
 }
 
 /// The first day FAT can store: 1980-01-01 00:00:00 UTC.
@@ -542,6 +545,10 @@ mod tests {
             })
             .collect();
         let (n, lfn) = make_short_name(&u, &mut |n| taken.contains(n), 0).unwrap();
+        assert_eq!(
+            make_short_name(&[0x20, 0x2E], &mut |_| false, 0),
+            Err(NameError::Invalid)
+        );
         (String::from_utf8(n.to_vec()).unwrap(), lfn)
     }
 

@@ -44,6 +44,7 @@ fn name_error(op: &'static str, e: NameError) -> Error {
             NameError::Empty => errno::ENOENT,
             NameError::Invalid => errno::EINVAL,
             NameError::TooLong => errno::ENAMETOOLONG,
+            NameError::Exists => errno::EEXIST,
         },
     )
 }
@@ -294,7 +295,7 @@ impl Fat {
         let taken = self.short_taken(d, skip);
         st.seed = st.seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
         make_short_name(units, &mut |n| taken.contains(n), st.seed)
-            .ok_or_else(|| errno_error("create", errno::EEXIST))
+            .map_err(|e| name_error("create", e))
     }
 
     /// The slots for an entry named `units` with short entry `e`.

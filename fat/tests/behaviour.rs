@@ -232,6 +232,8 @@ fn directories_shrink_and_errnos() {
             .create(1, OsStr::new("bad:name"), 0o644, 0, 0)
             .unwrap_err();
         assert_eq!(errno(&e), errno::EINVAL);
+        let e = fs.create(1, OsStr::new(" . "), 0o644, 0, 0).unwrap_err();
+        assert_eq!(errno(&e), errno::EINVAL, "nothing left for a short name");
         let long = "n".repeat(256);
         let e = fs.create(1, OsStr::new(&long), 0o644, 0, 0).unwrap_err();
         assert_eq!(errno(&e), errno::ENAMETOOLONG);
