@@ -44,7 +44,18 @@ const NAMES: &[&str] = &[
     ".hidden",
     "spaces in name",
     "12345678.123",
+    // Case variants of names above: FAT matches them as the same name.
+    "A.TXT",
+    "README",
+    "efi",
+    "GRUB.CFG",
+    "long file name.TXT",
 ];
+
+/// The model key that `p` names, matching without regard to ASCII case as vfat does.
+fn find(m: &Model, p: &str) -> Option<String> {
+    m.keys().find(|k| k.eq_ignore_ascii_case(p)).cloned()
+}
 
 fn split(p: &str) -> (&str, &str) {
     let i = p.rfind('/').unwrap();
@@ -103,7 +114,7 @@ fn step(r: &mut Rng, fs: &Fat, m: &mut Model, cs: u64, log: &mut Vec<String>) {
             let p = join(&d, n);
             log.push(format!("create {p}"));
             let got = fs.create(res(fs, &d), OsStr::new(n), 0o644, 0, 0);
-            if m.contains_key(&p) {
+            if find(m, &p).is_some() {
                 assert_eq!(code(&got.unwrap_err()), errno::EEXIST, "create {p}");
             } else {
                 let a = got.unwrap_or_else(|e| panic!("create {p}: {e}"));
@@ -124,7 +135,7 @@ fn step(r: &mut Rng, fs: &Fat, m: &mut Model, cs: u64, log: &mut Vec<String>) {
             let p = join(&d, n);
             log.push(format!("mkdir {p}"));
             let got = fs.mkdir(res(fs, &d), OsStr::new(n), 0o755, 0, 0);
-            if m.contains_key(&p) {
+            if find(m, &p).is_some() {
                 assert_eq!(code(&got.unwrap_err()), errno::EEXIST, "mkdir {p}");
             } else {
                 got.unwrap_or_else(|e| panic!("mkdir {p}: {e}"));
@@ -244,20 +255,29 @@ fn step(r: &mut Rng, fs: &Fat, m: &mut Model, cs: u64, log: &mut Vec<String>) {
             let sino = res(fs, &src);
             let got = fs.rename(res(fs, sd), OsStr::new(sn), res(fs, &nd), OsStr::new(nn), 0);
             let sdir = m[&src].dir;
-            let inside = dst == src || dst.starts_with(&format!("{src}/"));
-            let want = if dst == src {
+            let (sl, dl) = (src.to_ascii_lowercase(), dst.to_ascii_lowercase());
+            let same = sl == dl;
+            let inside = dl.starts_with(&format!("{sl}/"));
+            let target = find(m, &dst);
+            let want = if same {
                 Ok(())
             } else if sdir && inside {
                 Err(errno::EINVAL)
-            } else if let Some(t) = m.get(&dst) {
-                match (sdir, t.dir) {
+            } else if let Some(t) = &target {
+                match (sdir, m[t].dir) {
                     (true, false) => Err(errno::ENOTDIR),
                     (false, true) => Err(errno::EISDIR),
-                    (true, true) if !children(m, &dst).is_empty() => Err(errno::ENOTEMPTY),
+                    (true, true) if !children(m, t).is_empty() => Err(errno::ENOTEMPTY),
                     _ => Ok(()),
                 }
             } else {
                 Ok(())
+            };
+            // Where the object ends up: a replaced target keeps its spelling (vfat reuses
+            // its entry), otherwise the new name as given (trailing dots are never drawn).
+            let dst = match (&target, same) {
+                (Some(t), false) => t.clone(),
+                _ => dst,
             };
             match want {
                 Err(c) => assert_eq!(code(&got.unwrap_err()), c, "rename {src} -> {dst}"),
@@ -269,11 +289,17 @@ fn step(r: &mut Rng, fs: &Fat, m: &mut Model, cs: u64, log: &mut Vec<String>) {
                             .filter(|k| *k == &src || k.starts_with(&format!("{src}/")))
                             .cloned()
                             .collect();
-                        m.remove(&dst);
-                        for k in moved {
-                            let v = m.remove(&k).unwrap();
-                            m.insert(format!("{dst}{}", &k[src.len()..]), v);
+                        if !same {
+                            m.remove(&dst);
                         }
+                        let vals: Vec<(String, MNode)> = moved
+                            .into_iter()
+                            .map(|k| {
+                                let v = m.remove(&k).unwrap();
+                                (format!("{dst}{}", &k[src.len()..]), v)
+                            })
+                            .collect();
+                        m.extend(vals);
                     }
                     // The object keeps its inode number under its new name.
                     assert_eq!(res(fs, &dst), sino, "rename {src} -> {dst}: inode changed");
