@@ -174,6 +174,7 @@ pub static FORMATS: &[FormatEntry] = &[
         supports_backing: true,
     },
     crate::formats::vmdk::ENTRY,
+    crate::formats::vpc::ENTRY,
 ];
 
 /// The entry of `format`.

@@ -2,3 +2,4 @@
 //! per format, each an [`ENTRY`](vmdk::ENTRY) that [`crate::registry::FORMATS`] lists.
 
 pub mod vmdk;
+pub mod vpc;
