@@ -475,3 +475,359 @@ fn hostile_vhd_images_are_refused_with_one_line() {
         assert!(!out.status.success(), "qemu accepted {img}");
     }
 }
+
+/// The BAT entry of block `i` of a dynamic VHD made by qemu or vdisk (BAT at 1536).
+fn bat_entry(b: &[u8], i: usize) -> u32 {
+    u32::from_be_bytes(b[1536 + 4 * i..1540 + 4 * i].try_into().unwrap())
+}
+
+#[test]
+fn differencing_vhd_reads_through_its_parent() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    source(d, "base.raw", "10M");
+    tool_ok(
+        d,
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "vpc", "base.raw", "base.vhd"],
+    );
+    // What the child should read: the base with a few writes over it, some inside blocks.
+    tool_ok(
+        d,
+        "qemu-img",
+        &[
+            "create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "ov.qcow2",
+        ],
+    );
+    tool_ok(
+        d,
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x66 1M 4k",
+            "-c",
+            "write -P 0x77 7M 512",
+            "-c",
+            "write -P 0x88 9M 1M",
+            "ov.qcow2",
+        ],
+    );
+    // A differencing VHD over base.vhd holding the overlay's clusters.
+    vdisk_ok(
+        d,
+        &[
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "vpc",
+            "-B",
+            "base.vhd",
+            "-F",
+            "vpc",
+            "ov.qcow2",
+            "child.vhd",
+        ],
+    );
+    let info = json(&vdisk_ok(
+        d,
+        &["info", "-f", "vpc", "--output=json", "child.vhd"],
+    ));
+    assert_eq!(info["backing-filename"], "base.vhd");
+    assert_eq!(info["backing-filename-format"], "vpc");
+    assert_eq!(
+        info["virtual-size"],
+        json(&tool_ok(
+            d,
+            "qemu-img",
+            &["info", "--output=json", "base.vhd"]
+        ))["virtual-size"]
+    );
+    let chain = json(&vdisk_ok(
+        d,
+        &[
+            "info",
+            "-f",
+            "vpc",
+            "--backing-chain",
+            "--output=json",
+            "child.vhd",
+        ],
+    ));
+    assert_eq!(chain.as_array().unwrap().len(), 2);
+    let cmp = vdisk(
+        d,
+        &[
+            "compare",
+            "-f",
+            "qcow2",
+            "-F",
+            "vpc",
+            "ov.qcow2",
+            "child.vhd",
+        ],
+    );
+    assert!(cmp.status.success(), "{cmp:?}");
+    vdisk_ok(
+        d,
+        &["convert", "-f", "vpc", "-O", "raw", "child.vhd", "ours.raw"],
+    );
+    tool_ok(
+        d,
+        "qemu-img",
+        &[
+            "convert", "-f", "qcow2", "-O", "raw", "ov.qcow2", "want.raw",
+        ],
+    );
+    let ours = read(&d.join("ours.raw"));
+    let want = read(&d.join("want.raw"));
+    assert!(ours[..want.len()] == want[..] && ours[want.len()..].iter().all(|&b| b == 0));
+    // qemu reads a differencing VHD as a lone dynamic disk: the blocks the child holds
+    // (copied whole from the parent, every bitmap bit set) are the same there.
+    tool_ok(
+        d,
+        "qemu-img",
+        &["convert", "-f", "vpc", "-O", "raw", "child.vhd", "qemu.raw"],
+    );
+    let q = read(&d.join("qemu.raw"));
+    let c = read(&d.join("child.vhd"));
+    let block = 2 << 20;
+    let mut held = 0;
+    for (i, chunk) in q.chunks(block).enumerate() {
+        if bat_entry(&c, i) != u32::MAX {
+            held += 1;
+            assert!(
+                chunk == &ours[i * block..i * block + chunk.len()],
+                "block {i}"
+            );
+        } else {
+            assert!(chunk.iter().all(|&b| b == 0), "block {i}");
+        }
+    }
+    assert_eq!(held, 3, "blocks 0, 3 and 4 hold the writes");
+    // map: the held blocks are data in the child, the rest the parent's.
+    let map = json(&vdisk_ok(
+        d,
+        &["map", "-f", "vpc", "--output=json", "child.vhd"],
+    ));
+    let depth1 = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["depth"] == 1 && m["data"] == true)
+        .count();
+    assert!(depth1 > 0, "{map}");
+
+    // A sector whose bitmap bit is clear reads from the parent, whatever the block holds.
+    let mut b = c.clone();
+    let at = bat_entry(&b, 0) as usize * 512;
+    b[at] &= 0x7f; // sector 0 of block 0: the parent's
+    b[at + 512..at + 1024].fill(0xee); // its data in the child: garbage
+    std::fs::write(d.join("bits.vhd"), &b).unwrap();
+    vdisk_ok(
+        d,
+        &["convert", "-f", "vpc", "-O", "raw", "bits.vhd", "bits.raw"],
+    );
+    let got = read(&d.join("bits.raw"));
+    assert!(
+        got[..512].iter().all(|&x| x == 0x5a),
+        "sector 0 from the parent"
+    );
+    assert!(got[512..1024] == ours[512..1024]);
+    // Writing into that block first fills the parent's sectors, then sets every bit.
+    vdisk_ok(
+        d,
+        &[
+            "convert", "-n", "-f", "raw", "-O", "vpc", "want.raw", "bits.vhd",
+        ],
+    );
+    let cmp = vdisk(
+        d,
+        &["compare", "-f", "raw", "-F", "vpc", "want.raw", "bits.vhd"],
+    );
+    assert!(cmp.status.success(), "{cmp:?}");
+    let b = read(&d.join("bits.vhd"));
+    let at = bat_entry(&b, 0) as usize * 512;
+    assert!(b[at..at + 512].iter().all(|&x| x == 0xff));
+
+    // Without locators the parent is found by the header's Parent Unicode Name; with neither,
+    // the child is refused.
+    let mut b = c.clone();
+    for i in 0..8 {
+        b[512 + 576 + 24 * i..512 + 580 + 24 * i].fill(0);
+    }
+    let sum = vhd_checksum(&b[512..1536], 36);
+    b[512 + 36..512 + 40].copy_from_slice(&sum.to_be_bytes());
+    std::fs::write(d.join("name.vhd"), &b).unwrap();
+    let cmp = vdisk(
+        d,
+        &[
+            "compare", "-f", "qcow2", "-F", "vpc", "ov.qcow2", "name.vhd",
+        ],
+    );
+    assert!(cmp.status.success(), "{cmp:?}");
+    b[512 + 64..512 + 576].fill(0);
+    let sum = vhd_checksum(&b[512..1536], 36);
+    b[512 + 36..512 + 40].copy_from_slice(&sum.to_be_bytes());
+    std::fs::write(d.join("orphan.vhd"), &b).unwrap();
+    refused(d, "orphan.vhd", "names no parent");
+    // The absolute locator alone (the child moved away from its parent's directory).
+    std::fs::create_dir(d.join("moved")).unwrap();
+    let mut b = c.clone();
+    b[512 + 576..512 + 580].fill(0); // the first (relative) locator gone
+    let sum = vhd_checksum(&b[512..1536], 36);
+    b[512 + 36..512 + 40].copy_from_slice(&sum.to_be_bytes());
+    std::fs::write(d.join("moved/abs.vhd"), &b).unwrap();
+    let cmp = vdisk(
+        d,
+        &[
+            "compare",
+            "-f",
+            "qcow2",
+            "-F",
+            "vpc",
+            "ov.qcow2",
+            "moved/abs.vhd",
+        ],
+    );
+    assert!(cmp.status.success(), "{cmp:?}");
+
+    // create -b: a new child reads as its parent.
+    vdisk_ok(
+        d,
+        &[
+            "create", "-f", "vpc", "-b", "base.vhd", "-F", "vpc", "new.vhd",
+        ],
+    );
+    let cmp = vdisk(
+        d,
+        &["compare", "-f", "vpc", "-F", "vpc", "base.vhd", "new.vhd"],
+    );
+    assert!(cmp.status.success(), "{cmp:?}");
+    let out = vdisk(
+        d,
+        &[
+            "create", "-f", "vpc", "-b", "base.raw", "-F", "raw", "bad.vhd",
+        ],
+    );
+    assert!(!out.status.success());
+}
+
+#[test]
+fn guest_commands_read_and_write_a_vhd() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::create_dir(d.join("root")).unwrap();
+    std::fs::write(d.join("root/hostname"), b"vhd-guest\n").unwrap();
+    tool_ok(d, "mkfs.ext4", &["-q", "-F", "-d", "root", "fs.raw", "16M"]);
+    for sub in ["dynamic", "fixed"] {
+        let img = format!("{sub}.vhd");
+        tool_ok(
+            d,
+            "qemu-img",
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "vpc",
+                "-o",
+                &format!("subformat={sub}"),
+                "fs.raw",
+                &img,
+            ],
+        );
+        let got = vdisk_ok(
+            d,
+            &[
+                "cat",
+                "--format",
+                "vpc",
+                "-a",
+                &img,
+                "-m",
+                "/dev/sda",
+                "/hostname",
+            ],
+        );
+        assert_eq!(got, "vhd-guest\n", "{sub}");
+    }
+    // A write through the guest commands into a differencing child: the parent stays as it
+    // was, e2fsck is clean on the child's content, and qemu reads the base unchanged.
+    tool_ok(
+        d,
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "vpc", "fs.raw", "base.vhd"],
+    );
+    let before = read(&d.join("base.vhd"));
+    vdisk_ok(
+        d,
+        &[
+            "create",
+            "-f",
+            "vpc",
+            "-b",
+            "base.vhd",
+            "-F",
+            "vpc",
+            "child.vhd",
+        ],
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vdisk"))
+        .args([
+            "write",
+            "--format",
+            "vpc",
+            "-a",
+            "child.vhd",
+            "-m",
+            "/dev/sda",
+            "/hostname",
+        ])
+        .current_dir(d)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"renamed\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let got = vdisk_ok(
+        d,
+        &[
+            "cat",
+            "--format",
+            "vpc",
+            "-a",
+            "child.vhd",
+            "-m",
+            "/dev/sda",
+            "/hostname",
+        ],
+    );
+    assert_eq!(got, "renamed\n");
+    let got = vdisk_ok(
+        d,
+        &[
+            "cat",
+            "--format",
+            "vpc",
+            "-a",
+            "base.vhd",
+            "-m",
+            "/dev/sda",
+            "/hostname",
+        ],
+    );
+    assert_eq!(got, "vhd-guest\n");
+    assert!(
+        read(&d.join("base.vhd")) == before,
+        "the parent was written"
+    );
+    vdisk_ok(
+        d,
+        &["convert", "-f", "vpc", "-O", "raw", "child.vhd", "back.raw"],
+    );
+    tool_ok(d, "e2fsck", &["-fn", "back.raw"]);
+}
