@@ -105,6 +105,10 @@ pub struct CreateParams<'a> {
     pub backing_file: Option<&'a str>,
     /// Its format.
     pub backing_format: Option<&'a str>,
+    /// qemu's `cache=unsafe`, what `qemu-img convert` gives its target: the returned image
+    /// need not pass flushes to the host (a crash leaves an image to throw away, which a
+    /// conversion does anyway). Formats may ignore it.
+    pub unsafe_cache: bool,
 }
 
 /// A registered format's open function.

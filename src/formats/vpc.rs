@@ -113,6 +113,7 @@ fn create(path: &Path, p: &CreateParams<'_>) -> Result<Box<dyn FormatImage>> {
         parent,
     };
     let mut v = vdisk_vhd::create(path, &o)?;
+    v.set_sync(!p.unsafe_cache);
     if let Some(b) = p.backing_file {
         // Writes into a new differencing disk copy the rest of each block from the parent.
         let full = resolve_backing(path, b);

@@ -100,6 +100,8 @@ pub struct Vhd {
     footer: Footer,
     size: u64,
     read_only: bool,
+    /// Pass flushes to the host (off for a conversion's target, qemu's cache=unsafe).
+    sync: bool,
     dynamic: Option<Dynamic>,
     parent_name: Option<String>,
     backing: Option<Arc<dyn Image>>,
@@ -215,6 +217,7 @@ impl Vhd {
             footer,
             size,
             read_only,
+            sync: true,
             dynamic: None,
             parent_name: None,
             backing: None,
@@ -400,6 +403,12 @@ impl Vhd {
     /// The host file.
     pub fn file(&self) -> &Arc<RawFile> {
         &self.file
+    }
+
+    /// Whether flushes reach the host (`fdatasync`); off is qemu's `cache=unsafe`, for a
+    /// conversion's new target that is thrown away if the conversion fails.
+    pub fn set_sync(&mut self, sync: bool) {
+        self.sync = sync;
     }
 
     fn read_backing(&self, buf: &mut [u8], offset: u64) -> Result<()> {
@@ -654,7 +663,7 @@ impl BlockDevice for Vhd {
     }
 
     fn flush(&self) -> Result<()> {
-        if self.read_only {
+        if self.read_only || !self.sync {
             return Ok(());
         }
         self.file.flush()
