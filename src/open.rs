@@ -46,6 +46,8 @@ pub enum Format {
     Vmdk,
     /// Virtual PC / Hyper-V's VHD (qemu's `vpc`): fixed, dynamic and differencing disks.
     Vpc,
+    /// VirtualBox's VDI: dynamic and static disks.
+    Vdi,
 }
 
 impl Format {

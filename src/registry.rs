@@ -75,6 +75,12 @@ pub trait FormatImage: Image + fmt::Debug {
         Vec::new()
     }
 
+    /// qemu-img check, for formats that have one: the number of corruptions found and the
+    /// lines qemu prints on stderr while checking. `None`: the format has no check.
+    fn check(&self) -> Option<Result<(u64, Vec<String>)>> {
+        None
+    }
+
     /// Writes back what the image holds in memory and closes it for good (a stream-optimized
     /// VMDK writes its tables and footer). Called once after the last write.
     fn finish(&self) -> Result<()> {
@@ -179,6 +185,7 @@ pub static FORMATS: &[FormatEntry] = &[
     },
     crate::formats::vmdk::ENTRY,
     crate::formats::vpc::ENTRY,
+    crate::formats::vdi::ENTRY,
 ];
 
 /// The entry of `format`.
