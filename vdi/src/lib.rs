@@ -221,8 +221,13 @@ impl Vdi {
             return Ok(s.bmap[i]);
         }
         let e = s.next;
-        if !is_allocated(e) {
-            return Err(Error::unsupported("the VDI image has no block index left"));
+        let n = s.bmap.len() as u64;
+        if u64::from(e) >= n {
+            // Only a wrong blocks_allocated (or a block map entry out of range) leads here:
+            // a data area never holds more blocks than the map has entries.
+            return Err(Error::corrupt(format!(
+                "the VDI data area is full: the next block would be number {e}, but the block map has {n} entries"
+            )));
         }
         let end = self.host(e, u64::from(BLOCK_SIZE));
         if self.file.file_length()? < end {
