@@ -9,7 +9,7 @@
 #
 #   benches/convert.sh            # uses target/release/vdisk (built if missing)
 #   RUNS=7 SIZE_GIB=8 WORK=/var/tmp/vb benches/convert.sh
-#   BUSY=1 ONLY=vpc benches/convert.sh   # the VHD rows, with one core kept busy
+#   BUSY=1 ONLY='vpc|vdi' benches/convert.sh   # the VHD and VDI rows, one core kept busy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
@@ -65,6 +65,7 @@ fi
 [ -f src.qcow2 ] || qemu-img convert -f raw -O qcow2 src.raw src.qcow2
 [ -f src.vmdk ] || qemu-img convert -f raw -O vmdk src.raw src.vmdk
 [ -f src.vhd ] || qemu-img convert -f raw -O vpc src.raw src.vhd
+[ -f src.vdi ] || qemu-img convert -f raw -O vdi src.raw src.vdi
 [ -f src-stream.vmdk ] || qemu-img convert -f raw -O vmdk -o subformat=streamOptimized src.raw src-stream.vmdk
 if [ ! -f top.qcow2 ]; then
   qemu-img convert -f raw -O qcow2 src.raw base.qcow2
@@ -153,5 +154,7 @@ bench "raw -> vmdk stream" src.raw raw vmdk -o subformat=streamOptimized
 bench "vpc -> qcow2" src.vhd vpc qcow2
 bench "raw -> vpc" src.raw raw vpc
 bench "qcow2 -> vpc fixed" src.qcow2 qcow2 vpc -o subformat=fixed
+bench "vdi -> qcow2" src.vdi vdi qcow2
+bench "raw -> vdi" src.raw raw vdi
 echo
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min)"

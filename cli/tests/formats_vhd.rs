@@ -831,3 +831,90 @@ fn guest_commands_read_and_write_a_vhd() {
     );
     tool_ok(d, "e2fsck", &["-fn", "back.raw"]);
 }
+
+/// Unmounts on drop, so a failing test leaves nothing mounted.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let d = self.0.to_str().unwrap().to_string();
+        let ok = vdisk(Path::new("/"), &["umount", &d]).status.success();
+        if !ok {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+#[test]
+fn mount_a_differencing_vhd_read_write() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::create_dir(d.join("root")).unwrap();
+    std::fs::write(d.join("root/hello"), b"hi-vhd\n").unwrap();
+    tool_ok(d, "mkfs.ext4", &["-q", "-F", "-d", "root", "fs.raw", "16M"]);
+    tool_ok(
+        d,
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "vpc", "fs.raw", "base.vhd"],
+    );
+    let before = read(&d.join("base.vhd"));
+    vdisk_ok(
+        d,
+        &[
+            "create",
+            "-f",
+            "vpc",
+            "-b",
+            "base.vhd",
+            "-F",
+            "vpc",
+            "child.vhd",
+        ],
+    );
+    std::fs::create_dir(d.join("mnt")).unwrap();
+    let mnt = d.join("mnt");
+    {
+        vdisk_ok(
+            d,
+            &[
+                "mount",
+                "--format",
+                "vpc",
+                "-a",
+                "child.vhd",
+                "-m",
+                "/dev/sda",
+                "mnt",
+            ],
+        );
+        let _guard = Mounted(mnt.clone());
+        assert_eq!(std::fs::read(mnt.join("hello")).unwrap(), b"hi-vhd\n");
+        std::fs::write(mnt.join("new"), b"written through FUSE\n").unwrap();
+    }
+    assert!(
+        read(&d.join("base.vhd")) == before,
+        "the parent was written"
+    );
+    let got = vdisk_ok(
+        d,
+        &[
+            "cat",
+            "--format",
+            "vpc",
+            "-a",
+            "child.vhd",
+            "-m",
+            "/dev/sda",
+            "/new",
+        ],
+    );
+    assert_eq!(got, "written through FUSE\n");
+    vdisk_ok(
+        d,
+        &["convert", "-f", "vpc", "-O", "raw", "child.vhd", "back.raw"],
+    );
+    tool_ok(d, "e2fsck", &["-fn", "back.raw"]);
+}
