@@ -918,3 +918,65 @@ fn mount_a_differencing_vhd_read_write() {
     );
     tool_ok(d, "e2fsck", &["-fn", "back.raw"]);
 }
+
+#[test]
+fn virtual_size_follows_the_creator_as_qemu_reads_it() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // A dynamic disk whose geometry holds 8 MiB + 8 KiB while Current Size says 8 MiB; a
+    // fixed one the same way (its data area holds the larger size).
+    tool_ok(d, "qemu-img", &["create", "-f", "vpc", "dyn.vhd", "8M"]);
+    tool_ok(
+        d,
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "vpc",
+            "-o",
+            "subformat=fixed",
+            "fix.vhd",
+            "8M",
+        ],
+    );
+    for (base, fixed) in [("dyn.vhd", false), ("fix.vhd", true)] {
+        for (i, app) in [
+            *b"vpc ", *b"qemu", *b"qem2", *b"win ", *b"d2v ", *b"wa\0\0", *b"tap\0", *b"xyz ",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut b = read(&d.join(base));
+            let len = b.len();
+            let mut at = vec![len - 512];
+            if !fixed {
+                at.push(0);
+            }
+            for &f in &at {
+                b[f + 28..f + 32].copy_from_slice(app);
+                b[f + 48..f + 56].copy_from_slice(&(8u64 << 20).to_be_bytes());
+                let c = vhd_checksum(&b[f..f + 512], 64);
+                b[f + 64..f + 68].copy_from_slice(&c.to_be_bytes());
+            }
+            let img = format!("c{i}-{base}");
+            std::fs::write(d.join(&img), &b).unwrap();
+            let ours = json(&vdisk_ok(d, &["info", "-f", "vpc", "--output=json", &img]));
+            let theirs = json(&tool_ok(
+                d,
+                "qemu-img",
+                &["info", "-f", "vpc", "--output=json", &img],
+            ));
+            assert_eq!(
+                ours["virtual-size"], theirs["virtual-size"],
+                "{img} {app:?}"
+            );
+            vdisk_ok(d, &["convert", "-f", "vpc", "-O", "raw", &img, "o.raw"]);
+            tool_ok(
+                d,
+                "qemu-img",
+                &["convert", "-f", "vpc", "-O", "raw", &img, "t.raw"],
+            );
+            assert!(read(&d.join("o.raw")) == read(&d.join("t.raw")), "{img}");
+        }
+    }
+}
