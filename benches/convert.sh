@@ -9,6 +9,7 @@
 #
 #   benches/convert.sh            # uses target/release/vdisk (built if missing)
 #   RUNS=7 SIZE_GIB=8 WORK=/var/tmp/vb benches/convert.sh
+#   BUSY=1 ONLY='vpc|vdi' benches/convert.sh   # the VHD and VDI rows, one core kept busy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
@@ -63,12 +64,23 @@ PY
 fi
 [ -f src.qcow2 ] || qemu-img convert -f raw -O qcow2 src.raw src.qcow2
 [ -f src.vmdk ] || qemu-img convert -f raw -O vmdk src.raw src.vmdk
+[ -f src.vhd ] || qemu-img convert -f raw -O vpc src.raw src.vhd
+[ -f src.vdi ] || qemu-img convert -f raw -O vdi src.raw src.vdi
 [ -f src-stream.vmdk ] || qemu-img convert -f raw -O vmdk -o subformat=streamOptimized src.raw src-stream.vmdk
 if [ ! -f top.qcow2 ]; then
   qemu-img convert -f raw -O qcow2 src.raw base.qcow2
   qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
   qemu-io -f qcow2 -c "write -P 0x5c 1G 256M" -c "write -z 2G 128M" top.qcow2 >/dev/null
 fi
+
+# BUSY=1: a second process keeps one core busy for the whole run, as a shared build machine
+# would.
+busy_pid=
+if [ "${BUSY:-0}" = 1 ]; then
+  sh -c 'while :; do :; done' &
+  busy_pid=$!
+fi
+trap '[ -n "$busy_pid" ] && kill $busy_pid 2>/dev/null; true' EXIT
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
@@ -124,7 +136,7 @@ bench() {
 
 echo
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min)"
-echo "source: ${SIZE_GIB} GiB virtual, $(du -h --apparent-size src.raw | cut -f1) apparent, $(du -h src.raw | cut -f1) allocated; $RUNS runs each, median; $(nproc) cores"
+echo "source: ${SIZE_GIB} GiB virtual$([ -n "$busy_pid" ] && echo ', 1 core kept busy'), $(du -h --apparent-size src.raw | cut -f1) apparent, $(du -h src.raw | cut -f1) allocated; $RUNS runs each, median; $(nproc) cores"
 echo
 echo "| conversion                   | qemu-img s | vdisk s | ratio | vdisk peak RSS MiB | qemu-img peak RSS MiB |"
 echo "|------------------------------|----------:|--------:|------:|------------------:|---------------------:|"
@@ -139,5 +151,10 @@ bench "raw -> qcow2 -c (zstd)" src.raw raw qcow2 -c -o compression_type=zstd
 bench "vmdk -> qcow2" src.vmdk vmdk qcow2
 bench "vmdk stream -> qcow2" src-stream.vmdk vmdk qcow2
 bench "raw -> vmdk stream" src.raw raw vmdk -o subformat=streamOptimized
+bench "vpc -> qcow2" src.vhd vpc qcow2
+bench "raw -> vpc" src.raw raw vpc
+bench "qcow2 -> vpc fixed" src.qcow2 qcow2 vpc -o subformat=fixed
+bench "vdi -> qcow2" src.vdi vdi qcow2
+bench "raw -> vdi" src.raw raw vdi
 echo
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min)"

@@ -220,4 +220,19 @@ done
 for f in "$corpus"/ext4_read/*; do
   for s in 1 2; do { cat "$f"; ops "$(basename "$f")$s" 128; } > "$corpus/ext4_write/$(basename "$f").$s"; done
 done
+# --- VHD and VDI: empty dynamic disks (their 2 MiB / 1 MiB blocks would pass the 1 MiB
+# seed limit; the targets' writes allocate blocks), a small fixed VHD with data.
+mkdir -p "$corpus"/{vhd_open_rw,vdi_open_rw}
+q create -f raw vsrc.raw 256K
+qemu-io -f raw -c 'write -P 0x3c 0 64K' vsrc.raw >/dev/null
+q create -f vpc vhd-dynamic.vhd 8M
+q create -f vpc -o force_size=on vhd-force.vhd 8M
+q convert -f raw -O vpc -o subformat=fixed vsrc.raw vhd-fixed.vhd
+put vhd-dynamic.vhd vhd_open_rw
+put vhd-force.vhd vhd_open_rw
+put vhd-fixed.vhd vhd_open_rw
+q create -f vdi vdi-dynamic.vdi 3M
+q create -f vdi -o static=on vdi-static.vdi 0
+put vdi-dynamic.vdi vdi_open_rw
+put vdi-static.vdi vdi_open_rw
 echo "seeds: $(find "$corpus" -type f | wc -l) files in $corpus"

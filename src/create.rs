@@ -432,6 +432,7 @@ impl CreateRequest {
             options: &self.format_options,
             backing_file: self.backing_file.as_deref(),
             backing_format: self.backing_format.as_deref(),
+            unsafe_cache: false,
         }
     }
 }
@@ -521,7 +522,9 @@ pub fn create_image_with(
                 .with_path(path));
             }
             let size = req.rounded_size(path)?;
-            let img = create(path, &req.params(size)).map_err(|e| e.with_path(path))?;
+            let mut params = req.params(size);
+            params.unsafe_cache = cache == CacheMode::Unsafe;
+            let img = create(path, &params).map_err(|e| e.with_path(path))?;
             Ok(CreatedImage::Other(Arc::from(img)))
         }
     }

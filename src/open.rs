@@ -44,6 +44,10 @@ pub enum Format {
     Qcow2,
     /// VMware's virtual disk: descriptor plus flat, sparse, zero and stream extents.
     Vmdk,
+    /// Virtual PC / Hyper-V's VHD (qemu's `vpc`): fixed, dynamic and differencing disks.
+    Vpc,
+    /// VirtualBox's VDI: dynamic and static disks.
+    Vdi,
 }
 
 impl Format {

@@ -75,6 +75,12 @@ pub trait FormatImage: Image + fmt::Debug {
         Vec::new()
     }
 
+    /// qemu-img check, for formats that have one: the number of corruptions found and the
+    /// lines qemu prints on stderr while checking. `None`: the format has no check.
+    fn check(&self) -> Option<Result<(u64, Vec<String>)>> {
+        None
+    }
+
     /// Writes back what the image holds in memory and closes it for good (a stream-optimized
     /// VMDK writes its tables and footer). Called once after the last write.
     fn finish(&self) -> Result<()> {
@@ -105,6 +111,10 @@ pub struct CreateParams<'a> {
     pub backing_file: Option<&'a str>,
     /// Its format.
     pub backing_format: Option<&'a str>,
+    /// qemu's `cache=unsafe`, what `qemu-img convert` gives its target: the returned image
+    /// need not pass flushes to the host (a crash leaves an image to throw away, which a
+    /// conversion does anyway). Formats may ignore it.
+    pub unsafe_cache: bool,
 }
 
 /// A registered format's open function.
@@ -174,6 +184,8 @@ pub static FORMATS: &[FormatEntry] = &[
         supports_backing: true,
     },
     crate::formats::vmdk::ENTRY,
+    crate::formats::vpc::ENTRY,
+    crate::formats::vdi::ENTRY,
 ];
 
 /// The entry of `format`.

@@ -198,6 +198,8 @@ targets!(
     qcow2_rw,
     probe_open,
     vmdk_open_read,
+    vhd_open_rw,
+    vdi_open_rw,
     partition_table,
     lvm,
     detect,

@@ -259,6 +259,54 @@ pub fn vmdk_open_read(data: &[u8]) {
     let _ = std::fs::remove_file(path);
 }
 
+/// VHD (vpc) and VDI: the bytes opened with `-f vpc` / `-f vdi` (footer and dynamic header,
+/// BAT, bitmaps, parent locators; VDI header and block map), mapped and read; then opened
+/// read-write, a block written where the knobs say and read back.
+fn block_image_open_rw(data: &[u8], format: Format) {
+    let path = &scratch();
+    std::fs::write(path, data).expect("write scratch image");
+    let mut k = Knobs::new(data);
+    let opts = OpenOptions {
+        format: Some(format),
+        backing: BackingPolicy::Ignore,
+        ..OpenOptions::default()
+    };
+    if let Ok(img) = vdisk::open(path, &opts) {
+        let _ = vdisk::info::image_info(&img);
+        let mut budget = 1 << 20;
+        walk_image(&*img.image(), &mut k, &mut budget);
+    }
+    let rw = OpenOptions {
+        read_only: false,
+        ..opts
+    };
+    if let Ok(img) = vdisk::open(path, &rw) {
+        let dev = img.image();
+        let size = dev.size();
+        if size >= 4096 {
+            let at = k.below(size - 4096) & !511;
+            let buf = [0xa5u8; 4096];
+            if dev.write_at(&buf, at).is_ok() {
+                let mut back = [0u8; 4096];
+                if dev.read_at(&mut back, at).is_ok() {
+                    assert_eq!(back, buf, "a write did not read back");
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// VHD (qemu's vpc), read and written.
+pub fn vhd_open_rw(data: &[u8]) {
+    block_image_open_rw(data, Format::Vpc);
+}
+
+/// VDI, read and written.
+pub fn vdi_open_rw(data: &[u8]) {
+    block_image_open_rw(data, Format::Vdi);
+}
+
 /// MBR (with extended/logical chains) and GPT: read the table, then open every partition and
 /// read its ends.
 pub fn partition_table(data: &[u8]) {
@@ -859,6 +907,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("qcow2_rw", qcow2_rw),
     ("probe_open", probe_open),
     ("vmdk_open_read", vmdk_open_read),
+    ("vhd_open_rw", vhd_open_rw),
+    ("vdi_open_rw", vdi_open_rw),
     ("partition_table", partition_table),
     ("lvm", lvm),
     ("detect", detect_fs),

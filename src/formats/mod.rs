@@ -1,4 +1,6 @@
 //! The adapters between the registry and the format crates outside raw and qcow2: one file
 //! per format, each an [`ENTRY`](vmdk::ENTRY) that [`crate::registry::FORMATS`] lists.
 
+pub mod vdi;
 pub mod vmdk;
+pub mod vpc;

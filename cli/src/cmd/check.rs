@@ -55,6 +55,7 @@ pub fn run(a: CheckArgs) -> CmdResult {
         snapshot: None,
     };
     let img = open_image(&a.filename, &opts)?;
+    let format_name = img.format.name();
     let repair = a.repair.map(|r| match r {
         RepairArg::Leaks => Repair::Leaks,
         RepairArg::All => Repair::All,
@@ -78,7 +79,9 @@ pub fn run(a: CheckArgs) -> CmdResult {
     if !a.quiet {
         match a.output {
             OutputFormat::Human => print!("{}", human(&res)),
-            OutputFormat::Json => println!("{}", qapi::to_json(&json_report(&res, &name, "qcow2"))),
+            OutputFormat::Json => {
+                println!("{}", qapi::to_json(&json_report(&res, &name, format_name)))
+            }
         }
     }
     if res.check_errors > 0 {
@@ -89,11 +92,33 @@ pub fn run(a: CheckArgs) -> CmdResult {
 
 /// Runs the check on an opened image, printing qemu's stderr lines as it would.
 fn run_check(img: &OpenedImage, repair: Option<Repair>) -> Result<CheckResult, Failure> {
-    let Driver::Qcow2(q) = &img.driver else {
-        return Err(Failure::with_code(
-            "This image format does not support checks",
-            63,
-        ));
+    let q = match &img.driver {
+        Driver::Qcow2(q) => q,
+        // The registry's formats check without repairing (qemu: -ENOTSUP for -r).
+        Driver::Other(o) if repair.is_none() => {
+            if let Some(r) = o.check() {
+                let (corruptions, messages) =
+                    r.map_err(|e| Failure::new(format!("Check failed: {}", e.message())))?;
+                for m in &messages {
+                    eprintln!("{m}");
+                }
+                return Ok(CheckResult {
+                    corruptions,
+                    messages,
+                    ..Default::default()
+                });
+            }
+            return Err(Failure::with_code(
+                "This image format does not support checks",
+                63,
+            ));
+        }
+        _ => {
+            return Err(Failure::with_code(
+                "This image format does not support checks",
+                63,
+            ))
+        }
     };
     let result = match repair {
         Some(r) => check(q, Some((r, &*img.file))),
