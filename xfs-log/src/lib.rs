@@ -54,9 +54,11 @@ pub mod record;
 pub mod recover;
 pub mod superblock;
 pub mod trans;
+pub mod verify;
 pub mod writer;
 
 pub use record::{Lsn, RecordHeader};
+pub use recover::recover_home;
 pub use superblock::LogGeometry;
 pub use trans::Transaction;
 
