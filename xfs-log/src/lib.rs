@@ -58,7 +58,7 @@ pub mod verify;
 pub mod writer;
 
 pub use record::{Lsn, RecordHeader};
-pub use recover::recover_home;
+pub use recover::{recover_home, unlinked_inodes};
 pub use superblock::LogGeometry;
 pub use trans::Transaction;
 

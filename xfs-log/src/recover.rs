@@ -376,6 +376,7 @@ impl Blf {
 /// The superblock fields replay needs beyond the log's own.
 struct Fs {
     v5: bool,
+    sectsize: u64,
     inodesize: usize,
     blocksize: u64,
     agblocks: u64,
@@ -419,6 +420,7 @@ impl Fs {
                 .is_some_and(|end| end <= target.size());
         Fs {
             v5,
+            sectsize: u64::from(u16::from_be_bytes([sb[102], sb[103]]).max(512)),
             inodesize: usize::from(inodesize),
             blocksize,
             agblocks,
@@ -831,7 +833,7 @@ pub fn recover(log: &Log<'_>, st: &LogState, target: &dyn BlockDevice) -> Result
     let fs = Fs::read(g.v5, g.inodesize, target);
     let stats = replay_fs(&txs, &fs, target)?;
     if fs.known && fs.lazy_count {
-        recount(&fs, u64::from(g.sectsize.max(512)), target)?;
+        recount(&fs, target)?;
     }
     Ok(stats)
 }
@@ -853,7 +855,8 @@ pub fn replay(
 /// `xfs_initialize_perag_data`: with lazy superblock counters the superblock's inode, free
 /// inode and free block counts are only right after a clean unmount, so after replay they are
 /// summed from the AG headers.
-fn recount(fs: &Fs, sectsize: u64, target: &dyn BlockDevice) -> Result<()> {
+fn recount(fs: &Fs, target: &dyn BlockDevice) -> Result<()> {
+    let sectsize = fs.sectsize;
     let (mut icount, mut ifree, mut fdblocks) = (0u64, 0u64, 0u64);
     let mut hdr = [0u8; 512];
     for ag in 0..fs.agcount {
@@ -895,6 +898,60 @@ fn recount(fs: &Fs, sectsize: u64, target: &dyn BlockDevice) -> Result<()> {
         sb[224..228].copy_from_slice(&crc.to_le_bytes());
     }
     target.write_at(&sb, 0)
+}
+
+/// The inodes on the AGI unlinked lists of the filesystem on `dev` (read after replay: through
+/// a [`ReplayedDevice`], or the device after [`recover_home`]), in AG and bucket order.
+///
+/// After replaying a dirty log the kernel frees these (`xlog_recover_process_iunlinks`:
+/// files unlinked while still open, or whose inactivation the crash interrupted); replay here
+/// leaves them on their lists, so a writer must free them (truncate, free the inode) before
+/// `xfs_repair -n` reads the filesystem as clean. A read-only view is unaffected: no
+/// directory names them.
+pub fn unlinked_inodes(dev: &dyn BlockDevice) -> Result<Vec<u64>> {
+    let g = crate::superblock::LogGeometry::read(dev)?;
+    let fs = Fs::read(g.v5, g.inodesize, dev);
+    if !fs.known || fs.inodesize == 0 {
+        return Err(Error::corrupt("XFS superblock geometry is bad"));
+    }
+    let inopblock = fs.blocksize / fs.inodesize as u64;
+    let mut out = Vec::new();
+    let mut agi = [0u8; 512];
+    let mut di = [0u8; 128];
+    for ag in 0..fs.agcount {
+        let base = ag * fs.agblocks * fs.blocksize;
+        dev.read_at(&mut agi, base + 2 * fs.sectsize)?;
+        if be32(&agi, 0) != 0x5841_4749 {
+            return Err(Error::corrupt(format!("XFS AG {ag}: bad AGI magic")));
+        }
+        // Each inode once: a list that comes back to an inode is a loop.
+        let mut seen = std::collections::HashSet::new();
+        for bucket in 0..64 {
+            let mut agino = be32(&agi, 40 + 4 * bucket);
+            while agino != NULLAGINO {
+                let agbno = u64::from(agino) >> fs.inopblog;
+                if !seen.insert(agino) || agbno >= fs.agblocks {
+                    return Err(Error::corrupt(format!(
+                        "XFS AG {ag}: unlinked list of bucket {bucket} is bad"
+                    )));
+                }
+                out.push(
+                    (ag << (u32::from(fs.agblklog) + u32::from(fs.inopblog))) | u64::from(agino),
+                );
+                let off = base
+                    + agbno * fs.blocksize
+                    + (u64::from(agino) % inopblock) * fs.inodesize as u64;
+                dev.read_at(&mut di, off)?;
+                if u16::from_be_bytes([di[0], di[1]]) != XFS_DINODE_MAGIC {
+                    return Err(Error::corrupt(format!(
+                        "XFS AG {ag}: unlinked inode {agino} has no inode magic"
+                    )));
+                }
+                agino = be32(&di, 96);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn intent_of(kind: u16) -> Option<(usize, bool)> {

@@ -39,15 +39,30 @@ fn sha(p: &Path) -> String {
 }
 
 /// Builds a populated image and leaves it with a dirty log; returns it with the kernel's
-/// manifest of a replayed copy.
-fn dirty_image(dir: &Path, opts: &[&str]) -> (std::path::PathBuf, String) {
+/// manifest of a replayed copy. With `hold`, files unlinked while open are on the AGI
+/// unlinked lists at the crash; without, every inactivation has finished.
+fn dirty_image(dir: &Path, opts: &[&str], hold: bool) -> (std::path::PathBuf, String) {
     let (img, _) = build_image(dir, opts);
     let mnt = dir.join("mnt");
     mount(&img, &mnt);
     mutate(&mnt, "data");
     run(&mut Command::new("sync"));
     mutate(&mnt, "meta");
-    shutdown_and_umount(&mnt);
+    // The log forced and inactivations finished; metadata still not home.
+    run(&mut Command::new("sync"));
+    // Open but unlinked inodes at the crash, more than the AGI has buckets: the unlinked
+    // lists chain through di_next_unlinked, logged in inode buffers.
+    let held: Vec<std::fs::File> = (0..if hold { 80 } else { 0 })
+        .map(|i| {
+            let p = mnt.join(format!("new/held-{i}"));
+            let f = std::fs::File::create(&p).unwrap();
+            std::fs::remove_file(&p).unwrap();
+            f
+        })
+        .collect();
+    shutdown(&mnt);
+    drop(held);
+    umount(&mnt);
     let st = {
         let dev = open_dev(&img);
         let log = vdisk_xfs_log::Log::open(&*dev).unwrap();
@@ -57,6 +72,7 @@ fn dirty_image(dir: &Path, opts: &[&str]) -> (std::path::PathBuf, String) {
         !st.clean,
         "the shut-down image must need log recovery: {st:?}"
     );
+    log_covers_what_we_replay(&img, &st, hold);
     let kcopy = dir.join("kernel.img");
     run(Command::new("cp")
         .arg("--sparse=always")
@@ -67,13 +83,64 @@ fn dirty_image(dir: &Path, opts: &[&str]) -> (std::path::PathBuf, String) {
     (img, kernel)
 }
 
+/// The dirty log really holds the item kinds replay must handle: buffers of the main v5
+/// types (plain and inode buffers), ICREATE, and inode items with extent lists, local data,
+/// B+tree roots and attribute forks.
+fn log_covers_what_we_replay(img: &Path, st: &vdisk_xfs_log::LogState, hold: bool) {
+    use std::collections::BTreeSet;
+    let dev = open_dev(img);
+    let log = vdisk_xfs_log::Log::open(&*dev).unwrap();
+    let mut kinds = BTreeSet::new();
+    for t in log.transactions(st).unwrap() {
+        for it in t.items().unwrap() {
+            let r = &it.regions[0];
+            let le16 = |o: usize| u16::from_le_bytes([r[o], r[o + 1]]);
+            match it.name() {
+                Some("BUF") => {
+                    let flags = le16(4);
+                    if flags & 1 != 0 {
+                        kinds.insert("inode-buffer".to_string());
+                    } else if flags & 2 == 0 {
+                        kinds.insert(format!("buf-type-{}", flags >> 11));
+                    }
+                }
+                Some("INO") => {
+                    let fields = u32::from_le_bytes([r[4], r[5], r[6], r[7]]);
+                    for (bit, name) in [(2, "ddata"), (4, "dext"), (8, "dbroot"), (0x40, "adata")] {
+                        if fields & bit != 0 {
+                            kinds.insert(name.to_string());
+                        }
+                    }
+                }
+                Some(n) => {
+                    kinds.insert(n.to_string());
+                }
+                None => {}
+            }
+        }
+    }
+    // btree, AGF, AGI, dir block, dir data, dir leafn, DA node.
+    for want in [4, 5, 7, 10, 11, 14, 15] {
+        assert!(
+            kinds.contains(&format!("buf-type-{want}")),
+            "type {want}: {kinds:?}"
+        );
+    }
+    for want in ["ICR", "ddata", "dext", "dbroot", "adata"] {
+        assert!(kinds.contains(want), "{want}: {kinds:?}");
+    }
+    if hold {
+        assert!(kinds.contains("inode-buffer"), "{kinds:?}");
+    }
+}
+
 fn replayed_reads_match_the_kernel(opts: &[&str]) {
     if !can_loop_mount() {
         eprintln!("skipped: needs root, mkfs.xfs and loop devices");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (img, kernel) = dirty_image(dir.path(), opts);
+    let (img, kernel) = dirty_image(dir.path(), opts, false);
     assert!(kernel.contains("/new/a/f003 "), "{kernel}");
     // Read-only: replayed in memory, the image untouched.
     let before = sha(&img);
@@ -127,7 +194,7 @@ fn replay_home_through_the_engine() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (img, kernel) = dirty_image(dir.path(), CENTOS7);
+    let (img, kernel) = dirty_image(dir.path(), CENTOS7, false);
     let dev = std::sync::Arc::new(open_rw(&img));
     let mut fs = Xfs::open(dev.clone()).unwrap();
     assert!(fs.log_replayed_in_memory());
@@ -137,4 +204,66 @@ fn replay_home_through_the_engine() {
     assert_same_manifest(&kernel, &our_manifest(&fs), "after replay_home");
     drop(fs);
     xfs_repair_clean(&img);
+}
+
+/// Files unlinked while open at the crash: read-only reads still match the kernel; written
+/// home, the inodes stay on the AGI unlinked lists (the kernel would free them after replay),
+/// and `unlinked_inodes` names exactly the inodes `xfs_repair -n` then complains about.
+#[test]
+fn open_unlinked_inodes_at_the_crash() {
+    if !can_loop_mount() {
+        eprintln!("skipped: needs root, mkfs.xfs and loop devices");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (img, kernel) = dirty_image(dir.path(), CENTOS7, true);
+    let fs = Xfs::open(open_dev(&img)).unwrap();
+    assert_same_manifest(&kernel, &our_manifest(&fs), "replayed in memory");
+    let in_memory = vdisk_xfs_log::unlinked_inodes(&*open_dev(&img)).unwrap();
+    assert!(in_memory.is_empty(), "on disk before replay: {in_memory:?}");
+    drop(fs);
+    vdisk_xfs_log::recover_home(&open_rw(&img))
+        .unwrap()
+        .unwrap();
+    let mut ours = vdisk_xfs_log::unlinked_inodes(&*open_dev(&img)).unwrap();
+    ours.sort();
+    assert!(ours.len() >= 80, "{ours:?}");
+    let out = Command::new("timeout")
+        .args(["120", "xfs_repair", "-n"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let mut theirs = std::collections::BTreeSet::new();
+    for l in text.lines() {
+        let num = |s: &str| {
+            s.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse::<u64>()
+        };
+        if let Some(r) = l.strip_prefix("disconnected inode ") {
+            theirs.insert(num(r.split(',').next().unwrap()).unwrap());
+        } else if let Some(r) = l.split("(inode=").nth(1) {
+            theirs.insert(num(r).unwrap());
+        } else if let Some(r) = l.strip_prefix("Would clear next_unlinked in inode ") {
+            theirs.insert(num(r).unwrap());
+        } else if let Some(r) = l.strip_prefix("would have reset inode ") {
+            // Phase 7, for an inode phase 6 would move to lost+found.
+            assert!(r.ends_with(" nlinks from 0 to 1"), "{l}");
+            theirs.insert(num(r.split(' ').next().unwrap()).unwrap());
+        } else {
+            let benign = l.is_empty()
+                || l.starts_with("Phase ")
+                || l.starts_with("        - ")
+                || l.starts_with("No modify flag set")
+                || l.contains("host filesystem geometry")
+                || l.contains("sector size mismatch")
+                || l.starts_with("the image and the host");
+            assert!(benign, "xfs_repair -n complains of more: {l}\n{text}");
+        }
+    }
+    let ours: std::collections::BTreeSet<u64> = ours.into_iter().collect();
+    assert_eq!(theirs, ours, "{text}");
+    let mnt = dir.path().join("mnt");
+    assert_same_manifest(&kernel, &kernel_manifest(&img, &mnt), "kernel after home");
 }

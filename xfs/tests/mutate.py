@@ -44,6 +44,11 @@ if round_ == 'data':
     os.symlink('/' + 'y' * 900, 'new/long-link')
     os.symlink('short', 'new/short-link')
     os.link('new/a/f001', 'new/a/b/hard')
+    # A new file whose data fork turns into a B+tree (its root logged in the inode).
+    with open('frag2', 'wb') as f:
+        for i in range(400, -1, -2):
+            f.seek(i * 4096)
+            f.write(b'%05d' % i * 800)
 else:
     os.rename('new/a/f002', 'new/a/f003')  # over an existing file
     os.rename('new/a/b', 'dirs/moved-dir')
@@ -61,3 +66,6 @@ else:
     for i in range(100):
         open('new/empty-%03d' % i, 'w').close()
     os.utime('dirs/sf', ns=(1, 2))
+    # Freeing extents: truncates (EFI/EFD pairs when a checkpoint falls between them).
+    os.truncate('big', 1 << 20)
+    os.truncate('frag2', 100 * 4096 + 7)
