@@ -19,11 +19,16 @@
 //!   head and tail ([`LogState`], with `clean`).
 //! - [`Log::transactions`] walks tail to head and returns every [`Transaction`] (committed or
 //!   not); [`Transaction::items`] splits one into log items.
-//! - [`recover::recover`] replays the committed ones onto a target: a [`recover::Overlay`]
-//!   (read-only open: the base device is never written) or the device itself (write home),
-//!   after which [`Log::write_unmount`] makes the log clean. Superblock buffers and v3 inode
-//!   items so far; other v5 buffer types (their CRCs are not recomputed yet), ICREATE, EFI/EFD
-//!   and the other items are refused by name. [`recover::replay`] replays given transactions.
+//! - [`recover::recover`] replays the committed ones onto a target as the kernel's log
+//!   recovery does: a [`recover::Overlay`] (read-only open: the base device is never written)
+//!   or the device itself. Every v5 buffer type (LSN checks and CRCs per type, see [`verify`]),
+//!   inode items with every fork form, inode buffers, cancelled buffers, ICREATE, and intents
+//!   paired with their done items; an unfinished intent, quota and realtime items are refused
+//!   by name. [`recover::ReplayedDevice`] is the overlay an engine reads a dirty filesystem
+//!   through; [`recover_home`] writes a replay home and closes the log with an unmount record
+//!   ([`Log::write_unmount`]), what a writer does before its first write; [`unlinked_inodes`]
+//!   lists the inodes left on the AGI unlinked lists that the kernel would free after replay.
+//!   [`recover::replay`] replays given transactions.
 //! - [`Log::write_buffers`] logs one transaction of [`writer::BufUpdate`]s at the head of a
 //!   clean log without writing them home; after the caller writes them home,
 //!   [`Log::write_unmount`] moves the tail past them.

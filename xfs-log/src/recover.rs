@@ -1006,11 +1006,13 @@ fn replay_fs(txs: &[Transaction], fs: &Fs, target: &dyn BlockDevice) -> Result<R
                         "XFS log recovery of DQUOT items (quota) is not supported yet",
                     ))
                 }
-                _ => {
-                    return Err(Error::unsupported(format!(
-                        "XFS log recovery of {} items is not supported yet",
-                        it.name().unwrap_or("unknown")
-                    )))
+                k => {
+                    return Err(match it.name() {
+                        Some(n) => Error::unsupported(format!(
+                            "XFS log recovery of {n} items is not supported yet"
+                        )),
+                        None => Error::corrupt(format!("XFS log item of unknown type {k:#x}")),
+                    })
                 }
             }
         }

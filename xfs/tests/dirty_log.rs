@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use vdisk_guestfs::fs::FileSystem as _;
 use vdisk_xfs::Xfs;
 
 const CENTOS7: &[&str] = &[
@@ -266,4 +267,144 @@ fn open_unlinked_inodes_at_the_crash() {
     assert_eq!(theirs, ours, "{text}");
     let mnt = dir.path().join("mnt");
     assert_same_manifest(&kernel, &kernel_manifest(&img, &mnt), "kernel after home");
+}
+
+/// Reads the whole tree, tolerating errors (each must be one line), within a budget.
+fn walk_tolerant(fs: &Xfs, ino: u64, depth: u32, budget: &mut u32) {
+    use vdisk_guestfs::fs::{FileKind, FileSystem};
+    let one_line = |e: vdisk_block::Error| {
+        let t = e.to_string();
+        assert!(!t.is_empty() && !t.contains('\n'), "{t:?}");
+    };
+    let entries = match fs.readdir_all(ino) {
+        Ok(e) => e,
+        Err(e) => return one_line(e),
+    };
+    for e in entries {
+        if *budget == 0 || e.name == "." || e.name == ".." {
+            continue;
+        }
+        *budget -= 1;
+        match fs.getattr(e.ino) {
+            Err(err) => one_line(err),
+            Ok(a) => match a.kind {
+                FileKind::File => {
+                    let mut buf = vec![0u8; 64 << 10];
+                    if let Err(err) = fs.read(e.ino, 0, &mut buf) {
+                        one_line(err);
+                    }
+                }
+                FileKind::Symlink => {
+                    if let Err(err) = fs.readlink(e.ino) {
+                        one_line(err);
+                    }
+                }
+                FileKind::Dir if depth < 12 => walk_tolerant(fs, e.ino, depth + 1, budget),
+                _ => {}
+            },
+        }
+        match fs.listxattr(e.ino) {
+            Ok(names) => {
+                for n in names {
+                    if let Err(err) = fs.getxattr(e.ino, &n) {
+                        one_line(err);
+                    }
+                }
+            }
+            Err(err) => one_line(err),
+        }
+    }
+}
+
+/// A hostile log: random bytes of the committed records changed, and (in half the rounds)
+/// the record CRCs recomputed so the change reaches the item parsers. Opening and reading
+/// the whole tree answers with one-line errors or reads; never a panic or a hang.
+#[test]
+fn hostile_log_records() {
+    if !can_loop_mount() {
+        eprintln!("skipped: needs root, mkfs.xfs and loop devices");
+        return;
+    }
+    use vdisk_block::BlockDevice;
+    use vdisk_xfs_log::record::record_crc;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("h.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
+    run(Command::new("timeout")
+        .args(["60", "mkfs.xfs", "-q", "-f"])
+        .args(CENTOS7)
+        .arg(&img));
+    let mnt = dir.path().join("mnt");
+    mount(&img, &mnt);
+    let out = Command::new("python3")
+        .arg(tests_dir().join("populate.py"))
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    shutdown(&mnt);
+    umount(&mnt);
+    let dev = open_rw(&img);
+    let log = vdisk_xfs_log::Log::open(&dev).unwrap();
+    let st = log.state().unwrap();
+    assert!(!st.clean);
+    let base = log.geometry().log_offset;
+    // The records from tail to head: (block, header blocks, data blocks, h_len).
+    let mut recs = Vec::new();
+    let mut blk = u64::from(st.tail.block());
+    while blk != st.head_blk {
+        let (h, _) = log.read_record(blk).unwrap();
+        recs.push((blk, h.header_blocks(), h.data_blocks(), h.h_len as usize));
+        blk = (blk + h.header_blocks() + h.data_blocks()) % log.geometry().log_bbs;
+        assert!(recs.len() < 100_000);
+    }
+    assert!(!recs.is_empty());
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut errors, mut opened) = (0, 0);
+    for round in 0..60 {
+        let (rblk, hblks, dblks, h_len) = recs[(next() % recs.len() as u64) as usize];
+        let span = ((hblks + dblks) * 512) as usize;
+        let at = base + rblk * 512;
+        let mut saved = vec![0u8; span];
+        dev.read_at(&mut saved, at).unwrap();
+        let mut rec = saved.clone();
+        let hdr_len = (hblks * 512) as usize;
+        for _ in 0..1 + next() % 3 {
+            let o = hdr_len + (next() % h_len.max(1) as u64) as usize;
+            // Keep each sector's cycle stamp: only the words behind it change.
+            if o % 512 >= 4 {
+                rec[o] ^= next() as u8 | 1;
+            }
+        }
+        if round % 2 == 0 {
+            let exts: Vec<&[u8]> = rec[512..hdr_len].chunks(512).collect();
+            let crc = record_crc(&rec[..512], &exts, &rec[hdr_len..hdr_len + h_len]);
+            rec[32..36].copy_from_slice(&crc.to_le_bytes());
+        }
+        dev.write_at(&rec, at).unwrap();
+        match Xfs::open(std::sync::Arc::new(open_rw(&img))) {
+            Ok(fs) => {
+                opened += 1;
+                let mut budget = 1500;
+                walk_tolerant(&fs, fs.root_ino(), 0, &mut budget);
+            }
+            Err(e) => {
+                errors += 1;
+                let t = e.to_string();
+                assert!(!t.is_empty() && !t.contains('\n'), "{t:?}");
+            }
+        }
+        dev.write_at(&saved, at).unwrap();
+    }
+    eprintln!("hostile log: {errors} opens refused, {opened} opened and read");
+    assert!(errors > 0 && opened > 0, "errors {errors}, opened {opened}");
 }
