@@ -27,10 +27,10 @@
 //! As the kernel does after replaying a log that was not clean, the superblock's summary
 //! counters (inodes, free inodes, free blocks) are recomputed from the AG headers.
 
-use crate::record::{be32, be64, Lsn, BBSIZE, XLOG_HEADER_MAGIC_NUM};
+use crate::record::{be32, be64, Lsn, BBSIZE};
 use crate::trans::{Item, Transaction};
 use crate::verify::{self, blft, Uuids};
-use crate::writer::{XFS_BLF_CHUNK, XFS_LI_BUF, XLOG_FMT_LINUX_LE};
+use crate::writer::{XFS_BLF_CHUNK, XFS_LI_BUF};
 use crate::{Log, LogState, XFS_LOG, XLOG_UNMOUNT_TRANS};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -1166,48 +1166,16 @@ impl Log<'_> {
     /// Writes an unmount record at the head, so the log reads clean (after replayed metadata
     /// went home). Returns the new state.
     pub fn write_unmount(&self, st: &LogState) -> Result<LogState> {
-        let blk = st.head_blk;
-        if blk + 2 > self.geo.log_bbs {
-            return Err(Error::unsupported(
-                "writing an XFS log record across the end of the log",
-            ));
-        }
-        // A head that wrapped to block 0 starts the next cycle.
-        let cycle = if blk == 0 {
-            st.head_cycle
-                .checked_add(1)
-                .ok_or_else(|| Error::corrupt("XFS log cycle number overflows"))?
-        } else {
-            st.head_cycle
-        };
+        let (blk, cycle) = self.next_record_at(st)?;
         let lsn = Lsn::new(cycle, blk as u32);
-        let mut data = vec![0u8; BBSIZE];
         // Op header: tid, len 8, client XFS_LOG, flags UNMOUNT; then struct xlog_unmount.
+        let mut data = vec![0u8; 20];
         data[0..4].copy_from_slice(&0xb0c0_d0d0u32.to_be_bytes());
         data[4..8].copy_from_slice(&8u32.to_be_bytes());
         data[8] = XFS_LOG;
         data[9] = XLOG_UNMOUNT_TRANS;
         data[12..14].copy_from_slice(&XLOG_UNMOUNT_TYPE.to_le_bytes());
-        let h_len = 20usize;
-        let mut hdr = vec![0u8; BBSIZE];
-        hdr[0..4].copy_from_slice(&XLOG_HEADER_MAGIC_NUM.to_be_bytes());
-        hdr[4..8].copy_from_slice(&cycle.to_be_bytes());
-        hdr[8..12].copy_from_slice(&(if self.geo.log_v2 { 2u32 } else { 1 }).to_be_bytes());
-        hdr[12..16].copy_from_slice(&(h_len as u32).to_be_bytes());
-        hdr[16..24].copy_from_slice(&lsn.0.to_be_bytes());
-        hdr[24..32].copy_from_slice(&lsn.0.to_be_bytes());
-        hdr[36..40].copy_from_slice(&(st.last_record_blk as u32).to_be_bytes());
-        hdr[40..44].copy_from_slice(&1u32.to_be_bytes());
-        hdr[44..48].copy_from_slice(&data[..4]);
-        data[..4].copy_from_slice(&cycle.to_be_bytes());
-        hdr[300..304].copy_from_slice(&XLOG_FMT_LINUX_LE.to_be_bytes());
-        hdr[304..320].copy_from_slice(&self.geo.uuid);
-        hdr[320..324].copy_from_slice(&crate::record::XLOG_HEADER_CYCLE_SIZE.to_be_bytes());
-        let crc = crate::record::record_crc(&hdr, &[], &data[..h_len]);
-        hdr[32..36].copy_from_slice(&crc.to_le_bytes());
-        let base = self.geo.log_offset + blk * BBSIZE as u64;
-        self.dev.write_at(&data, base + BBSIZE as u64)?;
-        self.dev.write_at(&hdr, base)?;
+        self.put_record(blk, cycle, lsn, st.last_record_blk, 1, &data)?;
         self.dev.flush()?;
         self.state()
     }

@@ -400,3 +400,123 @@ fn inode_items_replay_as_the_kernel_does() {
     );
     assert!(crc.contains("(correct)"), "{crc}");
 }
+
+/// Transactions larger than one record (regions split across records) and records that
+/// wrap at the end of the log, judged by the kernel's recovery: many transactions are logged,
+/// written home and closed with unmount records until the head has gone round the log, and the
+/// last one is left for the kernel to replay.
+#[test]
+fn big_transactions_and_log_wrap_replay_in_the_kernel() {
+    if !have_tools() || !nix_root() {
+        eprintln!("skipped: needs root and xfsprogs");
+        return;
+    }
+    use vdisk_block::BlockDevice;
+    use vdisk_xfs_log::writer::BufUpdate;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.xfs");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let out = Command::new("timeout")
+        .env("TEST_DIR", "/tmp")
+        .env("TEST_DEV", "/dev/null")
+        .env("QA_CHECK_FS", "xfs")
+        .args(["60", "mkfs.xfs", "-q", "-f", img.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (i, m) = (img.to_str().unwrap(), mnt.to_str().unwrap());
+    let dev = RawFile::open(&img, &OpenOptions::default()).unwrap();
+    let log = Log::open(&dev).unwrap();
+    let g = log.geometry().clone();
+    // Twelve blocks at the end of AG 1, free in a new filesystem: 48 KiB per transaction.
+    let mut sb = [0u8; 512];
+    dev.read_at(&mut sb, 0).unwrap();
+    let agblocks = u64::from(u32::from_be_bytes(sb[84..88].try_into().unwrap()));
+    let bs = u64::from(g.blocksize);
+    let first = (2 * agblocks - 40) * bs / 512;
+    let bufs = |round: u32| -> Vec<BufUpdate> {
+        (0..12u64)
+            .map(|k| {
+                let mut data = vec![0u8; bs as usize];
+                for (n, w) in data.chunks_mut(4).enumerate() {
+                    w.copy_from_slice(&(round ^ (k as u32) << 24 ^ n as u32).to_le_bytes());
+                }
+                BufUpdate {
+                    daddr: first + k * bs / 512,
+                    data,
+                    blft: 0,
+                }
+            })
+            .collect()
+    };
+    let mut st = log.state().unwrap();
+    assert!(st.clean);
+    let start_cycle = st.head_cycle;
+    let mut crossed = false;
+    let mut round = 0u32;
+    // Until the head has wrapped, one transaction's records crossed the end, and the head is
+    // close enough to the end again that the next transaction must cross it too.
+    while !(crossed && st.head_cycle > start_cycle && g.log_bbs - st.head_blk < 60) {
+        round += 1;
+        assert!(round < 10_000, "the head never wrapped");
+        let before = st.head_blk;
+        let ups = bufs(round);
+        let logged = log.write_buffers(&st, round, &ups).unwrap();
+        assert!(!logged.clean);
+        if round % 16 == 1 || logged.head_blk < before {
+            // Our own reader gets the transaction back whole, split regions rejoined.
+            let txs = log.transactions(&logged).unwrap();
+            assert_eq!(txs.len(), 1);
+            assert!(txs[0].committed);
+            let items = txs[0].items().unwrap();
+            assert_eq!(items.len(), 12);
+            assert!(items.iter().all(|it| it.regions[1].len() == bs as usize));
+        }
+        crossed |= logged.head_blk < before && logged.head_blk > 0;
+        for u in &ups {
+            dev.write_at(&u.data, u.daddr * 512).unwrap();
+        }
+        dev.flush().unwrap();
+        st = log.write_unmount(&logged).unwrap();
+        assert!(st.clean, "{st:?}");
+    }
+    // The last transaction is left in the log for the kernel.
+    let last = bufs(0xdead_beef);
+    let logged = log.write_buffers(&st, 0xdead_beef, &last).unwrap();
+    assert!(logged.head_blk < st.head_blk, "the last transaction wraps");
+    let ov = vdisk_xfs_log::recover::Overlay::new(&dev);
+    let stats = vdisk_xfs_log::recover::recover(&log, &logged, &ov).unwrap();
+    assert_eq!(stats.buffers, 12, "{stats:?}");
+    let lp = run("xfs_logprint", &["-t", i]);
+    assert!(lp.contains("TRANS: tid:0xdeadbeef"), "{lp}");
+    drop(ov);
+    drop(dev);
+    run("mount", &["-o", "loop", i, m]);
+    run("umount", &[m]);
+    let dev = RawFile::open(&img, &OpenOptions::default()).unwrap();
+    for u in &last {
+        let mut b = vec![0u8; u.data.len()];
+        dev.read_at(&mut b, u.daddr * 512).unwrap();
+        assert!(b == u.data, "block at daddr {} not replayed", u.daddr);
+    }
+    assert!(Log::open(&dev).unwrap().state().unwrap().clean);
+    let out = Command::new("timeout")
+        .args(["120", "xfs_repair", "-n", i])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    eprintln!("{round} transactions, log of {} blocks", g.log_bbs);
+}
