@@ -74,6 +74,9 @@ use vdisk_block::{BlockDevice, Error, Result};
 pub const XLOG_UNMOUNT_TRANS: u8 = 0x20;
 /// `XFS_LOG`: the client id of log-internal ops (unmount records).
 pub const XFS_LOG: u8 = 0xaa;
+/// `XLOG_MAX_ICLOGS`: how many log records can be in flight at once, so how far back from
+/// the head a torn write can be.
+pub const MAX_IN_FLIGHT_RECORDS: usize = 8;
 /// Size of `struct xlog_op_header`.
 pub const OP_HEADER_SIZE: usize = 12;
 
@@ -243,6 +246,66 @@ impl<'a> Log<'a> {
     /// Finds head and tail and decides whether the log is clean.
     pub fn state(&self) -> Result<LogState> {
         let (head_blk, head_cycle) = self.find_head()?;
+        self.state_at(head_blk, head_cycle)
+    }
+
+    /// As [`Log::state`], with the head checked as the kernel checks it before recovery
+    /// (`xlog_find_verify_log_record`, `xlog_verify_head`): a last record that does not end at
+    /// the head (its write never finished) and records among the last
+    /// [`MAX_IN_FLIGHT_RECORDS`] whose CRC fails (torn writes) are cut off, the head moved back
+    /// to the first of them. Returns the state and the head as the cycle stamps had it (equal
+    /// to the state's head when nothing was cut).
+    pub fn recovery_state(&self) -> Result<(LogState, u64)> {
+        let n = self.geo.log_bbs;
+        let (stamped_head, head_cycle) = self.find_head()?;
+        let mut head = stamped_head;
+        // An unfinished last record: the head goes back to its header.
+        let last = self.find_last_record(head)?;
+        let mut hb = vec![0u8; BBSIZE];
+        self.read_bbs(last, &mut hb)?;
+        let h = RecordHeader::parse(&hb, last)?;
+        if (last + h.header_blocks() + h.data_blocks()) % n != head {
+            head = last;
+        }
+        // The records that could have been in flight, newest first, back to the tail.
+        let mut recent = Vec::new();
+        let mut at = head;
+        let mut tail = None;
+        while recent.len() < MAX_IN_FLIGHT_RECORDS {
+            let Ok(r) = self.find_last_record(at) else {
+                break;
+            };
+            self.read_bbs(r, &mut hb)?;
+            let Ok(h) = RecordHeader::parse(&hb, r) else {
+                break;
+            };
+            let t = *tail.get_or_insert(u64::from(h.h_tail_lsn.block()) % n);
+            // Only records from the tail up to the head.
+            if (r + n - t) % n >= (head + n - t) % n {
+                break;
+            }
+            recent.push(r);
+            if r == t {
+                break;
+            }
+            at = r;
+        }
+        for &r in recent.iter().rev() {
+            if self.read_record(r).is_err() {
+                head = r;
+                break;
+            }
+        }
+        if head == stamped_head {
+            return Ok((self.state_at(head, head_cycle)?, stamped_head));
+        }
+        // The head moved back: the cycle in force is that of the block before it (at block 0,
+        // the last block's: the next record there starts a new cycle).
+        let cycle = self.cycle_of((head + n - 1) % n)?;
+        Ok((self.state_at(head, cycle)?, stamped_head))
+    }
+
+    fn state_at(&self, head_blk: u64, head_cycle: u32) -> Result<LogState> {
         let last_record_blk = self.find_last_record(head_blk)?;
         let (h, data) = self.read_record(last_record_blk)?;
         let after = (last_record_blk + h.header_blocks() + h.data_blocks()) % self.geo.log_bbs;

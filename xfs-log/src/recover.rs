@@ -203,7 +203,7 @@ impl ReplayedDevice {
     pub fn replay(base: Arc<dyn BlockDevice>) -> Result<Option<ReplayedDevice>> {
         let (sectors, stats) = {
             let log = Log::open(&*base)?;
-            let st = log.state()?;
+            let (st, _) = log.recovery_state()?;
             if st.clean {
                 return Ok(None);
             }
@@ -260,14 +260,17 @@ impl BlockDevice for ReplayedDevice {
 /// calls before its first write. Returns None when the log was clean already.
 pub fn recover_home(dev: &dyn BlockDevice) -> Result<Option<RecoveryStats>> {
     let log = Log::open(dev)?;
-    let st = log.state()?;
-    if st.clean {
+    let (st, stamped_head) = log.recovery_state()?;
+    if st.clean && stamped_head == st.head_blk {
         return Ok(None);
     }
     let ov = Overlay::new(dev);
     let stats = recover(&log, &st, &ov)?;
     ov.write_home()?;
     dev.flush()?;
+    if stamped_head != st.head_blk {
+        log.clear_stale(&st, stamped_head)?;
+    }
     let after = log.write_unmount(&st)?;
     if !after.clean {
         return Err(Error::corrupt(
@@ -1163,6 +1166,30 @@ fn replay_buffer(
 }
 
 impl Log<'_> {
+    /// Stamps the blocks from the head of `st` up to `stamped_head` (what a torn or unfinished
+    /// write left, cut off by [`Log::recovery_state`]) with the cycle before theirs, so that
+    /// they read as old log and the head is found at `st`'s again (`xlog_clear_stale_blocks`).
+    pub fn clear_stale(&self, st: &LogState, stamped_head: u64) -> Result<()> {
+        let n = self.geo.log_bbs;
+        let (head, cycle) = self.next_record_at(st)?;
+        let count = (stamped_head + n - head) % n;
+        let mut b = head;
+        for _ in 0..count {
+            // Past the end of the log the blocks belong to the next pass.
+            let c = if b >= head {
+                cycle
+            } else {
+                cycle.saturating_add(1)
+            };
+            let mut blk = [0u8; BBSIZE];
+            blk[..4].copy_from_slice(&c.saturating_sub(1).to_be_bytes());
+            self.dev
+                .write_at(&blk, self.geo.log_offset + b * BBSIZE as u64)?;
+            b = (b + 1) % n;
+        }
+        self.dev.flush()
+    }
+
     /// Writes an unmount record at the head, so the log reads clean (after replayed metadata
     /// went home). Returns the new state.
     pub fn write_unmount(&self, st: &LogState) -> Result<LogState> {
