@@ -1001,7 +1001,12 @@ fn replay_fs(txs: &[Transaction], fs: &Fs, target: &dyn BlockDevice) -> Result<R
                         )));
                     }
                 }
-                XFS_LI_INODE if v5 => {}
+                XFS_LI_INODE if !v5 => {
+                    return Err(Error::unsupported(
+                        "XFS log recovery of inode items on v4 filesystems is not supported yet",
+                    ))
+                }
+                XFS_LI_INODE => {}
                 XFS_LI_ICREATE | XFS_LI_QUOTAOFF => {}
                 k if intent_of(k).is_some() => {}
                 XFS_LI_DQUOT => {

@@ -493,3 +493,8 @@ fn torn_and_unfinished_last_writes() {
         assert_same_manifest(&kernel, &kernel_manifest(&bad, &mnt), case);
     }
 }
+
+#[test]
+fn rmapbt_and_small_blocks() {
+    replayed_reads_match_the_kernel(&["-m", "rmapbt=1", "-b", "size=1024", "-n", "size=4096"]);
+}
