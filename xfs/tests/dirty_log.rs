@@ -43,9 +43,19 @@ fn sha(p: &Path) -> String {
 /// manifest of a replayed copy. With `hold`, files unlinked while open are on the AGI
 /// unlinked lists at the crash; without, every inactivation has finished.
 fn dirty_image(dir: &Path, opts: &[&str], hold: bool) -> (std::path::PathBuf, String) {
+    dirty_image_mounted(dir, opts, hold, "loop")
+}
+
+/// As [`dirty_image`], the changes made through a mount with `mount_opts`.
+fn dirty_image_mounted(
+    dir: &Path,
+    opts: &[&str],
+    hold: bool,
+    mount_opts: &str,
+) -> (std::path::PathBuf, String) {
     let (img, _) = build_image(dir, opts);
     let mnt = dir.join("mnt");
-    mount(&img, &mnt);
+    mount_with(&img, &mnt, mount_opts);
     mutate(&mnt, "data");
     run(&mut Command::new("sync"));
     mutate(&mnt, "meta");
@@ -136,12 +146,16 @@ fn log_covers_what_we_replay(img: &Path, st: &vdisk_xfs_log::LogState, hold: boo
 }
 
 fn replayed_reads_match_the_kernel(opts: &[&str]) {
+    replayed_reads_match_the_kernel_mounted(opts, "loop")
+}
+
+fn replayed_reads_match_the_kernel_mounted(opts: &[&str], mount_opts: &str) {
     if !can_loop_mount() {
         eprintln!("skipped: needs root, mkfs.xfs and loop devices");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (img, kernel) = dirty_image(dir.path(), opts, false);
+    let (img, kernel) = dirty_image_mounted(dir.path(), opts, false, mount_opts);
     assert!(kernel.contains("/new/a/f003 "), "{kernel}");
     // Read-only: replayed in memory, the image untouched.
     let before = sha(&img);
@@ -497,4 +511,11 @@ fn torn_and_unfinished_last_writes() {
 #[test]
 fn rmapbt_and_small_blocks() {
     replayed_reads_match_the_kernel(&["-m", "rmapbt=1", "-b", "size=1024", "-n", "size=4096"]);
+}
+
+/// Log records of 256 KiB (`logbsize=256k`): extended record headers, cycle data for every
+/// 32 KiB of a record.
+#[test]
+fn big_log_records() {
+    replayed_reads_match_the_kernel_mounted(&[], "loop,logbsize=256k");
 }

@@ -236,9 +236,14 @@ pub fn open_rw(path: &Path) -> RwFileDev {
 }
 
 pub fn mount(img: &Path, mnt: &Path) {
+    mount_with(img, mnt, "loop");
+}
+
+/// A loop mount with mount options `opts` (which include `loop`).
+pub fn mount_with(img: &Path, mnt: &Path, opts: &str) {
     std::fs::create_dir_all(mnt).unwrap();
     run(Command::new("timeout")
-        .args(["60", "mount", "-o", "loop"])
+        .args(["60", "mount", "-o", opts])
         .arg(img)
         .arg(mnt));
 }
