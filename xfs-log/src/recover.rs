@@ -417,10 +417,15 @@ impl Fs {
             && agcount > 0
             && sb[124] < 32
             && sb[123] < 8
+            // The last AG may be short: the filesystem's own length must fit the device,
+            // and the AGs must cover it.
+            && be64(&sb, 8)
+                .checked_mul(blocksize)
+                .is_some_and(|end| end <= target.size())
             && agcount
-                .checked_mul(agblocks)
-                .and_then(|b| b.checked_mul(blocksize))
-                .is_some_and(|end| end <= target.size());
+                .checked_sub(1)
+                .and_then(|n| n.checked_mul(agblocks))
+                .is_some_and(|full| full < be64(&sb, 8));
         Fs {
             v5,
             sectsize: u64::from(u16::from_be_bytes([sb[102], sb[103]]).max(512)),

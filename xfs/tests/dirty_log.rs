@@ -437,9 +437,10 @@ fn torn_and_unfinished_last_writes() {
     use vdisk_block::BlockDevice;
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("t.img");
+    // An odd size: the last AG is shorter than the others.
     std::fs::File::create(&img)
         .unwrap()
-        .set_len(300 << 20)
+        .set_len((311 << 20) + 7 * 4096)
         .unwrap();
     run(Command::new("timeout")
         .args(["60", "mkfs.xfs", "-q", "-f"])
