@@ -233,6 +233,21 @@ impl<'a> Log<'a> {
         }
     }
 
+    /// Searches back from `from` over at most `blocks` blocks for a record header.
+    fn find_record_back(&self, from: u64, blocks: u64) -> Result<Option<u64>> {
+        let n = self.geo.log_bbs;
+        let mut blk = from;
+        let mut b = [0u8; BBSIZE];
+        for _ in 0..blocks.min(n) {
+            blk = if blk == 0 { n - 1 } else { blk - 1 };
+            self.read_bbs(blk, &mut b)?;
+            if be32(&b, 0) == XLOG_HEADER_MAGIC_NUM {
+                return Ok(Some(blk));
+            }
+        }
+        Ok(None)
+    }
+
     /// Searches back from `head` (wrapping once around the log) for the last record header.
     fn find_last_record(&self, head: u64) -> Result<u64> {
         let n = self.geo.log_bbs;
@@ -277,7 +292,9 @@ impl<'a> Log<'a> {
         let mut at = head;
         let mut tail = None;
         while recent.len() < MAX_IN_FLIGHT_RECORDS {
-            let Ok(r) = self.find_last_record(at) else {
+            // Back no further than the tail (the whole log before the tail is known).
+            let room = tail.map_or(n, |t| (at + n - t) % n);
+            let Some(r) = self.find_record_back(at, room)? else {
                 break;
             };
             self.read_bbs(r, &mut hb)?;

@@ -63,6 +63,8 @@ const INTENTS: &[(u16, u16, &str, &str)] = &[
     (0x124c, 0x124d, "RUI_RT", "realtime reverse-mapping updates"),
     (0x124e, 0x124f, "CUI_RT", "realtime reference-count updates"),
 ];
+/// Bound on a logged buffer's length in sectors (twice the largest XFS logs).
+const MAX_BUF_BBS: u16 = 272;
 /// `NULLAGINO`.
 const NULLAGINO: u32 = u32::MAX;
 /// `XFS_INODES_PER_CHUNK`.
@@ -1141,10 +1143,11 @@ fn replay_buffer(
     if b.flags & XFS_BLF_CANCEL != 0 {
         return Ok(false);
     }
-    if b.len_bbs == 0 {
+    // The largest buffer XFS logs is a 64 KiB block with its remote-value headers.
+    if b.len_bbs == 0 || b.len_bbs > MAX_BUF_BBS {
         return Err(Error::corrupt(format!(
-            "XFS buffer item for daddr {} has length 0",
-            b.blkno
+            "XFS buffer item for daddr {} has length {} sectors",
+            b.blkno, b.len_bbs
         )));
     }
     let len = usize::from(b.len_bbs) * BBSIZE;
