@@ -59,6 +59,19 @@ impl Log<'_> {
     /// Buffers are compared with the device to find their dirty chunks; the device's metadata
     /// is not changed.
     pub fn write_buffers(&self, st: &LogState, tid: u32, bufs: &[BufUpdate]) -> Result<LogState> {
+        self.write_transaction(st, tid, bufs, &[])
+    }
+
+    /// As [`Log::write_buffers`], also logging `inodes` as inode items (the kernel's way of
+    /// logging an inode: core and forks, not its whole cluster buffer). The inodes' cluster
+    /// buffers must not be among `bufs`.
+    pub fn write_transaction(
+        &self,
+        st: &LogState,
+        tid: u32,
+        bufs: &[BufUpdate],
+        inodes: &[InodeUpdate],
+    ) -> Result<LogState> {
         if !st.clean {
             return Err(Error::unsupported(
                 "appending to an XFS log that needs recovery",
@@ -127,6 +140,18 @@ impl Log<'_> {
                 ops.push((0, b.data[s * XFS_BLF_CHUNK..e * XFS_BLF_CHUNK].to_vec()));
             }
         }
+        for ino in inodes {
+            ops.extend(inode_item(ino, self.geo.v5)?.into_iter().map(|r| (0, r)));
+        }
+        // th_num_items: the items actually logged (unchanged buffers are left out).
+        let items = ops[2..]
+            .iter()
+            .filter(|(_, r)| {
+                r.len() >= 2
+                    && matches!(u16::from_le_bytes([r[0], r[1]]), XFS_LI_BUF | XFS_LI_INODE)
+            })
+            .count() as u32;
+        ops[1].1[12..16].copy_from_slice(&items.to_le_bytes());
         ops.push((XLOG_COMMIT_TRANS, Vec::new()));
         let records = pack_records(tid, &ops);
         // Nothing older is needed: the log was clean, so the tail is the first record.
@@ -230,6 +255,165 @@ impl Log<'_> {
             (next, cycle)
         })
     }
+}
+
+/// An inode's new on-disk contents, logged as an inode item by [`Log::write_transaction`].
+#[derive(Debug, Clone)]
+pub struct InodeUpdate {
+    /// The inode number.
+    pub ino: u64,
+    /// The first sector of the inode cluster buffer that holds it.
+    pub cluster_daddr: u64,
+    /// The length of that cluster buffer in sectors (as the kernel maps inode clusters).
+    pub cluster_bbs: u16,
+    /// The inode's byte offset in the cluster buffer.
+    pub offset: u32,
+    /// The whole on-disk (big-endian) v3 inode, `sb_inodesize` bytes; its LSN and CRC are
+    /// set by recovery.
+    pub dinode: Vec<u8>,
+}
+
+/// `XFS_LI_INODE`.
+pub const XFS_LI_INODE: u16 = 0x123b;
+const DINODE_CORE: usize = 176;
+
+fn swap(from: &[u8], to: &mut [u8], o: usize, w: usize) {
+    for i in 0..w {
+        to[o + i] = from[o + w - 1 - i];
+    }
+}
+
+/// The regions of one inode item: `xfs_inode_log_format`, the host-order `xfs_log_dinode`,
+/// then the data and attribute forks as they lie in the inode (a B+tree root given in the
+/// in-core form recovery converts back).
+fn inode_item(u: &InodeUpdate, v5: bool) -> Result<Vec<Vec<u8>>> {
+    let d = &u.dinode;
+    let bad = |what: &str| Error::invalid(format!("inode {} cannot be logged: {what}", u.ino));
+    if !v5 || d.len() < 256 || d.len() % 256 != 0 || d[0..2] != [0x49, 0x4e] || d[4] != 3 {
+        return Err(bad("not a v3 inode"));
+    }
+    let isize = d.len();
+    let lit = isize - DINODE_CORE;
+    let forkoff = usize::from(d[82]) * 8;
+    if forkoff > lit {
+        return Err(bad("fork offset past the inode"));
+    }
+    // Host-order (little-endian) log dinode.
+    let mut ld = vec![0u8; DINODE_CORE];
+    for (o, w) in [
+        (0, 2),
+        (2, 2),
+        (4, 1),
+        (5, 1),
+        (6, 2),
+        (8, 4),
+        (12, 4),
+        (16, 4),
+        (20, 2),
+        (22, 2),
+        (24, 8),
+        (56, 8),
+        (64, 8),
+        (72, 4),
+        (76, 4),
+        (80, 2),
+        (82, 1),
+        (83, 1),
+        (84, 4),
+        (88, 2),
+        (90, 2),
+        (92, 4),
+        (96, 4),
+        (104, 8),
+        (120, 8),
+        (128, 4),
+        (152, 8),
+    ] {
+        swap(d, &mut ld, o, w);
+    }
+    let bigtime = u64::from_be_bytes(d[120..128].try_into().unwrap_or([0; 8])) & (1 << 3) != 0;
+    for o in [32, 40, 48, 144] {
+        if bigtime {
+            swap(d, &mut ld, o, 8);
+        } else {
+            swap(d, &mut ld, o, 4);
+            swap(d, &mut ld, o + 4, 4);
+        }
+    }
+    ld[160..176].copy_from_slice(&d[160..176]);
+    let (dsize, asize) = if forkoff == 0 {
+        (lit, 0)
+    } else {
+        (forkoff, lit - forkoff)
+    };
+    let mut fields = 0x1u32; // XFS_ILOG_CORE
+    let mut regions = vec![Vec::new(), ld];
+    let mut rdev = 0u32;
+    let fork =
+        |area: &[u8], format: u8, local: u32, ext: u32, broot: u32| -> Option<(u32, Vec<u8>)> {
+            match format {
+                1 => Some((local, area.to_vec())),
+                2 => Some((ext, area.to_vec())),
+                3 => {
+                    // In-core root: a whole long-form block header, then keys and pointers
+                    // placed for exactly numrecs records (xfs_bmap_broot_space_calc).
+                    let numrecs = usize::from(u16::from_be_bytes([area[2], area[3]]));
+                    let dmax = (area.len() - 4) / 16;
+                    let n = numrecs.min(dmax);
+                    let mut r = vec![0u8; 72 + n * 16];
+                    r[0..4].copy_from_slice(&0x424d_4133u32.to_be_bytes());
+                    r[4..8].copy_from_slice(&area[0..4]);
+                    r[72..72 + n * 8].copy_from_slice(&area[4..4 + n * 8]);
+                    let p = 4 + dmax * 8;
+                    r[72 + n * 8..].copy_from_slice(&area[p..p + n * 8]);
+                    Some((broot, r))
+                }
+                _ => None,
+            }
+        };
+    let data = &d[DINODE_CORE..DINODE_CORE + dsize];
+    if d[5] == 0 {
+        fields |= 0x10; // XFS_ILOG_DEV
+        rdev = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+    } else if let Some((f, r)) = fork(data, d[5], 0x2, 0x4, 0x8) {
+        fields |= f;
+        regions.push(r);
+    } else {
+        return Err(bad("unknown data fork format"));
+    }
+    let mut logged_asize = 0;
+    if forkoff != 0 {
+        let area = &d[DINODE_CORE + forkoff..DINODE_CORE + forkoff + asize];
+        if let Some((f, r)) = fork(area, d[83], 0x40, 0x80, 0x100) {
+            fields |= f;
+            logged_asize = r.len();
+            regions.push(r);
+        }
+    }
+    let logged_dsize = if fields & 0xe != 0 {
+        regions[2].len()
+    } else {
+        0
+    };
+    let mut ilf = vec![0u8; 56];
+    ilf[0..2].copy_from_slice(&XFS_LI_INODE.to_le_bytes());
+    ilf[2..4].copy_from_slice(&(regions.len() as u16).to_le_bytes());
+    ilf[4..8].copy_from_slice(&fields.to_le_bytes());
+    ilf[8..10].copy_from_slice(&(logged_asize as u16).to_le_bytes());
+    ilf[10..12].copy_from_slice(&(logged_dsize as u16).to_le_bytes());
+    ilf[16..24].copy_from_slice(&u.ino.to_le_bytes());
+    ilf[24..28].copy_from_slice(&rdev.to_le_bytes());
+    ilf[40..48].copy_from_slice(&u.cluster_daddr.to_le_bytes());
+    ilf[48..52].copy_from_slice(&u32::from(u.cluster_bbs).to_le_bytes());
+    ilf[52..56].copy_from_slice(&u.offset.to_le_bytes());
+    if (u.offset as usize)
+        .checked_add(isize)
+        .is_none_or(|e| e > usize::from(u.cluster_bbs) * BBSIZE)
+    {
+        return Err(bad("it lies outside its cluster buffer"));
+    }
+    regions[0] = ilf;
+    Ok(regions)
 }
 
 /// Op header plus body.
