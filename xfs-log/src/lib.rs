@@ -30,8 +30,12 @@
 //!   lists the inodes left on the AGI unlinked lists that the kernel would free after replay.
 //!   [`recover::replay`] replays given transactions.
 //! - [`Log::write_buffers`] logs one transaction of [`writer::BufUpdate`]s at the head of a
-//!   clean log without writing them home; after the caller writes them home,
+//!   clean log without writing them home ([`Log::write_transaction`] also logs
+//!   [`writer::InodeUpdate`]s as inode items); a transaction takes as many records as it
+//!   needs and wraps at the end of the log. After the caller writes them home,
 //!   [`Log::write_unmount`] moves the tail past them.
+//! - [`Log::recovery_state`] is [`Log::state`] with the head checked as the kernel checks it
+//!   before recovery: a torn or unfinished last write is cut off.
 //!
 //! ```
 //! use vdisk_block::{BlockDevice, MemDevice};
