@@ -19,14 +19,23 @@
 //!   head and tail ([`LogState`], with `clean`).
 //! - [`Log::transactions`] walks tail to head and returns every [`Transaction`] (committed or
 //!   not); [`Transaction::items`] splits one into log items.
-//! - [`recover::recover`] replays the committed ones onto a target: a [`recover::Overlay`]
-//!   (read-only open: the base device is never written) or the device itself (write home),
-//!   after which [`Log::write_unmount`] makes the log clean. Superblock buffers and v3 inode
-//!   items so far; other v5 buffer types (their CRCs are not recomputed yet), ICREATE, EFI/EFD
-//!   and the other items are refused by name. [`recover::replay`] replays given transactions.
+//! - [`recover::recover`] replays the committed ones onto a target as the kernel's log
+//!   recovery does: a [`recover::Overlay`] (read-only open: the base device is never written)
+//!   or the device itself. Every v5 buffer type (LSN checks and CRCs per type, see [`verify`]),
+//!   inode items with every fork form, inode buffers, cancelled buffers, ICREATE, and intents
+//!   paired with their done items; an unfinished intent, quota and realtime items are refused
+//!   by name. [`recover::ReplayedDevice`] is the overlay an engine reads a dirty filesystem
+//!   through; [`recover_home`] writes a replay home and closes the log with an unmount record
+//!   ([`Log::write_unmount`]), what a writer does before its first write; [`unlinked_inodes`]
+//!   lists the inodes left on the AGI unlinked lists that the kernel would free after replay.
+//!   [`recover::replay`] replays given transactions.
 //! - [`Log::write_buffers`] logs one transaction of [`writer::BufUpdate`]s at the head of a
-//!   clean log without writing them home; after the caller writes them home,
+//!   clean log without writing them home ([`Log::write_transaction`] also logs
+//!   [`writer::InodeUpdate`]s as inode items); a transaction takes as many records as it
+//!   needs and wraps at the end of the log. After the caller writes them home,
 //!   [`Log::write_unmount`] moves the tail past them.
+//! - [`Log::recovery_state`] is [`Log::state`] with the head checked as the kernel checks it
+//!   before recovery: a torn or unfinished last write is cut off.
 //!
 //! ```
 //! use vdisk_block::{BlockDevice, MemDevice};
@@ -54,9 +63,11 @@ pub mod record;
 pub mod recover;
 pub mod superblock;
 pub mod trans;
+pub mod verify;
 pub mod writer;
 
 pub use record::{Lsn, RecordHeader};
+pub use recover::{recover_home, unlinked_inodes};
 pub use superblock::LogGeometry;
 pub use trans::Transaction;
 
@@ -67,6 +78,9 @@ use vdisk_block::{BlockDevice, Error, Result};
 pub const XLOG_UNMOUNT_TRANS: u8 = 0x20;
 /// `XFS_LOG`: the client id of log-internal ops (unmount records).
 pub const XFS_LOG: u8 = 0xaa;
+/// `XLOG_MAX_ICLOGS`: how many log records can be in flight at once, so how far back from
+/// the head a torn write can be.
+pub const MAX_IN_FLIGHT_RECORDS: usize = 8;
 /// Size of `struct xlog_op_header`.
 pub const OP_HEADER_SIZE: usize = 12;
 
@@ -187,7 +201,12 @@ impl<'a> Log<'a> {
         // mkfs.xfs writes its unmount record with h_crc 0 and the kernel accepts it (it checks
         // CRCs only over records it replays); a zero CRC is taken as "not computed".
         if self.geo.v5 && h.h_crc != 0 {
-            let exts: Vec<&[u8]> = ext.chunks(BBSIZE).collect();
+            // xlog_cksum covers the extended headers the data needs (one per 32 KiB of
+            // h_len beyond the first), not every one h_size reserves.
+            let used = (h.h_len as usize)
+                .div_ceil(record::XLOG_HEADER_CYCLE_SIZE as usize)
+                .saturating_sub(1);
+            let exts: Vec<&[u8]> = ext.chunks(BBSIZE).take(used).collect();
             let want = record_crc(&hb, &exts, &data[..h.h_len as usize]);
             if want != h.h_crc {
                 return Err(Error::corrupt_at(
@@ -218,6 +237,21 @@ impl<'a> Log<'a> {
         }
     }
 
+    /// Searches back from `from` over at most `blocks` blocks for a record header.
+    fn find_record_back(&self, from: u64, blocks: u64) -> Result<Option<u64>> {
+        let n = self.geo.log_bbs;
+        let mut blk = from;
+        let mut b = [0u8; BBSIZE];
+        for _ in 0..blocks.min(n) {
+            blk = if blk == 0 { n - 1 } else { blk - 1 };
+            self.read_bbs(blk, &mut b)?;
+            if be32(&b, 0) == XLOG_HEADER_MAGIC_NUM {
+                return Ok(Some(blk));
+            }
+        }
+        Ok(None)
+    }
+
     /// Searches back from `head` (wrapping once around the log) for the last record header.
     fn find_last_record(&self, head: u64) -> Result<u64> {
         let n = self.geo.log_bbs;
@@ -236,6 +270,68 @@ impl<'a> Log<'a> {
     /// Finds head and tail and decides whether the log is clean.
     pub fn state(&self) -> Result<LogState> {
         let (head_blk, head_cycle) = self.find_head()?;
+        self.state_at(head_blk, head_cycle)
+    }
+
+    /// As [`Log::state`], with the head checked as the kernel checks it before recovery
+    /// (`xlog_find_verify_log_record`, `xlog_verify_head`): a last record that does not end at
+    /// the head (its write never finished) and records among the last
+    /// [`MAX_IN_FLIGHT_RECORDS`] whose CRC fails (torn writes) are cut off, the head moved back
+    /// to the first of them. Returns the state and the head as the cycle stamps had it (equal
+    /// to the state's head when nothing was cut).
+    pub fn recovery_state(&self) -> Result<(LogState, u64)> {
+        let n = self.geo.log_bbs;
+        let (stamped_head, head_cycle) = self.find_head()?;
+        let mut head = stamped_head;
+        // An unfinished last record: the head goes back to its header.
+        let last = self.find_last_record(head)?;
+        let mut hb = vec![0u8; BBSIZE];
+        self.read_bbs(last, &mut hb)?;
+        let h = RecordHeader::parse(&hb, last)?;
+        if (last + h.header_blocks() + h.data_blocks()) % n != head {
+            head = last;
+        }
+        // The records that could have been in flight, newest first, back to the tail.
+        let mut recent = Vec::new();
+        let mut at = head;
+        let mut tail = None;
+        while recent.len() < MAX_IN_FLIGHT_RECORDS {
+            // Back no further than the tail (the whole log before the tail is known).
+            let room = tail.map_or(n, |t| (at + n - t) % n);
+            let Some(r) = self.find_record_back(at, room)? else {
+                break;
+            };
+            self.read_bbs(r, &mut hb)?;
+            let Ok(h) = RecordHeader::parse(&hb, r) else {
+                break;
+            };
+            let t = *tail.get_or_insert(u64::from(h.h_tail_lsn.block()) % n);
+            // Only records from the tail up to the head.
+            if (r + n - t) % n >= (head + n - t) % n {
+                break;
+            }
+            recent.push(r);
+            if r == t {
+                break;
+            }
+            at = r;
+        }
+        for &r in recent.iter().rev() {
+            if self.read_record(r).is_err() {
+                head = r;
+                break;
+            }
+        }
+        if head == stamped_head {
+            return Ok((self.state_at(head, head_cycle)?, stamped_head));
+        }
+        // The head moved back: the cycle in force is that of the block before it (at block 0,
+        // the last block's: the next record there starts a new cycle).
+        let cycle = self.cycle_of((head + n - 1) % n)?;
+        Ok((self.state_at(head, cycle)?, stamped_head))
+    }
+
+    fn state_at(&self, head_blk: u64, head_cycle: u32) -> Result<LogState> {
         let last_record_blk = self.find_last_record(head_blk)?;
         let (h, data) = self.read_record(last_record_blk)?;
         let after = (last_record_blk + h.header_blocks() + h.data_blocks()) % self.geo.log_bbs;

@@ -4,8 +4,8 @@
 //!
 //! Everything is read through `&self` over a [`vdisk_block::BlockDevice`]; every structure is
 //! hostile input (checked arithmetic, bounded loops, CRC32C on v5 metadata). Writes are
-//! refused ("XFS is read-only in this version"); a dirty log is refused by name, since its
-//! replay lives in another crate.
+//! refused ("XFS is read-only in this version"). A dirty log is replayed into memory by the log
+//! crate (`vdisk_xfs_log`) and read through; [`Xfs::replay_home`] writes it home.
 //!
 //! ```text
 //!   guestfs FileSystem  <-- fs_impl.rs (the adapter)
@@ -50,33 +50,54 @@ pub const READ_ONLY: &str = "XFS is read-only in this version";
 pub struct Xfs {
     dev: Arc<dyn BlockDevice>,
     sb: Superblock,
+    /// The device itself when `dev` is a log replay held in memory.
+    unreplayed: Option<Arc<dyn BlockDevice>>,
 }
 
 impl Xfs {
     /// Opens the filesystem on `dev`: reads and validates the primary superblock, refuses
-    /// unknown incompatible features, realtime volumes and a dirty log.
+    /// unknown incompatible features and realtime volumes. A dirty log is replayed into
+    /// memory and the filesystem read through that replay; `dev` is not written (see
+    /// [`Xfs::replay_home`]).
     pub fn open(dev: Arc<dyn BlockDevice>) -> Result<Xfs> {
-        let mut buf = vec![0u8; 512];
-        dev.read_at(&mut buf, 0)?;
-        let sectsize = superblock::peek_sectsize(&buf)?;
-        if sectsize > 512 {
-            buf = vec![0u8; usize::from(sectsize)];
-            dev.read_at(&mut buf, 0)?;
+        let sb = read_superblock(&*dev)?;
+        match log::replay(&dev)? {
+            None => Ok(Xfs {
+                dev,
+                sb,
+                unreplayed: None,
+            }),
+            Some(replayed) => {
+                let replayed: Arc<dyn BlockDevice> = replayed;
+                let sb = read_superblock(&*replayed)?;
+                Ok(Xfs {
+                    dev: replayed,
+                    sb,
+                    unreplayed: Some(dev),
+                })
+            }
         }
-        let sb = Superblock::parse(&buf)?;
-        let end = sb
-            .sb_dblocks
-            .checked_mul(u64::from(sb.sb_blocksize))
-            .ok_or_else(|| Error::corrupt("XFS superblock: sb_dblocks overflows"))?;
-        if end > dev.size() {
-            return Err(Error::corrupt(format!(
-                "XFS superblock: the filesystem ({end} bytes) is larger than its device ({} bytes)",
-                dev.size()
-            )));
+    }
+
+    /// True when the log was dirty at open and is replayed in memory (not yet home).
+    pub fn log_replayed_in_memory(&self) -> bool {
+        self.unreplayed.is_some()
+    }
+
+    /// Writes a replay held in memory home (replayed again onto the device, flushed, the
+    /// log closed with an unmount record) and reads the device itself from then on: what a
+    /// writer calls before its first write. Returns false when there was nothing to do.
+    pub fn replay_home(&mut self) -> Result<bool> {
+        let Some(dev) = self.unreplayed.take() else {
+            return Ok(false);
+        };
+        if let Err(e) = vdisk_xfs_log::recover_home(&*dev) {
+            self.unreplayed = Some(dev);
+            return Err(e);
         }
-        let fs = Xfs { dev, sb };
-        log::check_clean(&fs)?;
-        Ok(fs)
+        self.sb = read_superblock(&*dev)?;
+        self.dev = dev;
+        Ok(true)
     }
 
     /// The primary superblock.
@@ -125,6 +146,29 @@ impl Xfs {
         self.read_bytes(&mut buf, off)?;
         Ok(buf)
     }
+}
+
+/// Reads and validates the primary superblock of `dev`.
+fn read_superblock(dev: &dyn BlockDevice) -> Result<Superblock> {
+    let mut buf = vec![0u8; 512];
+    dev.read_at(&mut buf, 0)?;
+    let sectsize = superblock::peek_sectsize(&buf)?;
+    if sectsize > 512 {
+        buf = vec![0u8; usize::from(sectsize)];
+        dev.read_at(&mut buf, 0)?;
+    }
+    let sb = Superblock::parse(&buf)?;
+    let end = sb
+        .sb_dblocks
+        .checked_mul(u64::from(sb.sb_blocksize))
+        .ok_or_else(|| Error::corrupt("XFS superblock: sb_dblocks overflows"))?;
+    if end > dev.size() {
+        return Err(Error::corrupt(format!(
+            "XFS superblock: the filesystem ({end} bytes) is larger than its device ({} bytes)",
+            dev.size()
+        )));
+    }
+    Ok(sb)
 }
 
 /// The most we read in one piece (a directory block is at most 64 KiB; a remote attribute

@@ -1,8 +1,12 @@
-//! Just enough of the XFS log to tell a clean log from a dirty one: the head is found by the
-//! cycle numbers stamped in every 512-byte log block, and a clean log ends in a record whose
-//! only operation is an unmount record. Replay belongs to the log crate.
+//! The log at open: [`replay`] asks the log crate (`vdisk_xfs_log`) whether the log is dirty
+//! and replays it into memory if so. [`check_clean`] is the older, self-contained test of a
+//! clean log: the head is found by the cycle numbers stamped in every 512-byte log block, and a
+//! clean log ends in a record whose only operation is an unmount record.
 
-use vdisk_block::{Error, Result};
+use std::sync::Arc;
+
+use vdisk_block::{BlockDevice, Error, Result};
+use vdisk_xfs_log::recover::ReplayedDevice;
 
 use crate::{be32, Xfs};
 
@@ -12,8 +16,14 @@ pub const XLOG_HEADER_MAGIC_NUM: u32 = 0xfeed_babe;
 pub const XLOG_UNMOUNT_TRANS: u8 = 0x20;
 /// The largest log XFS makes (XFS_MAX_LOG_BYTES): bounds what the head search reads.
 pub const MAX_LOG_BYTES: u64 = 2 << 30;
-/// The message for a log that needs recovery.
+/// The message [`check_clean`] gives for a log that needs recovery.
 pub const DIRTY: &str = "XFS log is dirty; replay not supported yet";
+
+/// Replays a dirty log of the filesystem on `dev` into memory; None when the log is clean.
+/// Items the replay cannot handle are refused by name.
+pub fn replay(dev: &Arc<dyn BlockDevice>) -> Result<Option<Arc<ReplayedDevice>>> {
+    Ok(ReplayedDevice::replay(dev.clone())?.map(Arc::new))
+}
 
 impl Xfs {
     fn log_bb(&self, start: u64, bb: u64, buf: &mut [u8]) -> Result<()> {

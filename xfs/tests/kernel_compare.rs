@@ -14,14 +14,7 @@ fn compare(opts: &[&str]) {
     let (img, kernel) = build_image(dir.path(), opts);
     let fs = vdisk_xfs::Xfs::open(open_dev(&img)).unwrap();
     let ours = our_manifest(&fs);
-    if ours != kernel {
-        let k: Vec<_> = kernel.lines().collect();
-        let o: Vec<_> = ours.lines().collect();
-        for (a, b) in k.iter().zip(o.iter()) {
-            assert_eq!(a, b, "first difference (kernel, ours)");
-        }
-        assert_eq!(k.len(), o.len(), "line counts differ");
-    }
+    assert_same_manifest(&kernel, &ours, "clean image");
 }
 
 #[test]

@@ -200,3 +200,91 @@ fn line(fs: &Xfs, ino: u64, rel: &str, out: &mut String) {
     }
     out.push('\n');
 }
+
+/// A read-write file as a device.
+pub struct RwFileDev(pub std::fs::File, pub u64);
+
+impl BlockDevice for RwFileDev {
+    fn size(&self) -> u64 {
+        self.1
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.0
+            .read_exact_at(buf, offset)
+            .map_err(|e| vdisk_block::Error::io("read", Some(offset), e))
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.0
+            .write_all_at(buf, offset)
+            .map_err(|e| vdisk_block::Error::io("write", Some(offset), e))
+    }
+    fn flush(&self) -> Result<()> {
+        self.0
+            .sync_data()
+            .map_err(|e| vdisk_block::Error::io("flush", None, e))
+    }
+}
+
+pub fn open_rw(path: &Path) -> RwFileDev {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let n = f.metadata().unwrap().len();
+    RwFileDev(f, n)
+}
+
+pub fn mount(img: &Path, mnt: &Path) {
+    mount_with(img, mnt, "loop");
+}
+
+/// A loop mount with mount options `opts` (which include `loop`).
+pub fn mount_with(img: &Path, mnt: &Path, opts: &str) {
+    std::fs::create_dir_all(mnt).unwrap();
+    run(Command::new("timeout")
+        .args(["60", "mount", "-o", opts])
+        .arg(img)
+        .arg(mnt));
+}
+
+pub fn umount(mnt: &Path) {
+    run(Command::new("timeout").args(["60", "umount"]).arg(mnt));
+}
+
+/// The kernel's manifest of `img`, from a loop mount (which replays a dirty log).
+pub fn kernel_manifest(img: &Path, mnt: &Path) -> String {
+    mount(img, mnt);
+    let out = Command::new("python3")
+        .arg(tests_dir().join("manifest.py"))
+        .arg(mnt)
+        .output();
+    umount(mnt);
+    let out = out.unwrap();
+    assert!(
+        out.status.success(),
+        "manifest: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Shuts the filesystem mounted at `mnt` down with its log flushed (`xfs_io shutdown -f`):
+/// the transactions are in the log, not home.
+pub fn shutdown(mnt: &Path) {
+    run(Command::new("timeout")
+        .args(["60", "xfs_io", "-x", "-c", "shutdown -f"])
+        .arg(mnt));
+}
+
+/// Asserts two manifests are equal, naming the first line that differs.
+pub fn assert_same_manifest(kernel: &str, ours: &str, what: &str) {
+    if ours != kernel {
+        let k: Vec<_> = kernel.lines().collect();
+        let o: Vec<_> = ours.lines().collect();
+        for (a, b) in k.iter().zip(o.iter()) {
+            assert_eq!(a, b, "{what}: first difference (kernel, ours)");
+        }
+        assert_eq!(k.len(), o.len(), "{what}: line counts differ");
+    }
+}
