@@ -267,7 +267,11 @@ fn step<'p>(
         }
         Op::CopyIn { local, remote_dir } => {
             m.push(format!("Copying: {} to {remote_dir}", local.display()));
-            g.mkdir_p(remote_dir, NewFile::root(0o755))?;
+            if g.stat(remote_dir, true)?.map(|x| x.kind) != Some(Kind::Dir) {
+                return Err(Error::invalid(format!(
+                    "--copy-in: {remote_dir} is not a directory in the guest (it must exist)"
+                )));
+            }
             let name = local
                 .file_name()
                 .ok_or_else(|| {
@@ -370,6 +374,11 @@ fn step<'p>(
         Op::Scrub(f) => {
             m.push(format!("Scrubbing: {f}"));
             if let Some(meta) = g.stat(f, true)? {
+                if meta.kind == Kind::Dir {
+                    return Err(Error::invalid(format!(
+                        "--scrub: {f} is a directory (only regular files are scrubbed)"
+                    )));
+                }
                 if meta.kind == Kind::File {
                     let zeros = vec![0u8; 1 << 16];
                     let mut off = 0u64;
@@ -728,6 +737,13 @@ mod tests {
         std::fs::write(&up, "#!/bin/sh\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&up, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let plan = Plan::parse([
+            "--mkdir".to_string(),
+            "/srv/data/x".into(),
+            format!("--copy-in={}:/srv/nonexistent", local.display()),
+        ])
+        .unwrap();
+        assert!(run(&plan, &mut g, &os, &Host::default()).is_err());
         let plan = Plan::parse([
             "--mkdir".to_string(),
             "/srv/data/x".into(),

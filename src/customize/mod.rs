@@ -41,6 +41,7 @@ pub mod shellvars;
 pub mod ssh;
 pub mod sysprep;
 pub mod timezone;
+pub mod tree;
 
 use vdisk_block::Result;
 

@@ -266,13 +266,19 @@ fn guest_path(opt: &str, p: &str) -> Result<String> {
     Ok(p.to_string())
 }
 
-/// Parses an octal mode as --chmod takes it ("0755", "755", "0o755").
+/// Parses a mode as virt-customize's --chmod reads it: octal with a leading `0` ("0755"),
+/// decimal without one ("493"), as OCaml's int_of_string after its "0" to "0o" rewrite.
 pub fn parse_mode(opt: &str, s: &str) -> Result<u32> {
-    let digits = s.strip_prefix("0o").unwrap_or(s);
-    u32::from_str_radix(digits, 8)
-        .ok()
-        .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| Error::invalid(format!("--{opt} '{s}': expected an octal mode")))
+    let v = match s.strip_prefix('0') {
+        Some("") => Some(0),
+        Some(oct) => u32::from_str_radix(oct.strip_prefix('o').unwrap_or(oct), 8).ok(),
+        None => s.parse::<u32>().ok(),
+    };
+    v.filter(|m| *m <= 0o7777).ok_or_else(|| {
+        Error::invalid(format!(
+            "--{opt} '{s}': expected a mode (octal with a leading 0, such as 0755)"
+        ))
+    })
 }
 
 impl Plan {
@@ -752,7 +758,8 @@ mod tests {
     #[test]
     fn bad_arguments() {
         for args in [
-            vec!["--chmod", "999:/x"],
+            vec!["--chmod", "0999:/x"],
+            vec!["--chmod", "9999:/x"],
             vec!["--chmod", "0644"],
             vec!["--write", "relative:x"],
             vec!["--hostname"],
@@ -768,6 +775,15 @@ mod tests {
         ] {
             assert!(Plan::parse(args.clone()).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn chmod_modes_read_as_virt_customize_reads_them() {
+        assert_eq!(parse_mode("chmod", "0755").unwrap(), 0o755);
+        assert_eq!(parse_mode("chmod", "0").unwrap(), 0);
+        assert_eq!(parse_mode("chmod", "493").unwrap(), 0o755);
+        assert_eq!(parse_mode("chmod", "0o640").unwrap(), 0o640);
+        assert!(parse_mode("chmod", "rwx").is_err());
     }
 
     #[test]
