@@ -5,23 +5,23 @@
 //!   -a test.qcow2 -a data.raw     -> GuestDisks (open images, chains followed, read-only)
 //!     Guest: /dev/sda, /dev/sda1, /dev/centos/root, /dev/mapper/centos-root ...
 //!   -m /dev/centos/root -m /dev/sda1:/boot   (or -i: inspect, then /etc/fstab)
-//!     -> open_filesystem (detect: ext2/3/4 -> Ext4Fs) for each device
+//!     -> open_filesystem (detect the type -> its engine in FS_ENGINES) for each device
 //!     -> Stack: one tree, "/" from the first, "/boot" from the second
 //! ```
 //!
 //! Editing opens the same way with `OpenOptions { read_only: false, .. }`: the top image of
 //! each chain is writable (and write-locked), its backing files stay read-only and are never
 //! written (copy-on-write), partitions and LVs write through to their extents, and
-//! [`mount_specs_rw`] opens each ext2/3/4 filesystem with the write engine ([`Ext4Rw`]).
+//! [`mount_specs`] with [`Access::ReadWrite`] opens each filesystem with its engine's writer.
 //!
 //! ```no_run
-//! use vdisk::guest::{GuestDisks, MountSpec, mount_specs};
+//! use vdisk::guest::{mount_specs, Access, GuestDisks, MountSpec};
 //! use vdisk::OpenOptions;
 //! use vdisk_guestfs::fs::FileSystem;
 //!
 //! let disks = GuestDisks::open(&["test.qcow2".into()], &OpenOptions::default())?;
 //! let specs: Vec<MountSpec> = vec!["/dev/centos/root".parse()?, "/dev/sda1:/boot".parse()?];
-//! let tree = mount_specs(&disks.guest, &specs)?;
+//! let tree = mount_specs(&disks.guest, &specs, Access::ReadOnly)?;
 //! let ino = tree.resolve(b"/etc/hostname", true)?;
 //! # Ok::<(), vdisk_block::Error>(())
 //! ```
@@ -34,8 +34,8 @@ use std::sync::Arc;
 use vdisk_block::{BlockDevice, Error, Result};
 use vdisk_guestfs::detect::detect;
 use vdisk_guestfs::devices::{mapper_name, FilesystemEntry, Guest};
-use vdisk_guestfs::ext4::Ext4Rw;
-use vdisk_guestfs::fs::{errno, Ext4Fs, FileKind, FileSystem};
+use vdisk_guestfs::ext4::{Ext4, Ext4Rw};
+use vdisk_guestfs::fs::{errno, FileKind, FileSystem};
 use vdisk_guestfs::partition::{PartitionInfo, TableKind};
 use vdisk_guestfs::stack::Stack;
 
@@ -111,59 +111,89 @@ pub fn image_device(img: &OpenedImage) -> Arc<dyn BlockDevice> {
     img.driver.image()
 }
 
-/// Opens the filesystem on guest device `device` with the driver detection picks (or the
-/// one `fstype` names): ext2, ext3 and ext4 through our ext4 engine, XFS through the
-/// read-only XFS engine (vdisk_xfs); other types are
-/// refused with an Unsupported error naming the type.
+/// How a filesystem is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Nothing is written; the device may be read-only.
+    ReadOnly,
+    /// Opened by the engine's writer ([`FileSystem::writable`] answers); the device must be
+    /// writable (its image opened read-write).
+    ReadWrite,
+}
+
+/// How an engine opens the filesystem on a device.
+pub type OpenFs = fn(Arc<dyn BlockDevice>, Access) -> Result<Arc<dyn FileSystem>>;
+
+/// One filesystem engine: the types detection names that it serves, and how it opens one.
+/// Adding an engine is a crate and one line in [`FS_ENGINES`].
+pub struct FsEngine {
+    /// The types it serves, as detection (and `-m DEV:MP:OPTS:FSTYPE`) names them.
+    pub types: &'static [&'static str],
+    /// Opens the filesystem on a device.
+    pub open: OpenFs,
+}
+
+impl std::fmt::Debug for FsEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsEngine")
+            .field("types", &self.types)
+            .finish()
+    }
+}
+
+fn open_ext4(dev: Arc<dyn BlockDevice>, access: Access) -> Result<Arc<dyn FileSystem>> {
+    Ok(match access {
+        Access::ReadOnly => Arc::new(Ext4::open(dev)?),
+        Access::ReadWrite => Arc::new(Ext4Rw::open(dev)?),
+    })
+}
+
+fn open_xfs(dev: Arc<dyn BlockDevice>, access: Access) -> Result<Arc<dyn FileSystem>> {
+    match access {
+        Access::ReadOnly => Ok(Arc::new(vdisk_xfs::Xfs::open(dev)?)),
+        Access::ReadWrite => Err(Error::unsupported(vdisk_xfs::READ_ONLY)),
+    }
+}
+
+/// The filesystem engines, by the types they serve.
+pub static FS_ENGINES: &[FsEngine] = &[
+    FsEngine {
+        types: &["ext2", "ext3", "ext4"],
+        open: open_ext4,
+    },
+    FsEngine {
+        types: &["xfs"],
+        open: open_xfs,
+    },
+];
+
+/// The engine serving filesystem type `fs_type`, if one does.
+pub fn fs_engine(fs_type: &str) -> Option<&'static FsEngine> {
+    FS_ENGINES.iter().find(|e| e.types.contains(&fs_type))
+}
+
+/// Every type the engines serve, for messages ("ext2, ext3, ext4 and xfs").
+fn served_types() -> String {
+    let all: Vec<&str> = FS_ENGINES
+        .iter()
+        .flat_map(|e| e.types.iter().copied())
+        .collect();
+    match all.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// Opens the filesystem on guest device `device` with the engine its detected type (or the
+/// type `fstype` names) picks from [`FS_ENGINES`]. A type no engine serves is refused with
+/// an Unsupported error naming it and listing what is served.
 pub fn open_filesystem(
     guest: &Guest,
     device: &str,
     fstype: Option<&str>,
+    access: Access,
 ) -> Result<Arc<dyn FileSystem>> {
-    let dev = match ext_device(guest, device, fstype)? {
-        (dev, true) => {
-            return Ok(Arc::new(
-                vdisk_xfs::Xfs::open(dev).map_err(|e| e.with_path(device))?,
-            ))
-        }
-        (dev, false) => dev,
-    };
-    Ok(Arc::new(
-        Ext4Fs::open(dev).map_err(|e| e.with_path(device))?,
-    ))
-}
-
-/// Opens the filesystem on guest device `device` for writing, as [`open_filesystem`] picks
-/// the driver: ext2, ext3 and ext4 through the ext4 write engine; XFS is refused as
-/// read-only. The device must be
-/// writable (its image opened read-write).
-pub fn open_filesystem_rw(
-    guest: &Guest,
-    device: &str,
-    fstype: Option<&str>,
-) -> Result<Arc<Ext4Rw>> {
-    let dev = match ext_device(guest, device, fstype)? {
-        (_, true) => {
-            return Err(Error::unsupported(format!(
-                "{device}: {}",
-                vdisk_xfs::READ_ONLY
-            )))
-        }
-        (dev, false) => dev,
-    };
-    Ok(Arc::new(
-        Ext4Rw::open(dev).map_err(|e| e.with_path(device))?,
-    ))
-}
-
-/// The device `device`, when it holds a filesystem the ext4 engine serves (detected, or named
-/// by `fstype`); an Unsupported error naming the type otherwise.
-/// The bool is true for XFS (served by the read-only XFS engine).
-fn ext_device(
-    guest: &Guest,
-    device: &str,
-    fstype: Option<&str>,
-) -> Result<(Arc<dyn BlockDevice>, bool)> {
     let dev = guest.open_device(device)?;
     let kind = match fstype {
         Some(t) => t.to_string(),
@@ -176,21 +206,20 @@ fn ext_device(
             }
         },
     };
-    match kind.as_str() {
-        "ext2" | "ext3" | "ext4" => Ok((dev, false)),
-        "xfs" => Ok((dev, true)),
-        "swap" => Err(Error::unsupported(format!(
-            "{device}: this is a swap device, not a filesystem"
-        ))),
-        "LVM2_member" => Err(Error::unsupported(format!(
+    if let Some(engine) = fs_engine(&kind) {
+        return (engine.open)(dev, access).map_err(|e| e.with_path(device));
+    }
+    Err(match kind.as_str() {
+        "swap" => Error::unsupported(format!("{device}: this is a swap device, not a filesystem")),
+        "LVM2_member" => Error::unsupported(format!(
             "{device}: this is an LVM physical volume; mount one of its logical volumes \
              (/dev/VG/LV) instead"
-        ))),
-        other => Err(Error::unsupported(format!(
-            "{device}: {other} filesystems are not supported yet (vdisk reads ext2, ext3, \
-             ext4 and XFS)"
-        ))),
-    }
+        )),
+        other => Error::unsupported(format!(
+            "{device}: {other} filesystems are not supported yet (vdisk reads {})",
+            served_types()
+        )),
+    })
 }
 
 /// One `-m DEV[:MOUNTPOINT[:OPTIONS[:FSTYPE]]]`, as guestmount spells it.
@@ -240,8 +269,10 @@ impl FromStr for MountSpec {
 }
 
 /// Mounts `specs` into one tree. Shallower mountpoints go first whatever the order given
-/// (so `-m /dev/sda1:/boot -m /dev/sda2` works), and something must be mounted on `/`.
-pub fn mount_specs(guest: &Guest, specs: &[MountSpec]) -> Result<Stack> {
+/// (so `-m /dev/sda1:/boot -m /dev/sda2` works), and something must be mounted on `/`. With
+/// [`Access::ReadWrite`] each filesystem is opened writable unless its options say `ro`
+/// (the images must have been opened read-write).
+pub fn mount_specs(guest: &Guest, specs: &[MountSpec], access: Access) -> Result<Stack> {
     let mut order: Vec<&MountSpec> = specs.iter().collect();
     order.sort_by_key(|s| depth(&s.mountpoint));
     let Some(first) = order.first().filter(|s| depth(&s.mountpoint) == 0) else {
@@ -249,15 +280,18 @@ pub fn mount_specs(guest: &Guest, specs: &[MountSpec]) -> Result<Stack> {
             "nothing is mounted on / (give -m DEV, or -m DEV:/, or -i)",
         ));
     };
-    let mut stack = Stack::new(open_filesystem(
-        guest,
-        &first.device,
-        first.fstype.as_deref(),
-    )?);
+    let open = |s: &MountSpec| {
+        let a = if s.read_only() {
+            Access::ReadOnly
+        } else {
+            access
+        };
+        open_filesystem(guest, &s.device, s.fstype.as_deref(), a)
+    };
+    let mut stack = Stack::new(open(first)?);
     for s in &order[1..] {
-        let fs = open_filesystem(guest, &s.device, s.fstype.as_deref())?;
         stack
-            .mount(s.mountpoint.as_bytes(), fs)
+            .mount(s.mountpoint.as_bytes(), open(s)?)
             .map_err(|e| e.with_path(&s.device))?;
     }
     Ok(stack)
@@ -270,42 +304,6 @@ impl MountSpec {
             .as_deref()
             .is_some_and(|o| o.split(',').any(|x| x == "ro"))
     }
-}
-
-/// Mounts `specs` into one tree as [`mount_specs`] does, each filesystem read-write unless
-/// its options say `ro`. The images must have been opened read-write.
-pub fn mount_specs_rw(guest: &Guest, specs: &[MountSpec]) -> Result<Stack> {
-    let mut order: Vec<&MountSpec> = specs.iter().collect();
-    order.sort_by_key(|s| depth(&s.mountpoint));
-    let Some(first) = order.first().filter(|s| depth(&s.mountpoint) == 0) else {
-        return Err(Error::invalid(
-            "nothing is mounted on / (give -m DEV, or -m DEV:/, or -i)",
-        ));
-    };
-    let mut stack = if first.read_only() {
-        Stack::new(open_filesystem(
-            guest,
-            &first.device,
-            first.fstype.as_deref(),
-        )?)
-    } else {
-        Stack::new_rw(open_filesystem_rw(
-            guest,
-            &first.device,
-            first.fstype.as_deref(),
-        )?)
-    };
-    for s in &order[1..] {
-        let r = if s.read_only() {
-            let fs = open_filesystem(guest, &s.device, s.fstype.as_deref())?;
-            stack.mount(s.mountpoint.as_bytes(), fs)
-        } else {
-            let fs = open_filesystem_rw(guest, &s.device, s.fstype.as_deref())?;
-            stack.mount_rw(s.mountpoint.as_bytes(), fs)
-        };
-        r.map_err(|e| e.with_path(&s.device))?;
-    }
-    Ok(stack)
 }
 
 /// The number of components of a guest path ("/" = 0, "/boot" = 1).
@@ -526,10 +524,10 @@ pub fn inspect(guest: &Guest) -> Result<Vec<OsInfo>> {
     let fss = guest.list_filesystems()?;
     let mut out = Vec::new();
     for f in &fss {
-        if !matches!(f.fs_type.as_str(), "ext2" | "ext3" | "ext4" | "xfs") {
+        if fs_engine(&f.fs_type).is_none() {
             continue;
         }
-        let Ok(fs) = open_filesystem(guest, &f.device, Some(&f.fs_type)) else {
+        let Ok(fs) = open_filesystem(guest, &f.device, Some(&f.fs_type), Access::ReadOnly) else {
             continue;
         };
         if is_linux_root(&*fs) {
@@ -926,32 +924,15 @@ pub fn resolve_fstab_device(guest: &Guest, fss: &[FilesystemEntry], spec: &str) 
         .or_else(|| guest.list_lvs().into_iter().find(|l| *l == name))
 }
 
-/// Mounts what inspection found: the root on `/`, then its fstab mountpoints. A filesystem
-/// that cannot be mounted (an unsupported type, a missing mountpoint directory) is skipped
-/// with a warning, as guestmount -i does.
-pub fn mount_inspected(guest: &Guest, os: &OsInfo) -> Result<(Stack, Vec<String>)> {
+/// Mounts what inspection found: the root on `/`, then its fstab mountpoints, each opened
+/// with `access`. A filesystem that cannot be mounted (an unsupported type, a missing
+/// mountpoint directory) is skipped with a warning, as guestmount -i does.
+pub fn mount_inspected(guest: &Guest, os: &OsInfo, access: Access) -> Result<(Stack, Vec<String>)> {
     let mut warnings = Vec::new();
-    let mut stack = Stack::new(open_filesystem(guest, &os.root, None)?);
+    let mut stack = Stack::new(open_filesystem(guest, &os.root, None, access)?);
     for (mp, dev) in os.mountpoints.iter().filter(|(m, _)| m != "/") {
-        let r = open_filesystem(guest, dev, None)
+        let r = open_filesystem(guest, dev, None, access)
             .and_then(|fs| stack.mount(mp.as_bytes(), fs).map_err(|e| e.with_path(dev)));
-        if let Err(e) = r {
-            warnings.push(format!("{mp}: not mounted: {e}"));
-        }
-    }
-    Ok((stack, warnings))
-}
-
-/// Mounts what inspection found read-write, as [`mount_inspected`] does read-only.
-pub fn mount_inspected_rw(guest: &Guest, os: &OsInfo) -> Result<(Stack, Vec<String>)> {
-    let mut warnings = Vec::new();
-    let mut stack = Stack::new_rw(open_filesystem_rw(guest, &os.root, None)?);
-    for (mp, dev) in os.mountpoints.iter().filter(|(m, _)| m != "/") {
-        let r = open_filesystem_rw(guest, dev, None).and_then(|fs| {
-            stack
-                .mount_rw(mp.as_bytes(), fs)
-                .map_err(|e| e.with_path(dev))
-        });
         if let Err(e) = r {
             warnings.push(format!("{mp}: not mounted: {e}"));
         }

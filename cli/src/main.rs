@@ -43,6 +43,12 @@ impl From<vdisk::block::Error> for Failure {
     }
 }
 
+impl From<vdisk_guestfs::ops::OpError> for Failure {
+    fn from(e: vdisk_guestfs::ops::OpError) -> Self {
+        Failure::new(e.to_string())
+    }
+}
+
 impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Self {
         Failure::new(e.to_string())

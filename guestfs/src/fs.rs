@@ -11,9 +11,10 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use vdisk_guestfs::fs::{Ext4Fs, FileSystem};
+//! use vdisk_guestfs::ext4::Ext4;
+//! use vdisk_guestfs::fs::FileSystem;
 //! # fn dev() -> Arc<dyn vdisk_block::BlockDevice> { unimplemented!() }
-//! let fs = Ext4Fs::open(dev()).unwrap();
+//! let fs = Ext4::open(dev()).unwrap();
 //! let ino = fs.resolve(b"/etc/hostname", true).unwrap();
 //! let mut buf = vec![0u8; 4096];
 //! let n = fs.read(ino, 0, &mut buf).unwrap();
@@ -28,13 +29,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use vdisk_block::{Error, Result};
 
-use crate::ext4::{self, dir_entry::ft, inode};
-
 /// An inode number.
 pub type Ino = u64;
-
-/// The ext4 engine, seen through the path-level API.
-pub type Ext4Fs = ext4::Ext4;
 
 /// Symlinks followed while resolving one path before giving up with ELOOP (Linux's
 /// MAXSYMLINKS).
@@ -104,6 +100,26 @@ pub fn errno(e: &Error) -> i32 {
     }
 }
 
+/// The file-type bits of `st_mode`, as Linux (and every engine's on-disk mode) encodes them.
+pub mod mode_bits {
+    /// Mask of the type bits.
+    pub const S_IFMT: u32 = 0o170000;
+    /// Socket.
+    pub const S_IFSOCK: u32 = 0o140000;
+    /// Symbolic link.
+    pub const S_IFLNK: u32 = 0o120000;
+    /// Regular file.
+    pub const S_IFREG: u32 = 0o100000;
+    /// Block device.
+    pub const S_IFBLK: u32 = 0o060000;
+    /// Directory.
+    pub const S_IFDIR: u32 = 0o040000;
+    /// Character device.
+    pub const S_IFCHR: u32 = 0o020000;
+    /// Named pipe.
+    pub const S_IFIFO: u32 = 0o010000;
+}
+
 /// The kind of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FileKind {
@@ -126,29 +142,29 @@ pub enum FileKind {
 impl FileKind {
     /// The kind named by the type bits of a mode, if they name one.
     pub fn from_mode(mode: u32) -> Option<FileKind> {
-        Some(match (mode & 0o170000) as u16 {
-            inode::S_IFREG => FileKind::File,
-            inode::S_IFDIR => FileKind::Dir,
-            inode::S_IFLNK => FileKind::Symlink,
-            inode::S_IFCHR => FileKind::CharDev,
-            inode::S_IFBLK => FileKind::BlockDev,
-            inode::S_IFIFO => FileKind::Fifo,
-            inode::S_IFSOCK => FileKind::Socket,
+        Some(match mode & mode_bits::S_IFMT {
+            mode_bits::S_IFREG => FileKind::File,
+            mode_bits::S_IFDIR => FileKind::Dir,
+            mode_bits::S_IFLNK => FileKind::Symlink,
+            mode_bits::S_IFCHR => FileKind::CharDev,
+            mode_bits::S_IFBLK => FileKind::BlockDev,
+            mode_bits::S_IFIFO => FileKind::Fifo,
+            mode_bits::S_IFSOCK => FileKind::Socket,
             _ => return None,
         })
     }
 
-    fn from_dirent(t: u8) -> Option<FileKind> {
-        Some(match t {
-            ft::REG_FILE => FileKind::File,
-            ft::DIR => FileKind::Dir,
-            ft::SYMLINK => FileKind::Symlink,
-            ft::CHRDEV => FileKind::CharDev,
-            ft::BLKDEV => FileKind::BlockDev,
-            ft::FIFO => FileKind::Fifo,
-            ft::SOCK => FileKind::Socket,
-            _ => return None,
-        })
+    /// The type bits of a mode for this kind (S_IFREG, S_IFDIR, ...).
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            FileKind::File => mode_bits::S_IFREG,
+            FileKind::Dir => mode_bits::S_IFDIR,
+            FileKind::Symlink => mode_bits::S_IFLNK,
+            FileKind::CharDev => mode_bits::S_IFCHR,
+            FileKind::BlockDev => mode_bits::S_IFBLK,
+            FileKind::Fifo => mode_bits::S_IFIFO,
+            FileKind::Socket => mode_bits::S_IFSOCK,
+        }
     }
 }
 
@@ -170,15 +186,6 @@ impl Timestamp {
             UNIX_EPOCH + Duration::from_secs(self.secs as u64) + n
         } else {
             UNIX_EPOCH - Duration::from_secs(self.secs.unsigned_abs()) + n
-        }
-    }
-}
-
-impl From<inode::InodeTime> for Timestamp {
-    fn from(t: inode::InodeTime) -> Self {
-        Timestamp {
-            secs: t.secs,
-            nanos: t.nanos,
         }
     }
 }
@@ -255,6 +262,48 @@ pub struct StatFs {
     pub name_max: u32,
 }
 
+/// What a filesystem can hold: asked of it, not assumed (FAT has no symlinks and matches
+/// names without case, XFS inode numbers are 64 bits wide, ...). Start from
+/// [`Capabilities::POSIX`] and change the fields that differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Symbolic links can be made.
+    pub symlinks: bool,
+    /// Hard links can be made.
+    pub hard_links: bool,
+    /// Extended attributes are stored.
+    pub xattrs: bool,
+    /// Device nodes, FIFOs and sockets can be made.
+    pub special_files: bool,
+    /// Owners and permission bits are stored per file (chmod and chown change them).
+    pub ownership: bool,
+    /// Names are matched without regard to case (the case given is kept).
+    pub case_insensitive: bool,
+    /// The longest name, in bytes.
+    pub name_max: u32,
+    /// The granularity of stored modification times, in nanoseconds (1 = ns, 2e9 = FAT).
+    pub time_granularity_ns: u64,
+    /// How many bits inode numbers use.
+    pub ino_bits: u32,
+}
+
+impl Capabilities {
+    /// A POSIX filesystem such as ext4: everything stored, 255-byte names, nanosecond times,
+    /// 32-bit inode numbers.
+    pub const POSIX: Capabilities = Capabilities {
+        symlinks: true,
+        hard_links: true,
+        xattrs: true,
+        special_files: true,
+        ownership: true,
+        case_insensitive: false,
+        name_max: 255,
+        time_granularity_ns: 1,
+        ino_bits: 32,
+    };
+}
+
 /// A guest filesystem, read through inode numbers and byte names. `Send + Sync`: FUSE serves
 /// it from many threads.
 pub trait FileSystem: Send + Sync {
@@ -285,6 +334,18 @@ pub trait FileSystem: Send + Sync {
 
     /// Filesystem-wide counts.
     fn statfs(&self) -> Result<StatFs>;
+
+    /// The same filesystem as a [`FileSystemMut`], when it was opened for writing; None for a
+    /// read-only open (every change is then EROFS). One object serves both: callers hold an
+    /// `Arc<dyn FileSystem>` and ask.
+    fn writable(&self) -> Option<&dyn FileSystemMut> {
+        None
+    }
+
+    /// What the filesystem can hold (symlinks, hard links, xattrs, name length, ...).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::POSIX
+    }
 
     /// Every entry of directory `ino` ("." and ".." included), up to
     /// [`MAX_READDIR_ALL_ENTRIES`].
@@ -370,147 +431,8 @@ fn components(path: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn ino32(ino: Ino) -> Result<u32> {
-    u32::try_from(ino).map_err(|_| Error::invalid(format!("inode number {ino} is out of range")))
-}
-
-impl FileSystem for ext4::Ext4 {
-    fn root_ino(&self) -> Ino {
-        Ino::from(inode::EXT4_ROOT_INO)
-    }
-
-    fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Option<Ino>> {
-        let dir = self.live_inode(ino32(parent)?)?;
-        if !dir.is_dir() {
-            return Err(errno_error("lookup", errno::ENOTDIR));
-        }
-        if name.len() > crate::ext4::dir_entry::EXT4_NAME_LEN {
-            return Err(errno_error("lookup", errno::ENAMETOOLONG));
-        }
-        Ok(self.find_entry(&dir, name.as_bytes())?.map(Ino::from))
-    }
-
-    fn getattr(&self, ino: Ino) -> Result<Attr> {
-        let i = self.live_inode(ino32(ino)?)?;
-        let mode = u32::from(i.i_mode);
-        let kind = FileKind::from_mode(mode).ok_or_else(|| {
-            Error::corrupt(format!("inode {ino}: mode {mode:#o} has no file type"))
-        })?;
-        let rdev = if matches!(kind, FileKind::CharDev | FileKind::BlockDev) {
-            let (major, minor) = i.device_number();
-            makedev(major, minor)
-        } else {
-            0
-        };
-        let mut blocks = i.sectors(self.superblock());
-        if kind == FileKind::File && i.has_flag(inode::EXT4_INLINE_DATA_FL) {
-            // As the kernel's stat of a regular file: inline data counts as the sectors it would fill,
-            // so tools do not take the file for a hole.
-            blocks += i.i_size.div_ceil(512);
-        }
-        Ok(Attr {
-            ino,
-            size: i.i_size,
-            blocks,
-            kind,
-            mode,
-            nlink: u32::from(i.i_links_count),
-            uid: i.i_uid,
-            gid: i.i_gid,
-            atime: i.i_atime.into(),
-            mtime: i.i_mtime.into(),
-            ctime: i.i_ctime.into(),
-            crtime: i.i_crtime.map(Into::into),
-            rdev,
-            blksize: self.superblock().block_size,
-        })
-    }
-
-    fn readdir(&self, ino: Ino, offset: u64, f: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
-        let dir = self.live_inode(ino32(ino)?)?;
-        if !dir.is_dir() {
-            return Err(errno_error("readdir", errno::ENOTDIR));
-        }
-        let mut err = None;
-        self.dir_walk(&dir, offset, &mut |e, next| {
-            let kind = match FileKind::from_dirent(e.file_type) {
-                Some(k) => k,
-                // No filetype feature (or an unknown code): ask the inode.
-                None => match self.getattr(Ino::from(e.inode)) {
-                    Ok(a) => a.kind,
-                    Err(x) => {
-                        err = Some(x);
-                        return false;
-                    }
-                },
-            };
-            f(DirEntry {
-                name: OsString::from_vec(e.name),
-                ino: Ino::from(e.inode),
-                kind,
-                next_offset: next,
-            })
-        })?;
-        err.map_or(Ok(()), Err)
-    }
-
-    fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let i = self.live_inode(ino32(ino)?)?;
-        if i.is_dir() {
-            return Err(errno_error("read", errno::EISDIR));
-        }
-        self.read_data(&i, offset, buf)
-    }
-
-    fn readlink(&self, ino: Ino) -> Result<OsString> {
-        let i = self.live_inode(ino32(ino)?)?;
-        if !i.is_symlink() {
-            return Err(errno_error("readlink", errno::EINVAL));
-        }
-        Ok(OsString::from_vec(self.symlink_target(&i)?))
-    }
-
-    fn listxattr(&self, ino: Ino) -> Result<Vec<OsString>> {
-        let i = self.live_inode(ino32(ino)?)?;
-        Ok(self
-            .xattr_entries(&i)?
-            .iter()
-            .filter(|e| !e.is_system_data())
-            .filter_map(|e| e.full_name())
-            .map(OsString::from_vec)
-            .collect())
-    }
-
-    fn getxattr(&self, ino: Ino, name: &OsStr) -> Result<Option<Vec<u8>>> {
-        let i = self.live_inode(ino32(ino)?)?;
-        let want = name.as_bytes();
-        for e in self.xattr_entries(&i)? {
-            if e.is_system_data() {
-                continue;
-            }
-            if e.full_name().as_deref() == Some(want) {
-                return self.xattr_value(&e).map(Some);
-            }
-        }
-        Ok(None)
-    }
-
-    fn statfs(&self) -> Result<StatFs> {
-        let sb = self.superblock();
-        Ok(StatFs {
-            block_size: sb.block_size,
-            blocks: sb.s_blocks_count,
-            blocks_free: sb.s_free_blocks_count,
-            blocks_available: sb.s_free_blocks_count.saturating_sub(sb.s_r_blocks_count),
-            files: u64::from(sb.s_inodes_count),
-            files_free: u64::from(sb.s_free_inodes_count),
-            name_max: ext4::dir_entry::EXT4_NAME_LEN as u32,
-        })
-    }
-}
-
-/// glibc's `makedev`.
-fn makedev(major: u32, minor: u32) -> u64 {
+/// glibc's `makedev`: the device number `st_rdev` holds for `major:minor`.
+pub fn makedev(major: u32, minor: u32) -> u64 {
     let (ma, mi) = (u64::from(major), u64::from(minor));
     ((ma & 0xffff_f000) << 32) | ((ma & 0xfff) << 8) | ((mi & 0xffff_ff00) << 12) | (mi & 0xff)
 }
@@ -554,7 +476,8 @@ pub const XATTR_REPLACE: u32 = 2;
 /// A guest filesystem that can be changed, as FUSE and the FUSE-less edit commands change it.
 ///
 /// Every method is one whole operation under the filesystem's write lock, leaving the
-/// filesystem consistent (`e2fsck -fn` clean) when it returns. Errors carry the errno FUSE
+/// filesystem consistent (its own checker clean: `e2fsck -fn`, `xfs_repair -n`) when it
+/// returns. Errors carry the errno FUSE
 /// should answer ([`errno`]): ENOENT, EEXIST, ENOTDIR, EISDIR, ENOTEMPTY, ENOSPC, EFBIG,
 /// ENAMETOOLONG, ENODATA, and Unsupported (EOPNOTSUPP) for structures the engine does not
 /// edit. Ownership and permission checks are the caller's (FUSE's `default_permissions`);

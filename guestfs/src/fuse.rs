@@ -4,14 +4,14 @@
 //!   kernel VFS --/dev/fuse--> fuser::Session --> FuseFs (this module: translation only)
 //!                                                  |
 //!                                                  v
-//!                                   dyn FileSystem (Ext4Fs, or a Stack of them)
-//!                                   dyn FileSystemMut (Ext4Rw, or a Stack) when read-write
+//!                                   dyn FileSystem (an engine, or a Stack of them)
+//!                                   .writable() -> dyn FileSystemMut when read-write
 //! ```
 //!
 //! The adapter only translates: each helper returns `Result<_, Errno>` from the library's
 //! errors ([`crate::fs::errno`]), each trait method sends exactly one reply, attributes
-//! convert through `From`. A read-only mount ([`session`]) answers every change with EROFS;
-//! a read-write one ([`session_rw`]) passes create, mknod, mkdir, unlink, rmdir, symlink,
+//! convert through `From`. A read-only mount ([`MountConfig::read_only`], or a filesystem
+//! opened read-only) answers every change with EROFS; a read-write one passes create, mknod, mkdir, unlink, rmdir, symlink,
 //! link, rename, write, setattr and the xattr calls to [`FileSystemMut`], and makes
 //! everything durable on fsync and when the session ends ([`FileSystemMut::flush`]). New
 //! files belong to the caller (the request's uid and gid), or to the directory's group when
@@ -25,10 +25,11 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use vdisk_guestfs::fs::{Ext4Fs, FileSystem};
+//! use vdisk_guestfs::ext4::Ext4;
+//! use vdisk_guestfs::fs::FileSystem;
 //! use vdisk_guestfs::fuse::{session, MountConfig};
 //! # fn dev() -> Arc<dyn vdisk_block::BlockDevice> { unimplemented!() }
-//! let fs: Arc<dyn FileSystem> = Arc::new(Ext4Fs::open(dev())?);
+//! let fs: Arc<dyn FileSystem> = Arc::new(Ext4::open(dev())?);
 //! let cfg = MountConfig::read_only("vdisk:demo");
 //! // Mounted (and the kernel's INIT answered) once this returns; run() serves until unmount.
 //! session(fs, "/mnt".as_ref(), &cfg)?.run()?;
@@ -75,8 +76,8 @@ pub struct MountConfig {
     /// The mount's source as /proc/self/mountinfo shows it ("vdisk:1234": `vdisk umount`
     /// reads the serving process's id from it).
     pub fsname: String,
-    /// Mount read-only. [`session`] serves only read-only mounts; [`session_rw`] serves
-    /// either.
+    /// Mount read-only. A read-write mount needs a filesystem opened writable
+    /// ([`FileSystem::writable`]).
     pub read_only: bool,
     /// Who may use the mount besides its owner.
     pub acl: SessionACL,
@@ -181,61 +182,47 @@ pub fn session(
     mountpoint: &Path,
     cfg: &MountConfig,
 ) -> io::Result<fuser::Session<FuseFs>> {
-    if !cfg.read_only {
+    if !cfg.read_only && fs.writable().is_none() {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "this filesystem was opened read-only; it cannot be mounted read-write",
         ));
     }
-    fuser::Session::new(FuseFs::new(fs), mountpoint, &cfg.to_fuser())
-}
-
-/// Mounts the writable `fs` on `mountpoint` as [`session`] does: read-write, or read-only
-/// when `cfg.read_only`.
-pub fn session_rw<F: FileSystemMut + 'static>(
-    fs: Arc<F>,
-    mountpoint: &Path,
-    cfg: &MountConfig,
-) -> io::Result<fuser::Session<FuseFs>> {
-    let ffs = if cfg.read_only {
-        FuseFs::new(fs)
-    } else {
-        FuseFs::new_rw(fs)
-    };
-    fuser::Session::new(ffs, mountpoint, &cfg.to_fuser())
+    fuser::Session::new(FuseFs::new(fs, cfg.read_only), mountpoint, &cfg.to_fuser())
 }
 
 /// A [`FileSystem`] as a `fuser::Filesystem`.
 pub struct FuseFs {
     fs: Arc<dyn FileSystem>,
-    /// The same filesystem, when mounted read-write.
-    rw: Option<Arc<dyn FileSystemMut>>,
+    /// Mounted read-only (whether or not the filesystem could be written).
+    read_only: bool,
     root: Ino,
     ttl: Duration,
 }
 
 impl FuseFs {
-    /// The adapter over `fs`, read-only.
-    pub fn new(fs: Arc<dyn FileSystem>) -> FuseFs {
+    /// The adapter over `fs`: read-write when `fs` is writable ([`FileSystem::writable`])
+    /// and `read_only` is false, else every change answers EROFS.
+    pub fn new(fs: Arc<dyn FileSystem>, read_only: bool) -> FuseFs {
         let root = fs.root_ino();
+        let read_only = read_only || fs.writable().is_none();
         FuseFs {
             fs,
-            rw: None,
+            read_only,
             root,
-            ttl: READ_ONLY_TTL,
+            ttl: if read_only {
+                READ_ONLY_TTL
+            } else {
+                READ_WRITE_TTL
+            },
         }
     }
 
-    /// The adapter over `fs`, read-write.
-    pub fn new_rw<F: FileSystemMut + 'static>(fs: Arc<F>) -> FuseFs {
-        let mut f = FuseFs::new(fs.clone());
-        f.rw = Some(fs);
-        f.ttl = READ_WRITE_TTL;
-        f
-    }
-
-    fn rw(&self) -> Result<&Arc<dyn FileSystemMut>, Errno> {
-        self.rw.as_ref().ok_or(Errno::EROFS)
+    fn rw(&self) -> Result<&dyn FileSystemMut, Errno> {
+        if self.read_only {
+            return Err(Errno::EROFS);
+        }
+        self.fs.writable().ok_or(Errno::EROFS)
     }
 
     /// FUSE's inode number → the filesystem's (1 and the root trade places).
@@ -285,7 +272,7 @@ impl FuseFs {
     }
 
     fn do_open(&self, ino: INodeNo, flags: OpenFlags, dir: bool) -> Result<FopenFlags, Errno> {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY && self.rw.is_none() {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY && self.read_only {
             return Err(Errno::EROFS);
         }
         let kind = self.fs.getattr(self.ino(ino)).map_err(errno)?.kind;
@@ -448,9 +435,9 @@ impl FuseFs {
     }
 
     fn do_flush_all(&self) -> Result<(), Errno> {
-        match &self.rw {
-            Some(rw) => rw.flush().map_err(errno),
-            None => Ok(()),
+        match self.rw() {
+            Ok(rw) => rw.flush().map_err(errno),
+            Err(_) => Ok(()),
         }
     }
 }
@@ -896,7 +883,7 @@ impl Filesystem for FuseFs {
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
         match self.do_getattr(ino) {
-            Ok(_) if mask.contains(fuser::AccessFlags::W_OK) && self.rw.is_none() => {
+            Ok(_) if mask.contains(fuser::AccessFlags::W_OK) && self.read_only => {
                 reply.error(Errno::EROFS)
             }
             Ok(_) => reply.ok(),

@@ -7,6 +7,7 @@
 pub mod ext4;
 pub mod fs;
 pub mod fuse;
+pub mod ops;
 pub mod stack;
 
 // Partition tables, LVM and detection live in the volume crate; re-exported so that

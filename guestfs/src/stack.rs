@@ -16,8 +16,7 @@
 //! symlinks and `..` across mountpoints as the guest's kernel would. A directory that a
 //! later layer is mounted on is replaced by that layer's root, in lookups and in listings.
 //!
-//! Layers mounted read-write (with [`Stack::new_rw`] and [`Stack::mount_rw`]) make the stack a
-//! [`FileSystemMut`] too: each change goes to the layer that owns the inode, a change to a
+//! Layers opened writable ([`FileSystem::writable`]) make the stack writable too: each change goes to the layer that owns the inode, a change to a
 //! read-only layer fails with EROFS, links and renames between layers fail with EXDEV (as
 //! across mountpoints in the kernel), and a mountpoint cannot be removed or renamed (EBUSY).
 
@@ -28,7 +27,8 @@ use std::sync::Arc;
 use vdisk_block::{Error, Result};
 
 use crate::fs::{
-    errno, errno_error, Attr, DirEntry, FileKind, FileSystem, FileSystemMut, Ino, SetAttr, StatFs,
+    errno, errno_error, Attr, Capabilities, DirEntry, FileKind, FileSystem, FileSystemMut, Ino,
+    SetAttr, StatFs,
 };
 
 /// Cross-device link (EXDEV): a link or rename between two mounted filesystems.
@@ -49,9 +49,8 @@ const LOCAL_MASK: u64 = (1 << LAYER_SHIFT) - 1;
 struct Layer {
     /// Where it is mounted, as given ("/", "/boot").
     path: Vec<u8>,
+    /// The filesystem; writable when it was opened so ([`FileSystem::writable`]).
     fs: Arc<dyn FileSystem>,
-    /// The same filesystem, writable, when it was mounted read-write.
-    rw: Option<Arc<dyn FileSystemMut>>,
     /// The stacked inode of the directory holding the mountpoint ("..") of this layer's root.
     parent: Ino,
 }
@@ -82,27 +81,10 @@ impl Stack {
             layers: vec![Layer {
                 path: b"/".to_vec(),
                 fs: root,
-                rw: None,
                 parent,
             }],
             covered: HashMap::new(),
         }
-    }
-
-    /// A stack with `root` mounted read-write at `/`.
-    pub fn new_rw<F: FileSystemMut + 'static>(root: Arc<F>) -> Stack {
-        let mut s = Stack::new(root.clone());
-        s.layers[0].rw = Some(root);
-        s
-    }
-
-    /// Mounts `fs` read-write over the directory at guest path `path` (as [`Stack::mount`]).
-    pub fn mount_rw<F: FileSystemMut + 'static>(&mut self, path: &[u8], fs: Arc<F>) -> Result<()> {
-        self.mount(path, fs.clone())?;
-        if let Some(l) = self.layers.last_mut() {
-            l.rw = Some(fs);
-        }
-        Ok(())
     }
 
     /// Mounts `fs` over the directory at guest path `path` of the tree built so far
@@ -137,7 +119,6 @@ impl Stack {
         self.layers.push(Layer {
             path: path.to_vec(),
             fs,
-            rw: None,
             parent,
         });
         self.covered.insert(target, index);
@@ -181,11 +162,11 @@ impl Stack {
 
     /// The writable filesystem and local inode of a stacked inode (EROFS for a read-only
     /// layer).
-    fn split_rw(&self, ino: Ino) -> Result<(&Arc<dyn FileSystemMut>, Ino)> {
+    fn split_rw(&self, ino: Ino) -> Result<(&dyn FileSystemMut, Ino)> {
         let (layer, local) = self.split(ino)?;
         let rw = layer
-            .rw
-            .as_ref()
+            .fs
+            .writable()
             .ok_or_else(|| errno_error("write", errno::EROFS))?;
         Ok((rw, local))
     }
@@ -214,7 +195,7 @@ impl Stack {
     fn flush_all(&self) -> Result<()> {
         let mut first = None;
         for l in &self.layers {
-            if let Some(rw) = &l.rw {
+            if let Some(rw) = l.fs.writable() {
                 if let Err(e) = rw.flush() {
                     first.get_or_insert(e);
                 }
@@ -294,6 +275,21 @@ impl FileSystem for Stack {
     /// `/boot` cannot report its own.
     fn statfs(&self) -> Result<StatFs> {
         self.layers[0].fs.statfs()
+    }
+
+    /// The stack itself, when any layer is writable (a change to a read-only layer still
+    /// fails with EROFS).
+    fn writable(&self) -> Option<&dyn FileSystemMut> {
+        if self.layers.iter().any(|l| l.fs.writable().is_some()) {
+            Some(self)
+        } else {
+            None
+        }
+    }
+
+    /// The root filesystem's.
+    fn capabilities(&self) -> Capabilities {
+        self.layers[0].fs.capabilities()
     }
 }
 

@@ -10,10 +10,11 @@ use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use ext4_common::{make_image, run, source_tree, FileDev, Mount};
-use vdisk_guestfs::fs::{errno, Attr, Ext4Fs, FileKind, FileSystem, Ino};
+use vdisk_guestfs::ext4::Ext4;
+use vdisk_guestfs::fs::{errno, Attr, FileKind, FileSystem, Ino};
 
 /// Every path below the root (relative, as bytes) with its inode, walking our readdir.
-fn walk_ours(fs: &Ext4Fs) -> BTreeMap<Vec<u8>, Ino> {
+fn walk_ours(fs: &Ext4) -> BTreeMap<Vec<u8>, Ino> {
     let mut out = BTreeMap::new();
     let mut seen_dirs = HashSet::new();
     let mut todo = vec![(Vec::new(), fs.root_ino())];
@@ -40,7 +41,7 @@ fn walk_ours(fs: &Ext4Fs) -> BTreeMap<Vec<u8>, Ino> {
     out
 }
 
-fn read_all(fs: &Ext4Fs, ino: Ino) -> Vec<u8> {
+fn read_all(fs: &Ext4, ino: Ino) -> Vec<u8> {
     let size = fs.getattr(ino).unwrap().size as usize;
     let mut v = vec![0u8; size + 100];
     let mut done = 0;
@@ -86,7 +87,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// Compares everything our engine sees with the kernel's view of the same image.
-fn compare_with_kernel(fs: &Ext4Fs, paths: &BTreeMap<Vec<u8>, Ino>, m: &Mount) {
+fn compare_with_kernel(fs: &Ext4, paths: &BTreeMap<Vec<u8>, Ino>, m: &Mount) {
     for (rel, &ino) in paths {
         let hp = host_path(&m.dir, rel);
         let md = std::fs::symlink_metadata(&hp).unwrap();
@@ -175,7 +176,7 @@ fn compare_with_kernel(fs: &Ext4Fs, paths: &BTreeMap<Vec<u8>, Ino>, m: &Mount) {
 }
 
 /// Compares with ext4-view: metadata, bytes, symlink targets and listings.
-fn compare_with_ext4_view(fs: &Ext4Fs, paths: &BTreeMap<Vec<u8>, Ino>, img: &Path) -> bool {
+fn compare_with_ext4_view(fs: &Ext4, paths: &BTreeMap<Vec<u8>, Ino>, img: &Path) -> bool {
     let sb = fs.superblock();
     if !sb.has_incompat(vdisk_guestfs::ext4::superblock::incompat::EXTENTS)
         || sb.s_inode_size == 128
@@ -248,7 +249,7 @@ fn compare_with_ext4_view(fs: &Ext4Fs, paths: &BTreeMap<Vec<u8>, Ino>, img: &Pat
 }
 
 /// Path resolution inside the guest tree.
-fn check_resolve(fs: &Ext4Fs, paths: &BTreeMap<Vec<u8>, Ino>) {
+fn check_resolve(fs: &Ext4, paths: &BTreeMap<Vec<u8>, Ino>) {
     let ino = |p: &str| paths[p.as_bytes()];
     let code = |r: vdisk_block::Result<Ino>| errno(&r.unwrap_err());
     assert_eq!(fs.resolve(b"/", true).unwrap(), fs.root_ino());
@@ -285,7 +286,7 @@ fn check_resolve(fs: &Ext4Fs, paths: &BTreeMap<Vec<u8>, Ino>) {
 fn variant(name: &str, mkfs: &str, args: &[&str], size_mb: u64, small: bool, fstype: &str) {
     let src = source_tree(small);
     let img = make_image(name, mkfs, args, size_mb, src);
-    let fs = Ext4Fs::open(FileDev::open(&img)).unwrap();
+    let fs = Ext4::open(FileDev::open(&img)).unwrap();
     let paths = walk_ours(&fs);
     assert!(paths.len() > 30, "{name}: only {} paths", paths.len());
     check_resolve(&fs, &paths);

@@ -14,9 +14,9 @@ use std::os::unix::fs::MetadataExt;
 
 use ext4_common::{run, run_status, scratch, FileDev, Mount};
 use vdisk_guestfs::ext4::{Ext4, OpenOptions};
-use vdisk_guestfs::fs::{Ext4Fs, FileKind, FileSystem, Ino};
+use vdisk_guestfs::fs::{FileKind, FileSystem, Ino};
 
-fn walk(fs: &Ext4Fs) -> BTreeMap<Vec<u8>, Ino> {
+fn walk(fs: &Ext4) -> BTreeMap<Vec<u8>, Ino> {
     let mut out = BTreeMap::new();
     let mut todo = vec![(Vec::new(), fs.root_ino())];
     while let Some((path, ino)) = todo.pop() {

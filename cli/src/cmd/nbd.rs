@@ -14,12 +14,13 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use crate::cmd::guest::mount::{block_stop_signals, detach, os_text, pipe};
+use crate::cmd::guest::mount::{block_stop_signals, detach, pipe};
 use crate::cmd::{open_image, parse_format};
 use crate::{CmdResult, Failure};
 use vdisk::engine::chain_status;
 use vdisk::{OpenOptions, OpenedImage};
 use vdisk_block::Result as BlockResult;
+use vdisk_guestfs::ops::os_text;
 use vdisk_nbd::{BlockStatus, Export, Listener, Server, ServerOptions, Status};
 
 /// `vdisk nbd` flags (qemu-nbd's).

@@ -27,6 +27,7 @@ mod dir_write;
 pub mod dx_hash;
 pub mod extent;
 mod filemap;
+mod fs_impl;
 pub mod group_descriptor;
 pub mod htree;
 pub mod inode;

@@ -772,6 +772,9 @@ impl FileSystem for Ext4Rw {
     fn statfs(&self) -> Result<StatFs> {
         self.engine().statfs()
     }
+    fn writable(&self) -> Option<&dyn FileSystemMut> {
+        Some(self)
+    }
 }
 
 impl FileSystemMut for Ext4Rw {

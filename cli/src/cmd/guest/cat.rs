@@ -2,6 +2,8 @@
 
 use std::ffi::OsString;
 use std::io::Write;
+use vdisk::guest::Access;
+use vdisk_guestfs::fs::FileSystem;
 
 use vdisk_guestfs::fs::{errno, errno_error, FileKind};
 
@@ -27,8 +29,8 @@ pub struct CatArgs {
 
 /// Streams each file to stdout. Without -m, inspects the guest as virt-cat does.
 pub fn run(a: CatArgs) -> CmdResult {
-    let disks = open_disks(&a.disks)?;
-    let fs = open_tree(&disks, &a.select, true)?;
+    let disks = open_disks(&a.disks, Access::ReadOnly)?;
+    let fs = open_tree(&disks, &a.select, true, Access::ReadOnly)?;
     let mut out = stdout();
     let mut buf = vec![0u8; CHUNK];
     for p in &a.paths {

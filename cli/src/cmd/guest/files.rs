@@ -2,18 +2,14 @@
 //! `chmod MODE`, `chown UID:GID`, `ln [-s] TARGET LINKNAME`. Each takes `-a/-m/-i` as the
 //! read commands do, changes the guest through the write engine, and flushes before exit.
 
-use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
+use std::ffi::OsString;
 
-use vdisk_guestfs::fs::{errno, errno_error, FileKind, FileSystem, FileSystemMut, Ino, SetAttr};
-use vdisk_guestfs::stack::Stack;
+use vdisk_guestfs::fs::SetAttr;
+use vdisk_guestfs::ops::{self, absolute, Remove};
 
-use super::rw::{absolute, parent_and_name, Edit};
-use super::{path_error, DiskArgs, MountSelect};
+use super::rw::Edit;
+use super::{DiskArgs, MountSelect};
 use crate::{CmdResult, Failure};
-
-/// Directory levels `rm -r` descends, a bound against corrupt (looping) trees.
-const MAX_DEPTH: usize = 4096;
 
 /// `vdisk rm -a IMAGE… (-m DEV… | -i) [-r] [-f] PATH…`.
 #[derive(Debug, clap::Args)]
@@ -106,63 +102,16 @@ pub struct LnArgs {
 /// Removes each path.
 pub fn rm(a: RmArgs) -> CmdResult {
     let edit = Edit::open(&a.disks, &a.select)?;
-    let r = a.paths.iter().try_for_each(|p| {
-        let path = absolute(p);
-        let fs = &*edit.tree;
-        if a.force {
-            // -f: a path that does not resolve (its directory included) is nothing to do.
-            if let Err(e) = fs.resolve(&path, false) {
-                if vdisk_guestfs::fs::errno(&e) == errno::ENOENT {
-                    return Ok(());
-                }
-            }
-        }
-        let (dir, name) = parent_and_name(fs, &path)?;
-        let Some(ino) = fs.lookup(dir, &name).map_err(|e| path_error(&path, e))? else {
-            if a.force {
-                return Ok(());
-            }
-            return Err(path_error(&path, errno_error("rm", errno::ENOENT)));
-        };
-        if fs.getattr(ino).map_err(|e| path_error(&path, e))?.kind == FileKind::Dir {
-            if !a.recursive {
-                return Err(Failure::new(format!(
-                    "{}: is a directory (use -r)",
-                    String::from_utf8_lossy(&path)
-                )));
-            }
-            remove_tree(fs, ino, &path, 0)?;
-            fs.rmdir(dir, &name).map_err(|e| path_error(&path, e))
-        } else {
-            fs.unlink(dir, &name).map_err(|e| path_error(&path, e))
-        }
-    });
+    let how = Remove {
+        recursive: a.recursive,
+        force: a.force,
+    };
+    let r = a
+        .paths
+        .iter()
+        .try_for_each(|p| ops::remove(&*edit.tree, &absolute(p), how))
+        .map_err(Failure::from);
     edit.close(r).map(|()| 0)
-}
-
-/// Empties directory `dir` (depth first).
-fn remove_tree(fs: &Stack, dir: Ino, path: &[u8], depth: usize) -> Result<(), Failure> {
-    if depth >= MAX_DEPTH {
-        return Err(Failure::new(format!(
-            "{}: more than {MAX_DEPTH} directory levels",
-            String::from_utf8_lossy(path)
-        )));
-    }
-    for e in fs.readdir_all(dir).map_err(|e| path_error(path, e))? {
-        if e.name == "." || e.name == ".." {
-            continue;
-        }
-        let mut child = path.to_vec();
-        child.push(b'/');
-        child.extend_from_slice(e.name.as_bytes());
-        if e.kind == FileKind::Dir {
-            remove_tree(fs, e.ino, &child, depth + 1)?;
-            fs.rmdir(dir, &e.name).map_err(|x| path_error(&child, x))?;
-        } else {
-            fs.unlink(dir, &e.name).map_err(|x| path_error(&child, x))?;
-        }
-    }
-    Ok(())
 }
 
 /// Parses an octal mode ("644", "0755", "4755").
@@ -177,40 +126,11 @@ fn parse_mode(s: &str) -> Result<u32, Failure> {
 pub fn mkdir(a: MkdirArgs) -> CmdResult {
     let mode = parse_mode(&a.mode)?;
     let edit = Edit::open(&a.disks, &a.select)?;
-    let r = a.paths.iter().try_for_each(|p| {
-        let path = absolute(p);
-        let fs = &*edit.tree;
-        if a.parents {
-            let mut cur = fs.root_ino();
-            let mut sofar = Vec::new();
-            for comp in path.split(|&c| c == b'/').filter(|c| !c.is_empty()) {
-                sofar.push(b'/');
-                sofar.extend_from_slice(comp);
-                let name = OsStr::from_bytes(comp);
-                cur = match fs.resolve(&sofar, true) {
-                    Ok(ino) => {
-                        if fs.getattr(ino).map_err(|e| path_error(&sofar, e))?.kind != FileKind::Dir
-                        {
-                            return Err(path_error(&sofar, errno_error("mkdir", errno::ENOTDIR)));
-                        }
-                        ino
-                    }
-                    Err(e) if vdisk_guestfs::fs::errno(&e) == errno::ENOENT => {
-                        fs.mkdir(cur, name, mode, 0, 0)
-                            .map_err(|e| path_error(&sofar, e))?
-                            .ino
-                    }
-                    Err(e) => return Err(path_error(&sofar, e)),
-                };
-            }
-            Ok(())
-        } else {
-            let (dir, name) = parent_and_name(fs, &path)?;
-            fs.mkdir(dir, &name, mode, 0, 0)
-                .map(|_| ())
-                .map_err(|e| path_error(&path, e))
-        }
-    });
+    let r = a
+        .paths
+        .iter()
+        .try_for_each(|p| ops::mkdir(&*edit.tree, &absolute(p), mode, a.parents).map(|_| ()))
+        .map_err(Failure::from);
     edit.close(r).map(|()| 0)
 }
 
@@ -268,57 +188,16 @@ fn set_each(
     c: SetAttr,
 ) -> CmdResult {
     let edit = Edit::open(d, sel)?;
-    let r = paths.iter().try_for_each(|p| {
-        let path = absolute(p);
-        let fs = &*edit.tree;
-        let ino = fs
-            .resolve(&path, follow)
-            .map_err(|e| path_error(&path, e))?;
-        fs.setattr(ino, &c)
-            .map(|_| ())
-            .map_err(|e| path_error(&path, e))
-    });
+    let r = paths
+        .iter()
+        .try_for_each(|p| ops::set_attr(&*edit.tree, &absolute(p), follow, &c))
+        .map_err(Failure::from);
     edit.close(r).map(|()| 0)
 }
 
 /// Makes the link.
 pub fn ln(a: LnArgs) -> CmdResult {
     let edit = Edit::open(&a.disks, &a.select)?;
-    let r = (|| {
-        let fs = &*edit.tree;
-        let mut link = absolute(&a.link);
-        // "ln -s TARGET DIR" makes DIR/basename(TARGET), as ln(1).
-        if let Ok(ino) = fs.resolve(&link, true) {
-            if fs
-                .getattr(ino)
-                .map(|x| x.kind == FileKind::Dir)
-                .unwrap_or(false)
-            {
-                let t = a.target.as_bytes();
-                let base = t
-                    .rsplit(|&c| c == b'/')
-                    .find(|c| !c.is_empty())
-                    .unwrap_or(t);
-                if !link.ends_with(b"/") {
-                    link.push(b'/');
-                }
-                link.extend_from_slice(base);
-            }
-        }
-        let (dir, name) = parent_and_name(fs, &link)?;
-        if a.symbolic {
-            fs.symlink(dir, &name, &a.target, 0, 0)
-                .map(|_| ())
-                .map_err(|e| path_error(&link, e))
-        } else {
-            let target = absolute(&a.target);
-            let ino = fs
-                .resolve(&target, false)
-                .map_err(|e| path_error(&target, e))?;
-            fs.link(ino, dir, &name)
-                .map(|_| ())
-                .map_err(|e| path_error(&link, e))
-        }
-    })();
+    let r = ops::ln(&*edit.tree, &a.target, &absolute(&a.link), a.symbolic).map_err(Failure::from);
     edit.close(r).map(|()| 0)
 }

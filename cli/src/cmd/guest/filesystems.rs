@@ -2,6 +2,7 @@
 //! (virt-filesystems), in its column layout.
 
 use serde_json::{json, Value};
+use vdisk::guest::Access;
 use vdisk::guest::{self, DeviceRow, DeviceSelection};
 
 use super::{open_disks, print_text, warn_scan, DiskArgs};
@@ -78,7 +79,7 @@ pub fn run(a: FilesystemsArgs) -> CmdResult {
     if sel == DeviceSelection::default() {
         sel.filesystems = true;
     }
-    let disks = open_disks(&a.disks)?;
+    let disks = open_disks(&a.disks, Access::ReadOnly)?;
     warn_scan(&disks, &[]);
     let rows = guest::list_devices(&disks.guest, sel)?;
     let text = match a.output {

@@ -1,6 +1,7 @@
 //! `vdisk inspect`: what operating system the guest holds (virt-inspector).
 
 use serde_json::{json, Value};
+use vdisk::guest::Access;
 use vdisk::guest::{self, OsInfo};
 
 use super::{open_disks, print_text, warn_scan, DiskArgs};
@@ -20,7 +21,7 @@ pub struct InspectArgs {
 /// Prints each operating system found: root device, type, distribution, version, hostname,
 /// and the fstab mountpoints under our device names.
 pub fn run(a: InspectArgs) -> CmdResult {
-    let disks = open_disks(&a.disks)?;
+    let disks = open_disks(&a.disks, Access::ReadOnly)?;
     warn_scan(&disks, &[]);
     let found = guest::inspect(&disks.guest)?;
     if found.is_empty() {

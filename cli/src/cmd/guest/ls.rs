@@ -3,6 +3,7 @@
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
+use vdisk::guest::Access;
 
 use vdisk_guestfs::fs::{Attr, FileKind, FileSystem, Ino};
 
@@ -41,8 +42,8 @@ pub struct LsArgs {
 
 /// Lists the directory. Names are sorted bytewise; "." and ".." are left out.
 pub fn run(a: LsArgs) -> CmdResult {
-    let disks = open_disks(&a.disks)?;
-    let fs = open_tree(&disks, &a.select, true)?;
+    let disks = open_disks(&a.disks, Access::ReadOnly)?;
+    let fs = open_tree(&disks, &a.select, true, Access::ReadOnly)?;
     let path = guest_path(&a.path);
     let ino = fs.resolve(&path, true).map_err(|e| path_error(&path, e))?;
     let attr = fs.getattr(ino).map_err(|e| path_error(&path, e))?;

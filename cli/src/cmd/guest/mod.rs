@@ -24,9 +24,8 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use vdisk::guest::{self, GuestDisks, MountSpec};
+use vdisk::guest::{self, Access, GuestDisks, MountSpec};
 use vdisk::OpenOptions;
-use vdisk_guestfs::fs::FileSystem;
 use vdisk_guestfs::stack::Stack;
 
 use crate::cmd::parse_format;
@@ -59,22 +58,13 @@ pub struct MountSelect {
     pub inspector: bool,
 }
 
-/// Opens the `-a` images read-only (warning when a format had to be probed) and reads their
-/// partitions and volumes.
-pub fn open_disks(d: &DiskArgs) -> Result<GuestDisks, Failure> {
-    open_disks_with(d, true)
-}
-
-/// Opens the `-a` images read-write (write-locked; their backing files read-only) and reads
-/// their partitions and volumes.
-pub fn open_disks_rw(d: &DiskArgs) -> Result<GuestDisks, Failure> {
-    open_disks_with(d, false)
-}
-
-fn open_disks_with(d: &DiskArgs, read_only: bool) -> Result<GuestDisks, Failure> {
+/// Opens the `-a` images (warning when a format had to be probed) and reads their
+/// partitions and volumes. With [`Access::ReadWrite`] each top image is opened read-write
+/// (write-locked) and its backing files read-only.
+pub fn open_disks(d: &DiskArgs, access: Access) -> Result<GuestDisks, Failure> {
     let opts = OpenOptions {
         format: d.format.as_deref().map(parse_format).transpose()?,
-        read_only,
+        read_only: access == Access::ReadOnly,
         ..OpenOptions::default()
     };
     let mut images = Vec::with_capacity(d.add.len());
@@ -104,45 +94,24 @@ pub fn warn_scan(disks: &GuestDisks, opening: &[&str]) {
     }
 }
 
-/// The guest tree to read: the `-m` filesystems stacked, or (with `-i`, or with no `-m` at
-/// all when `inspect_by_default`, as virt-cat and virt-ls do) the inspected OS's.
+/// The guest tree: the `-m` filesystems stacked, or (with `-i`, or with no `-m` at all when
+/// `inspect_by_default`, as virt-cat and virt-ls do) the inspected OS's. With
+/// [`Access::ReadWrite`] each filesystem is opened by its engine's writer (a
+/// `-m DEV:MP:ro` one stays read-only); the disks must then be open read-write.
 pub fn open_tree(
     disks: &GuestDisks,
     sel: &MountSelect,
     inspect_by_default: bool,
-) -> Result<Arc<dyn FileSystem>, Failure> {
-    Ok(Arc::new(stack(disks, sel, inspect_by_default, false)?))
-}
-
-/// The guest tree to change, as [`open_tree`] builds it, with each filesystem opened by the
-/// write engine (a `-m DEV:MP:ro` one stays read-only). The disks must be open read-write.
-pub fn open_tree_rw(
-    disks: &GuestDisks,
-    sel: &MountSelect,
-    inspect_by_default: bool,
+    access: Access,
 ) -> Result<Arc<Stack>, Failure> {
-    Ok(Arc::new(stack(disks, sel, inspect_by_default, true)?))
-}
-
-/// The stack behind [`open_tree`] (`rw` false) and [`open_tree_rw`].
-fn stack(
-    disks: &GuestDisks,
-    sel: &MountSelect,
-    inspect_by_default: bool,
-    rw: bool,
-) -> Result<Stack, Failure> {
     if sel.inspector || (sel.mount.is_empty() && inspect_by_default) {
         warn_scan(disks, &[]);
         let os = guest::single_os(&disks.guest)?;
-        let (stack, warnings) = if rw {
-            guest::mount_inspected_rw(&disks.guest, &os)?
-        } else {
-            guest::mount_inspected(&disks.guest, &os)?
-        };
+        let (stack, warnings) = guest::mount_inspected(&disks.guest, &os, access)?;
         for w in warnings {
             warn(&w);
         }
-        return Ok(stack);
+        return Ok(Arc::new(stack));
     }
     if sel.mount.is_empty() {
         warn_scan(disks, &[]);
@@ -157,11 +126,7 @@ fn stack(
         .collect::<Result<Vec<_>, _>>()?;
     let devices: Vec<&str> = specs.iter().map(|s| s.device.as_str()).collect();
     warn_scan(disks, &devices);
-    Ok(if rw {
-        guest::mount_specs_rw(&disks.guest, &specs)?
-    } else {
-        guest::mount_specs(&disks.guest, &specs)?
-    })
+    Ok(Arc::new(guest::mount_specs(&disks.guest, &specs, access)?))
 }
 
 /// Prints a warning on stderr.

@@ -24,13 +24,15 @@ use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
+use vdisk_guestfs::ops::os_text;
 
+use vdisk::guest::Access;
 use vdisk::guest::GuestDisks;
-use vdisk_guestfs::fs::{FileSystem, FileSystemMut};
+use vdisk_guestfs::fs::FileSystem;
 use vdisk_guestfs::fuse::{self, MountConfig};
 use vdisk_guestfs::stack::Stack;
 
-use super::{open_disks, open_disks_rw, open_tree, open_tree_rw, DiskArgs, MountSelect};
+use super::{open_disks, open_tree, DiskArgs, MountSelect};
 use crate::{CmdResult, Failure};
 
 /// `vdisk mount -a IMAGE… [--format FMT] (-m DEV[:MOUNTPOINT[:OPTIONS]]… | -i) [--ro | --rw]
@@ -97,21 +99,18 @@ pub fn run(mut a: MountArgs) -> CmdResult {
     if let Some(n) = a.threads {
         cfg.threads = n.clamp(1, 64);
     }
-    let (disks, tree) = if cfg.read_only {
-        let disks = open_disks(&a.disks)?;
-        let tree = Tree::Ro(open_tree(&disks, &a.select, false)?);
-        (disks, tree)
+    let access = if cfg.read_only {
+        Access::ReadOnly
     } else {
-        let disks = open_disks_rw(&a.disks)?;
-        let tree = Tree::Rw(open_tree_rw(&disks, &a.select, false)?);
-        (disks, tree)
+        Access::ReadWrite
     };
+    let disks = open_disks(&a.disks, access)?;
+    let tree = open_tree(&disks, &a.select, false, access)?;
 
     if a.foreground {
         cfg.fsname = format!("vdisk:{}", std::process::id());
         let signals = block_stop_signals();
-        let session = tree
-            .session(&a.mountdir, &cfg)
+        let session = fuse::session(tree.clone(), &a.mountdir, &cfg)
             .map_err(|e| Failure::new(format!("{}: {e}", a.mountdir.display())))?;
         write_pid_file(&a)?;
         stop_on_signals(signals, a.mountdir.clone());
@@ -161,28 +160,9 @@ fn parent(rd: OwnedFd, a: &MountArgs) -> CmdResult {
     }
 }
 
-/// What is served: a read-only tree, or a writable one.
-enum Tree {
-    Ro(Arc<dyn FileSystem>),
-    Rw(Arc<Stack>),
-}
-
-impl Tree {
-    fn session(
-        &self,
-        mountdir: &std::path::Path,
-        cfg: &MountConfig,
-    ) -> std::io::Result<fuse::Session> {
-        match self {
-            Tree::Ro(t) => fuse::session(t.clone(), mountdir, cfg),
-            Tree::Rw(t) => fuse::session_rw(t.clone(), mountdir, cfg),
-        }
-    }
-}
-
 /// After the session: the filesystems' state, then the images (qcow2 metadata, host sync).
-fn close(tree: Tree, disks: &GuestDisks) -> vdisk::block::Result<()> {
-    if let Tree::Rw(t) = &tree {
+fn close(tree: Arc<Stack>, disks: &GuestDisks) -> vdisk::block::Result<()> {
+    if let Some(t) = tree.writable() {
         t.flush()?;
     }
     drop(tree);
@@ -190,7 +170,13 @@ fn close(tree: Tree, disks: &GuestDisks) -> vdisk::block::Result<()> {
 }
 
 /// The serving process: detach, mount, report, serve, flush.
-fn child(a: &MountArgs, mut cfg: MountConfig, tree: Tree, disks: &GuestDisks, wr: OwnedFd) -> i32 {
+fn child(
+    a: &MountArgs,
+    mut cfg: MountConfig,
+    tree: Arc<Stack>,
+    disks: &GuestDisks,
+    wr: OwnedFd,
+) -> i32 {
     let mut report = File::from(wr);
     if let Err(e) = detach() {
         let _ = write!(report, "err cannot detach from the terminal: {e}");
@@ -200,7 +186,7 @@ fn child(a: &MountArgs, mut cfg: MountConfig, tree: Tree, disks: &GuestDisks, wr
     // Blocked before fuser starts its threads, so they all inherit the mask and only the
     // waiting thread takes these signals.
     let signals = block_stop_signals();
-    let session = match tree.session(&a.mountdir, &cfg) {
+    let session = match fuse::session(tree.clone(), &a.mountdir, &cfg) {
         Ok(s) => s,
         Err(e) => {
             let _ = write!(report, "err {}: {e}", a.mountdir.display());
@@ -313,9 +299,4 @@ pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd), Failure> {
     }
     // SAFETY: both descriptors were just created by pipe2 and are owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-pub(crate) fn os_text(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    s.split(" (os error").next().unwrap_or(&s).to_string()
 }

@@ -9,6 +9,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
+use vdisk_guestfs::ops::os_text;
 
 use crate::{CmdResult, Failure};
 
@@ -250,11 +251,6 @@ fn wait_exit(fd: &OwnedFd, timeout: Duration) -> Result<bool, Failure> {
             }
         }
     }
-}
-
-fn os_text(e: &io::Error) -> String {
-    let s = e.to_string();
-    s.split(" (os error").next().unwrap_or(&s).to_string()
 }
 
 #[cfg(test)]
