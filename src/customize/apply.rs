@@ -20,25 +20,6 @@ pub const MAX_UPLOAD: u64 = 1 << 30;
 /// Directory levels `--copy`, `--copy-in` and `--truncate-recursive` descend.
 pub const MAX_DEPTH: usize = 256;
 
-/// The `--edit` expression engine: applies a virt-edit expression to a file's content.
-pub type EditFn = dyn Fn(&str, &[u8]) -> Result<Vec<u8>>;
-
-/// What the operations need from the host side.
-#[derive(Default)]
-pub struct Host<'a> {
-    /// `--edit`'s expression engine (the CLI's virt-edit implementation); without one,
-    /// `--edit` is refused.
-    pub edit: Option<&'a EditFn>,
-}
-
-impl std::fmt::Debug for Host<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Host")
-            .field("edit", &self.edit.is_some())
-            .finish()
-    }
-}
-
 /// What a run did, for the command to print.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -81,7 +62,7 @@ fn join(dir: &str, name: &str) -> String {
 }
 
 /// Applies `plan`'s operations (not its sysprep part) to `g`.
-pub fn run(plan: &Plan, g: &mut dyn GuestFiles, os: &GuestOs, host: &Host<'_>) -> Result<Report> {
+pub fn run(plan: &Plan, g: &mut dyn GuestFiles, os: &GuestOs) -> Result<Report> {
     let mut r = Report::default();
     random_seed(g, &mut r)?;
     // Network operations for one interface are merged and written once, where the first
@@ -111,7 +92,7 @@ pub fn run(plan: &Plan, g: &mut dyn GuestFiles, os: &GuestOs, host: &Host<'_>) -
     }
     let mut passwords: Vec<(&str, &password::Selector)> = Vec::new();
     for op in &plan.ops {
-        step(plan, op, g, os, host, &mut nets, &mut passwords, &mut r)?;
+        step(plan, op, g, os, &mut nets, &mut passwords, &mut r)?;
     }
     if !passwords.is_empty() {
         r.messages.push("Setting passwords".into());
@@ -226,7 +207,6 @@ fn step<'p>(
     op: &'p Op,
     g: &mut dyn GuestFiles,
     os: &GuestOs,
-    host: &Host<'_>,
     nets: &mut BTreeMap<String, NetConfig>,
     passwords: &mut Vec<(&'p str, &'p password::Selector)>,
     r: &mut Report,
@@ -290,16 +270,15 @@ fn step<'p>(
         }
         Op::Edit { file, expr } => {
             m.push(format!("Editing: {file}"));
-            let edit = host.edit.ok_or_else(|| {
-                Error::unsupported("--edit: no expression engine in this program")
-            })?;
+            let subs = vdisk_guestfs::ops::subst::parse_expr(expr)
+                .map_err(|e| Error::invalid(format!("--edit {file}: {e}")))?;
             if g.stat(file, true)?.map(|x| x.kind) != Some(Kind::File) {
                 return Err(Error::invalid(format!(
                     "--edit: {file} is not a regular file in the guest"
                 )));
             }
             let old = g.read(file, MAX_FILE)?.unwrap_or_default();
-            let new = edit(expr, &old)?;
+            let new = vdisk_guestfs::ops::subst::apply(&subs, &old);
             g.write(file, &new, NewFile::root(0o644))?;
         }
         Op::FirstbootScript(path) => {
@@ -535,7 +514,27 @@ fn copy_guest(
     Ok(())
 }
 
-fn copy_in(g: &mut dyn GuestFiles, local: &Path, dest: &str, depth: usize) -> Result<()> {
+/// [`GuestFiles::copy_in`]'s default: `local` copied to `remote_dir/NAME` through the
+/// other methods.
+pub fn copy_in_walk<G: GuestFiles + ?Sized>(
+    g: &mut G,
+    local: &Path,
+    remote_dir: &str,
+) -> Result<()> {
+    let name = local
+        .file_name()
+        .ok_or_else(|| Error::invalid(format!("--copy-in {}: no file name", local.display())))?
+        .to_string_lossy()
+        .into_owned();
+    copy_in(g, local, &join(remote_dir, &name), 0)
+}
+
+fn copy_in<G: GuestFiles + ?Sized>(
+    g: &mut G,
+    local: &Path,
+    dest: &str,
+    depth: usize,
+) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     if depth > MAX_DEPTH {
         return Err(Error::invalid(format!(
@@ -672,7 +671,7 @@ mod tests {
             "/etc/motd:second",
         ])
         .unwrap();
-        let mut r = run(&plan, &mut g, &os, &Host::default()).unwrap();
+        let mut r = run(&plan, &mut g, &os).unwrap();
         finish_selinux(&plan, &mut g, &mut r).unwrap();
         assert_eq!(g.text("/etc/hostname").unwrap(), "test02\n");
         let ifcfg = g.text("/etc/sysconfig/network-scripts/ifcfg-eth0").unwrap();
@@ -721,7 +720,7 @@ mod tests {
         let (mut g, os) = centos7();
         let plan =
             Plan::parse(["--root-password", "disabled", "--password", "root:random"]).unwrap();
-        let e = run(&plan, &mut g, &os, &Host::default()).unwrap_err();
+        let e = run(&plan, &mut g, &os).unwrap_err();
         assert!(e.message().contains("twice"), "{e}");
     }
 
@@ -743,7 +742,7 @@ mod tests {
             format!("--copy-in={}:/srv/nonexistent", local.display()),
         ])
         .unwrap();
-        assert!(run(&plan, &mut g, &os, &Host::default()).is_err());
+        assert!(run(&plan, &mut g, &os).is_err());
         let plan = Plan::parse([
             "--mkdir".to_string(),
             "/srv/data/x".into(),
@@ -774,7 +773,7 @@ mod tests {
             "--no-selinux-relabel".into(),
         ])
         .unwrap();
-        let mut r = run(&plan, &mut g, &os, &Host::default()).unwrap();
+        let mut r = run(&plan, &mut g, &os).unwrap();
         finish_selinux(&plan, &mut g, &mut r).unwrap();
         assert_eq!(g.text("/srv/data/tree/a.conf").unwrap(), "a=1\n");
         assert_eq!(
@@ -793,13 +792,10 @@ mod tests {
         assert_eq!((t.mode, t.uid), (0o600, 1000));
         assert!(g.stat("/srv/secret", false).unwrap().is_none());
         assert!(g.file("/.autorelabel").is_none());
-        let plan = Plan::parse(["--edit", "/etc/hostname:s/a/b/"]).unwrap();
-        assert!(run(&plan, &mut g, &os, &Host::default()).is_err());
-        let up = |expr: &str, b: &[u8]| -> Result<Vec<u8>> {
-            assert_eq!(expr, "s/a/b/");
-            Ok(b.to_ascii_uppercase())
-        };
-        run(&plan, &mut g, &os, &Host { edit: Some(&up) }).unwrap();
-        assert_eq!(g.text("/etc/hostname").unwrap(), "TEMPLATE\n");
+        let plan = Plan::parse(["--edit", "/etc/hostname:s/^t(.*)e$/T$1E/"]).unwrap();
+        run(&plan, &mut g, &os).unwrap();
+        assert_eq!(g.text("/etc/hostname").unwrap(), "TemplatE\n");
+        let plan = Plan::parse(["--edit", "/etc/hostname:y/a/b/"]).unwrap();
+        assert!(run(&plan, &mut g, &os).is_err());
     }
 }

@@ -23,7 +23,7 @@
 //! g.add_file("/etc/hostname", b"template\n", 0o644);
 //! let plan = Plan::parse(["--hostname", "test02"])?;
 //! let os = GuestOs { distro: "centos".into(), major_version: 7, ..GuestOs::default() };
-//! apply::run(&plan, &mut g, &os, &apply::Host::default())?;
+//! apply::run(&plan, &mut g, &os)?;
 //! assert_eq!(g.file("/etc/hostname").unwrap(), b"test02\n");
 //! # Ok::<(), vdisk_block::Error>(())
 //! ```
@@ -37,6 +37,7 @@ pub mod mem;
 pub mod network;
 pub mod ops;
 pub mod password;
+pub mod session;
 pub mod shellvars;
 pub mod ssh;
 pub mod sysprep;
@@ -139,6 +140,12 @@ pub trait GuestFiles {
     /// Writes `data` over the start of regular file `path` in place (the same inode and, where
     /// the engine allows, the same blocks), for `--scrub`.
     fn overwrite(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<()>;
+    /// Copies host file or tree `local` into the existing guest directory `remote_dir`
+    /// (modes, owners and symlinks kept), as virt-copy-in does. The default walks the host
+    /// tree and calls the methods above.
+    fn copy_in(&mut self, local: &std::path::Path, remote_dir: &str) -> Result<()> {
+        apply::copy_in_walk(self, local, remote_dir)
+    }
 }
 
 /// What the customizations need to know about the guest's operating system (from
