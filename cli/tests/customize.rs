@@ -313,6 +313,7 @@ fn sysprep_defaults_and_listing() {
             .unwrap(),
         "seed hwaddr",
     );
+    let before = sha256(&d.qcow2);
     let dry = ok(
         Command::new(env!("CARGO_BIN_EXE_vdisk"))
             .args(["sysprep", "-n", "-a"])
@@ -322,8 +323,7 @@ fn sysprep_defaults_and_listing() {
         "sysprep -n",
     );
     assert!(dry.contains("Performing \"ssh-hostkeys\""), "{dry}");
-    let before = sha256(&d.qcow2);
-    let _ = before;
+    assert_eq!(sha256(&d.qcow2), before, "the dry run wrote the image");
     let raw = dir.join("dry.raw");
     to_raw(&d.qcow2, &raw);
     {
@@ -400,4 +400,92 @@ fn refusals_are_one_line_naming_the_way() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("lvm-uuids"));
+}
+
+/// A Debian-like root (ext4 straight on the disk, no partition table, as `-m /dev/sda`
+/// opens it): hostname with /etc/hosts's 127.0.1.1 line, an ifupdown stanza, timezone with
+/// /etc/timezone, a SysV-only firstboot, and --commands-from-file.
+#[test]
+fn debian_like_guest() {
+    need(&["mkfs.ext4", "e2fsck", "mount", "losetup"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let t = d.join("tree");
+    let w = |p: &str, c: &str| {
+        let f = t.join(p.trim_start_matches('/'));
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(f, c).unwrap();
+    };
+    w("/etc/debian_version", "12.5\n");
+    w(
+        "/etc/os-release",
+        "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n",
+    );
+    w("/etc/hostname", "tmpl\n");
+    w(
+        "/etc/hosts",
+        "127.0.0.1\tlocalhost\n127.0.1.1\ttmpl.lan\ttmpl\n\n::1 localhost ip6-localhost\n",
+    );
+    w(
+        "/etc/network/interfaces",
+        "source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n\nallow-hotplug ens3\niface ens3 inet dhcp\n",
+    );
+    w("/etc/fstab", "/dev/sda / ext4 errors=remount-ro 0 1\n");
+    w("/usr/share/zoneinfo/Europe/Paris", "TZif2-paris");
+    w("/etc/localtime", "TZif2-utc");
+    w("/etc/timezone", "Etc/UTC\n");
+    fs::create_dir_all(t.join("etc/init.d")).unwrap();
+    let cmds = d.join("cmds");
+    fs::write(
+        &cmds,
+        "# the clone's settings\nhostname web1.lan\nnetwork-static ens3=10.1.2.3/16,gw=10.1.0.1,dns=10.1.0.53\n\
+         timezone Europe/Paris\nfirstboot-command echo hello\nwrite /etc/motd:line one\\\nline two\n",
+    )
+    .unwrap();
+    let img = d.join("deb.raw");
+    sh(&format!(
+        "mkfs.ext4 -q -F -d {} {} 32M",
+        t.display(),
+        img.display()
+    ));
+    let out = ok(
+        Command::new(env!("CARGO_BIN_EXE_vdisk"))
+            .args(["customize", "--format", "raw", "-a"])
+            .arg(&img)
+            .args(["-m", "/dev/sda"])
+            .arg(format!("--commands-from-file={}", cmds.display()))
+            .output()
+            .unwrap(),
+        "customize",
+    );
+    assert!(out.contains("ifupdown"), "{out}");
+    let scratch = d.join("check.fs");
+    assert_fsck_clean(&img, (0, fs::metadata(&img).unwrap().len()), &scratch);
+    let m = d.join("mnt");
+    let _k = KernelMount::loop_ro(&img, 0, fs::metadata(&img).unwrap().len(), &m);
+    assert_eq!(text(&m.join("etc/hostname")), "web1.lan\n");
+    assert_eq!(
+        text(&m.join("etc/hosts")),
+        "127.0.0.1\tlocalhost\n127.0.1.1\tweb1.lan web1\n\n::1 localhost ip6-localhost\n"
+    );
+    assert_eq!(
+        text(&m.join("etc/network/interfaces")),
+        "source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n\nallow-hotplug ens3\n\
+         iface ens3 inet static\n    address 10.1.2.3/16\n    gateway 10.1.0.1\n    dns-nameservers 10.1.0.53\n"
+    );
+    assert_eq!(
+        fs::read_link(m.join("etc/localtime")).unwrap(),
+        Path::new("/usr/share/zoneinfo/Europe/Paris")
+    );
+    assert_eq!(text(&m.join("etc/timezone")), "Europe/Paris\n");
+    assert_eq!(text(&m.join("etc/motd")), "line one\nline two");
+    assert_eq!(
+        fs::read_link(m.join("etc/rc2.d/S99guestfs-firstboot")).unwrap(),
+        Path::new("../init.d/guestfs-firstboot")
+    );
+    assert_eq!(
+        fs::read_link(m.join("etc/init.d/guestfs-firstboot")).unwrap(),
+        Path::new("/usr/lib/virt-sysprep/firstboot.sh")
+    );
+    assert!(text(&m.join("usr/lib/virt-sysprep/scripts/0001-echo-hello")).contains("echo hello"));
 }

@@ -39,7 +39,11 @@ pub fn check(name: &str) -> Result<String> {
 /// Rewrites /etc/hosts for a hostname change from `old` (the guest's previous
 /// /etc/hostname) to `new`: a name field equal to the old full name becomes the new full
 /// name, one equal to the old short name (or Debian's `unassigned-hostname`) the new short
-/// name, `unassigned-hostname.unassigned-domain` the new full name when it has a domain.
+/// name, `unassigned-hostname.unassigned-domain` the new full name when it has a domain;
+/// and (beyond virt-customize, which leaves it) a name whose first label is the old short
+/// name with some domain ("tmpl.lan" when /etc/hostname said "tmpl") becomes the new full
+/// name, or the new short name with that domain.
+/// (An old name without a domain is a short name: it becomes the new short name.)
 /// Addresses, comments and lines that do not change are kept byte for byte. With
 /// `add_if_missing`, a `127.0.1.1` line for the new name is added when none names it.
 pub fn hosts(text: &str, old: Option<&str>, new: &str, add_if_missing: bool) -> String {
@@ -63,12 +67,19 @@ pub fn hosts(text: &str, old: Option<&str>, new: &str, add_if_missing: bool) -> 
         let new_names: Vec<String> = names
             .iter()
             .map(|&n| {
-                let r = if Some(n) == old {
+                let field_short = n.split_once('.').map(|(s, _)| s);
+                let r = if Some(n) == old && n.contains('.') {
                     new.to_string()
                 } else if Some(n) == old_short.as_deref() || n == "unassigned-hostname" {
                     new_short.clone()
                 } else if n == "unassigned-hostname.unassigned-domain" && new.contains('.') {
                     new.to_string()
+                } else if field_short.is_some() && field_short == old_short.as_deref() {
+                    // "tmpl.lan" when /etc/hostname said only "tmpl".
+                    match n.split_once('.') {
+                        Some((_, dom)) if !new.contains('.') => format!("{new_short}.{dom}"),
+                        _ => new.to_string(),
+                    }
                 } else {
                     return n.to_string();
                 };
@@ -201,6 +212,20 @@ mod tests {
             true,
         );
         assert_eq!(new, "127.0.0.1 localhost\n127.0.1.1\tvm.lan vm # x\n");
+        // /etc/hostname held the short name; the hosts line has the long one too.
+        assert_eq!(
+            hosts(
+                "127.0.1.1\ttmpl.lan\ttmpl\n",
+                Some("tmpl"),
+                "web1.lan",
+                true
+            ),
+            "127.0.1.1\tweb1.lan web1\n"
+        );
+        assert_eq!(
+            hosts("127.0.1.1 tmpl.lan tmpl\n", Some("tmpl"), "web1", true),
+            "127.0.1.1\tweb1.lan web1\n"
+        );
         // No line for the host: one is added after the loopback line.
         let new = hosts(
             "127.0.0.1 localhost\n::1 localhost\n",
