@@ -10,7 +10,7 @@
 //!
 //! The adapter only translates: each helper returns `Result<_, Errno>` from the library's
 //! errors ([`crate::fs::errno`]), each trait method sends exactly one reply, attributes
-//! convert through `From`. A read-only mount ([`MountConfig::read_only`], or a filesystem
+//! convert in one function. A read-only mount ([`MountConfig::read_only`], or a filesystem
 //! opened read-only) answers every change with EROFS; a read-write one passes create, mknod, mkdir, unlink, rmdir, symlink,
 //! link, rename, write, setattr and the xattr calls to [`FileSystemMut`], and makes
 //! everything durable on fsync and when the session ends ([`FileSystemMut::flush`]). New
@@ -244,7 +244,7 @@ impl FuseFs {
     }
 
     fn attr(&self, a: &Attr) -> FileAttr {
-        let mut f = FileAttr::from(a);
+        let mut f = file_attr(a);
         f.ino = self.fuse_ino(a.ino);
         f
     }
@@ -309,7 +309,7 @@ impl FuseFs {
                 !reply.add(
                     self.fuse_ino(e.ino),
                     e.next_offset,
-                    FileType::from(e.kind),
+                    file_type(e.kind),
                     &e.name,
                 )
             })
@@ -497,39 +497,37 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: Result<Vec<u8>, Errno>) {
     }
 }
 
-impl From<FileKind> for FileType {
-    fn from(k: FileKind) -> FileType {
-        match k {
-            FileKind::File => FileType::RegularFile,
-            FileKind::Dir => FileType::Directory,
-            FileKind::Symlink => FileType::Symlink,
-            FileKind::CharDev => FileType::CharDevice,
-            FileKind::BlockDev => FileType::BlockDevice,
-            FileKind::Fifo => FileType::NamedPipe,
-            FileKind::Socket => FileType::Socket,
-        }
+/// fuser's name for a kind of file.
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
     }
 }
 
-impl From<&Attr> for FileAttr {
-    fn from(a: &Attr) -> FileAttr {
-        FileAttr {
-            ino: INodeNo(a.ino),
-            size: a.size,
-            blocks: a.blocks,
-            atime: a.atime.to_system_time(),
-            mtime: a.mtime.to_system_time(),
-            ctime: a.ctime.to_system_time(),
-            crtime: a.crtime.unwrap_or_default().to_system_time(),
-            kind: a.kind.into(),
-            perm: a.perm(),
-            nlink: a.nlink,
-            uid: a.uid,
-            gid: a.gid,
-            rdev: fuse_rdev(a.rdev),
-            blksize: a.blksize,
-            flags: 0,
-        }
+/// What FUSE replies for attributes `a` (inode numbers as the filesystem gives them).
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime.to_system_time(),
+        mtime: a.mtime.to_system_time(),
+        ctime: a.ctime.to_system_time(),
+        crtime: a.crtime.unwrap_or_default().to_system_time(),
+        kind: file_type(a.kind),
+        perm: a.perm(),
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: fuse_rdev(a.rdev),
+        blksize: a.blksize,
+        flags: 0,
     }
 }
 

@@ -1,7 +1,7 @@
 //! Guest operations written once over the path-level traits: what the FUSE-less commands
 //! (`write`, `edit`, `copy-in`, `copy-out`, `rm`, `mkdir`, `chmod`, `chown`, `ln`) and the
-//! customization commands do to a guest tree, whatever engine (or [`crate::stack::Stack`] of
-//! engines) serves it.
+//! customization commands do to a guest tree, whatever engine (or stack of engines, as the
+//! guest crate mounts them) serves it.
 //!
 //! ```text
 //!   caller (CLI, customize, a VMM)          this module                 engines
@@ -14,8 +14,8 @@
 //! the guest (or host) path and the problem.
 //!
 //! ```no_run
-//! use vdisk_guestfs::fs::FileSystemMut;
-//! use vdisk_guestfs::ops;
+//! use vdisk_fs::FileSystemMut;
+//! use vdisk_fs::ops;
 //! # fn tree() -> std::sync::Arc<dyn FileSystemMut> { unimplemented!() }
 //! let fs = tree();
 //! ops::write_file(&*fs, b"/etc/hostname", &mut &b"web01\n"[..]).unwrap();
@@ -28,6 +28,7 @@
 //! ```
 
 pub mod copy_in;
+#[allow(unsafe_code)]
 pub mod copy_out;
 pub mod subst;
 
@@ -39,7 +40,7 @@ use std::path::{Path, PathBuf};
 
 use vdisk_block::Error;
 
-use crate::fs::{
+use crate::{
     errno, errno_error, FileKind, FileSystem, FileSystemMut, Ino, SetAttr, TimeSet,
     MAX_SYMLINK_FOLLOWS,
 };
@@ -62,7 +63,7 @@ pub enum OpError {
     Guest {
         /// The guest path, as given.
         path: Vec<u8>,
-        /// What the filesystem said (its errno: [`crate::fs::errno`]).
+        /// What the filesystem said (its errno: [`crate::errno`]).
         source: Error,
     },
     /// A host file could not be read or written.
@@ -101,7 +102,7 @@ impl OpError {
     /// The errno of a guest error (ENOENT, EEXIST, ...), if this is one.
     pub fn guest_errno(&self) -> Option<i32> {
         match self {
-            OpError::Guest { source, .. } => Some(crate::fs::errno(source)),
+            OpError::Guest { source, .. } => Some(crate::errno(source)),
             _ => None,
         }
     }
@@ -264,7 +265,7 @@ pub fn read_file(fs: &dyn FileSystem, path: &[u8]) -> OpResult<Vec<u8>> {
 pub fn exists(fs: &dyn FileSystem, path: &[u8]) -> OpResult<bool> {
     match fs.resolve(path, false) {
         Ok(_) => Ok(true),
-        Err(e) if matches!(crate::fs::errno(&e), errno::ENOENT | errno::ENOTDIR) => Ok(false),
+        Err(e) if matches!(crate::errno(&e), errno::ENOENT | errno::ENOTDIR) => Ok(false),
         Err(e) => Err(OpError::guest(path, e)),
     }
 }
@@ -290,7 +291,7 @@ pub fn write_file(fs: &dyn FileSystemMut, path: &[u8], input: &mut dyn Read) -> 
             }
             ino
         }
-        Err(e) if crate::fs::errno(&e) == errno::ENOENT => {
+        Err(e) if crate::errno(&e) == errno::ENOENT => {
             let (dir, name) = parent_and_name(fs, path)?;
             at(path, fs.create(dir, &name, 0o644, 0, 0))?.ino
         }
@@ -418,7 +419,7 @@ pub fn remove(fs: &dyn FileSystemMut, path: &[u8], how: Remove) -> OpResult<()> 
     if how.force {
         // A path that does not resolve (its directory included) is nothing to do.
         if let Err(e) = fs.resolve(path, false) {
-            if crate::fs::errno(&e) == errno::ENOENT {
+            if crate::errno(&e) == errno::ENOENT {
                 return Ok(());
             }
         }
@@ -487,7 +488,7 @@ pub fn mkdir(fs: &dyn FileSystemMut, path: &[u8], mode: u32, parents: bool) -> O
                 }
                 ino
             }
-            Err(e) if crate::fs::errno(&e) == errno::ENOENT => {
+            Err(e) if crate::errno(&e) == errno::ENOENT => {
                 at(&sofar, fs.mkdir(cur, OsStr::from_bytes(comp), mode, 0, 0))?.ino
             }
             Err(e) => return Err(OpError::guest(&sofar, e)),

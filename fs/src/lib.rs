@@ -1,5 +1,6 @@
-//! The path-level API every guest filesystem offers, and that both the FUSE adapter and the
-//! FUSE-less commands (`ls`, `cat`, `copy-out`) use.
+//! The filesystem seam: the path-level API every guest filesystem engine offers (ext4, XFS,
+//! FAT, ... each in its own crate), which the FUSE adapter, the FUSE-less commands and the
+//! guest operations ([`ops`]) use, whatever engine serves the tree.
 //!
 //! Files are named by inode number ([`Ino`]) as FUSE names them; names are bytes, never
 //! assumed to be UTF-8. [`FileSystem::resolve`] turns a guest path into an inode, following
@@ -9,19 +10,23 @@
 //! Errors that mean "no such file", "not a directory" and the like carry the errno FUSE should
 //! return ([`errno`] picks it for any error).
 //!
-//! ```no_run
-//! use std::sync::Arc;
-//! use vdisk_guestfs::ext4::Ext4;
-//! use vdisk_guestfs::fs::FileSystem;
-//! # fn dev() -> Arc<dyn vdisk_block::BlockDevice> { unimplemented!() }
-//! let fs = Ext4::open(dev()).unwrap();
-//! let ino = fs.resolve(b"/etc/hostname", true).unwrap();
-//! let mut buf = vec![0u8; 4096];
-//! let n = fs.read(ino, 0, &mut buf).unwrap();
-//! print!("{}", String::from_utf8_lossy(&buf[..n]));
+//! ```
+//! use vdisk_fs::FileSystem;
+//!
+//! /// The guest's hostname, from any engine.
+//! fn hostname(fs: &dyn FileSystem) -> vdisk_block::Result<String> {
+//!     let ino = fs.resolve(b"/etc/hostname", true)?;
+//!     let mut buf = vec![0u8; 256];
+//!     let n = fs.read(ino, 0, &mut buf)?;
+//!     Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+//! }
 //! ```
 
-#![forbid(unsafe_code)]
+// Only the host side of copy-out (lchown, utimensat, mknod) needs unsafe; it says so there.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod ops;
 
 use std::ffi::{OsStr, OsString};
 use std::io;

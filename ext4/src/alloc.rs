@@ -20,7 +20,7 @@ use super::Ext4;
 
 /// The error an allocation reports when the filesystem is full (`what`: blocks or inodes).
 pub(crate) fn enospc(what: &'static str) -> Error {
-    crate::fs::errno_error(what, crate::fs::errno::ENOSPC)
+    vdisk_fs::errno_error(what, vdisk_fs::errno::ENOSPC)
 }
 
 fn bit(b: &[u8], i: usize) -> bool {

@@ -18,7 +18,7 @@ use super::bytes::{le16, le32, put};
 use super::extent::{self, Expect, Node, EXT4_EXT_MAGIC, EXT4_MAX_EXTENT_DEPTH};
 use super::inode::{Inode, EXT4_EXTENTS_FL};
 use super::Ext4;
-use crate::fs::{errno, errno_error};
+use vdisk_fs::{errno, errno_error};
 
 /// The most extents one file's map may hold in memory (a 4 KiB-block tree of depth 3 holds
 /// about 4 x 340^3; far beyond any real file, bounded so a hostile tree cannot exhaust memory).

@@ -375,7 +375,7 @@ impl Ext4 {
     pub(crate) fn dir_remove(&mut self, dir: &Inode, name: &[u8]) -> Result<u32> {
         let (p, at, prev, _) = self
             .dir_find(dir, name)?
-            .ok_or_else(|| crate::fs::errno_error("unlink", crate::fs::errno::ENOENT))?;
+            .ok_or_else(|| vdisk_fs::errno_error("unlink", vdisk_fs::errno::ENOENT))?;
         let mut b = self.block(p, &String::new)?.to_vec();
         let bs = b.len();
         let ino = le32(&b, at);
@@ -406,7 +406,7 @@ impl Ext4 {
     ) -> Result<u32> {
         let (p, at, _, _) = self
             .dir_find(dir, name)?
-            .ok_or_else(|| crate::fs::errno_error("rename", crate::fs::errno::ENOENT))?;
+            .ok_or_else(|| vdisk_fs::errno_error("rename", vdisk_fs::errno::ENOENT))?;
         let mut b = self.block(p, &String::new)?.to_vec();
         let old = le32(&b, at);
         put(&mut b, at, ino.to_le_bytes());

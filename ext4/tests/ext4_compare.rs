@@ -10,8 +10,8 @@ use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use ext4_common::{make_image, run, source_tree, FileDev, Mount};
-use vdisk_guestfs::ext4::Ext4;
-use vdisk_guestfs::fs::{errno, Attr, FileKind, FileSystem, Ino};
+use vdisk_ext4::Ext4;
+use vdisk_fs::{errno, Attr, FileKind, FileSystem, Ino};
 
 /// Every path below the root (relative, as bytes) with its inode, walking our readdir.
 fn walk_ours(fs: &Ext4) -> BTreeMap<Vec<u8>, Ino> {
@@ -178,9 +178,7 @@ fn compare_with_kernel(fs: &Ext4, paths: &BTreeMap<Vec<u8>, Ino>, m: &Mount) {
 /// Compares with ext4-view: metadata, bytes, symlink targets and listings.
 fn compare_with_ext4_view(fs: &Ext4, paths: &BTreeMap<Vec<u8>, Ino>, img: &Path) -> bool {
     let sb = fs.superblock();
-    if !sb.has_incompat(vdisk_guestfs::ext4::superblock::incompat::EXTENTS)
-        || sb.s_inode_size == 128
-    {
+    if !sb.has_incompat(vdisk_ext4::superblock::incompat::EXTENTS) || sb.s_inode_size == 128 {
         eprintln!("note: ext4-view reads neither block-mapped files nor 128-byte inodes; skipped");
         return false;
     }

@@ -1,6 +1,7 @@
-//! The ext4 write engine against a model: random operation sequences go through
-//! [`Ext4Rw`] and into an in-memory model; afterwards `e2fsck -fn` must be silent and clean,
-//! and the kernel (loop mount), ext4-view and our own reader must see exactly the model.
+//! The ext4 write engine against a model: random operation sequences (the conformance
+//! suite's, vdisk-fs-conformance) go through [`Ext4Rw`] and into an in-memory model;
+//! afterwards `e2fsck -fn` must be silent and clean, and the kernel (loop mount), our own
+//! reader and ext4-view must see exactly the model.
 
 mod ext4_common;
 
@@ -12,72 +13,27 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ext4_common::{run, run_status, scratch, Mount};
-use vdisk_block::{BlockDevice, Error, Result};
-use vdisk_guestfs::ext4::Ext4Rw;
-use vdisk_guestfs::fs::{FileKind, FileSystem, FileSystemMut, Ino, SetAttr, TimeSet, Timestamp};
+use ext4_common::{run, run_status, scratch, Mount, RwDev};
+use vdisk_block::{BlockDevice, Result};
+use vdisk_ext4::Ext4Rw;
+use vdisk_fs::{Capabilities, FileSystem, FileSystemMut, Ino, SetAttr};
+use vdisk_fs_conformance::{self as conf, describe, hex, split, Kind, MNode, Model, Rng};
 
-/// A read-write device over a host file.
-pub struct RwDev {
-    file: File,
-    size: u64,
+/// The shared model and operations (the conformance suite), with ext4's lost+found left out.
+fn resolve(fs: &Ext4Rw, p: &str) -> Ino {
+    conf::resolve(fs, p)
 }
 
-impl RwDev {
-    pub fn open(p: &Path) -> Arc<dyn BlockDevice> {
-        let file = OpenOptions::new().read(true).write(true).open(p).unwrap();
-        let size = file.metadata().unwrap().len();
-        Arc::new(RwDev { file, size })
-    }
+fn model_from_fs(fs: &Ext4Rw) -> Model {
+    conf::model_from_fs(fs, SKIP)
 }
 
-impl BlockDevice for RwDev {
-    fn size(&self) -> u64 {
-        self.size
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        if offset + buf.len() as u64 > self.size {
-            return Err(Error::invalid("read past the end"));
-        }
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| Error::io("read", Some(offset), e))
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        if offset + buf.len() as u64 > self.size {
-            return Err(Error::invalid("write past the end"));
-        }
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|e| Error::io("write", Some(offset), e))
-    }
-    fn flush(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io("flush", None, e))
-    }
+fn step(r: &mut Rng, fs: &Ext4Rw, m: &mut Model, bs: u64, log: &mut Vec<String>) {
+    conf::step(r, &conf::Lib(fs), m, &fs.capabilities(), bs, log)
 }
 
-/// Small deterministic PRNG (xorshift64*).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
+/// Root entries the model leaves out.
+const SKIP: &[&str] = &["lost+found"];
 
 /// Makes an image of `mb` MiB with `mkfs` and `args`; with `src` populated from that tree.
 fn mkimg(name: &str, mb: u64, mkfs: &str, args: &[&str], src: Option<&Path>) -> PathBuf {
@@ -112,552 +68,7 @@ fn fsck_clean(img: &Path, what: &str) {
     );
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Kind {
-    File(Vec<u8>),
-    Dir,
-    Symlink(Vec<u8>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct MNode {
-    kind: Kind,
-    perm: u32,
-    uid: u32,
-    gid: u32,
-    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
-    mtime: Option<i64>,
-}
-
-/// The model: paths ("" is the root) to model inode ids, and the inodes.
-#[derive(Debug, Default, Clone)]
-struct Model {
-    names: BTreeMap<String, usize>,
-    nodes: BTreeMap<usize, MNode>,
-    next: usize,
-}
-
-impl Model {
-    fn add(&mut self, path: String, n: MNode) -> usize {
-        self.next += 1;
-        self.nodes.insert(self.next, n);
-        self.names.insert(path, self.next);
-        self.next
-    }
-    fn children(&self, dir: &str) -> Vec<String> {
-        let pre = if dir.is_empty() {
-            String::new()
-        } else {
-            format!("{dir}/")
-        };
-        self.names
-            .keys()
-            .filter(|p| !p.is_empty() && p.starts_with(&pre) && !p[pre.len()..].contains('/'))
-            .cloned()
-            .collect()
-    }
-    fn is_dir(&self, p: &str) -> bool {
-        self.names
-            .get(p)
-            .is_some_and(|i| self.nodes[i].kind == Kind::Dir)
-    }
-    fn gc(&mut self) {
-        let live: std::collections::HashSet<usize> = self.names.values().copied().collect();
-        self.nodes.retain(|k, _| live.contains(k));
-    }
-}
-
-fn split(p: &str) -> (&str, &str) {
-    match p.rfind('/') {
-        Some(i) => (&p[..i], &p[i + 1..]),
-        None => ("", p),
-    }
-}
-
-fn resolve(fs: &Ext4Rw, p: &str) -> Ino {
-    fs.resolve(p.as_bytes(), false).unwrap()
-}
-
-/// Loads the model from an existing tree (through our engine) so random ops can touch it.
-fn model_from_fs(fs: &Ext4Rw) -> Model {
-    let mut m = Model::default();
-    let mut todo = vec![(String::new(), fs.root_ino())];
-    let mut seen: BTreeMap<Ino, usize> = BTreeMap::new();
-    while let Some((path, ino)) = todo.pop() {
-        let a = fs.getattr(ino).unwrap();
-        let mut xattrs = BTreeMap::new();
-        for n in fs.listxattr(ino).unwrap() {
-            let v = fs.getxattr(ino, &n).unwrap().unwrap();
-            xattrs.insert(n.as_bytes().to_vec(), v);
-        }
-        if let Some(&id) = seen.get(&ino) {
-            m.names.insert(path, id);
-            continue;
-        }
-        let kind = match a.kind {
-            FileKind::Dir => {
-                for e in fs.readdir_all(ino).unwrap() {
-                    let n = e.name.to_str().unwrap().to_string();
-                    if n == "." || n == ".." || n == "lost+found" && path.is_empty() {
-                        continue;
-                    }
-                    let cp = if path.is_empty() {
-                        n
-                    } else {
-                        format!("{path}/{n}")
-                    };
-                    todo.push((cp, e.ino));
-                }
-                Kind::Dir
-            }
-            FileKind::Symlink => Kind::Symlink(fs.readlink(ino).unwrap().as_bytes().to_vec()),
-            _ => {
-                let mut v = vec![0u8; a.size as usize];
-                let n = fs.read(ino, 0, &mut v).unwrap();
-                v.truncate(n);
-                Kind::File(v)
-            }
-        };
-        let id = m.add(
-            path.clone(),
-            MNode {
-                kind,
-                perm: a.mode & 0o7777,
-                uid: a.uid,
-                gid: a.gid,
-                xattrs,
-                mtime: None,
-            },
-        );
-        seen.insert(ino, id);
-    }
-    m
-}
-
-const NAMES: &[&str] = &[
-    "a",
-    "b",
-    "c",
-    "dir",
-    "file.txt",
-    "x",
-    "long_name_for_a_file_that_is_quite_long_indeed",
-    "ifcfg",
-];
-
-fn pick<'a>(r: &mut Rng, v: &'a [String]) -> Option<&'a String> {
-    if v.is_empty() {
-        None
-    } else {
-        Some(&v[r.below(v.len() as u64) as usize])
-    }
-}
-
-fn new_name(r: &mut Rng, m: &Model, dir: &str) -> String {
-    loop {
-        let n = if r.below(3) == 0 {
-            format!("n{}", r.below(100_000))
-        } else {
-            NAMES[r.below(NAMES.len() as u64) as usize].to_string()
-        };
-        let p = if dir.is_empty() {
-            n
-        } else {
-            format!("{dir}/{n}")
-        };
-        if !m.names.contains_key(&p) || r.below(4) == 0 {
-            return p;
-        }
-    }
-}
-
-/// One random operation through the engine and the model. `bs` scales write sizes.
-fn step(r: &mut Rng, fs: &Ext4Rw, m: &mut Model, bs: u64, log: &mut Vec<String>) {
-    let dirs: Vec<String> = m.names.keys().filter(|p| m.is_dir(p)).cloned().collect();
-    let files: Vec<String> = m
-        .names
-        .iter()
-        .filter(|(_, i)| matches!(m.nodes[i].kind, Kind::File(_)))
-        .map(|(p, _)| p.clone())
-        .collect();
-    let all: Vec<String> = m.names.keys().filter(|p| !p.is_empty()).cloned().collect();
-    let op = r.below(17);
-    match op {
-        0 | 1 => {
-            // create
-            let d = pick(r, &dirs).unwrap().clone();
-            let p = new_name(r, m, &d);
-            let (dn, n) = split(&p);
-            let res = fs.create(resolve(fs, dn), OsStr::new(n), 0o644, 0, 0);
-            log.push(format!("create {p}"));
-            if m.names.contains_key(&p) {
-                assert!(res.is_err(), "create over existing {p}");
-            } else {
-                res.unwrap();
-                m.add(
-                    p,
-                    MNode {
-                        kind: Kind::File(vec![]),
-                        perm: 0o644,
-                        uid: 0,
-                        gid: 0,
-                        xattrs: BTreeMap::new(),
-                        mtime: None,
-                    },
-                );
-            }
-        }
-        2..=4 => {
-            // write / append / overwrite
-            let Some(p) = pick(r, &files).cloned() else {
-                return;
-            };
-            let id = m.names[&p];
-            let Kind::File(data) = &mut m.nodes.get_mut(&id).unwrap().kind else {
-                unreachable!()
-            };
-            let len = match r.below(4) {
-                0 => r.below(100) as usize,
-                1 => r.below(bs * 3) as usize,
-                2 => r.below(bs * 20) as usize,
-                _ => (bs * r.below(4)) as usize,
-            };
-            let off = match r.below(4) {
-                0 => data.len() as u64,
-                1 => r.below(data.len() as u64 + 1),
-                2 => r.below(bs * 40),
-                _ => bs * r.below(30),
-            };
-            let bytes = r.bytes(len);
-            log.push(format!("write {p} {off}+{len}"));
-            let n = fs.write(resolve(fs, &p), off, &bytes).unwrap();
-            assert_eq!(n, len);
-            if len > 0 {
-                m.nodes.get_mut(&id).unwrap().mtime = None;
-            }
-            let Kind::File(data) = &mut m.nodes.get_mut(&id).unwrap().kind else {
-                unreachable!()
-            };
-            if len > 0 {
-                let end = off as usize + len;
-                if data.len() < end {
-                    data.resize(end, 0);
-                }
-                data[off as usize..end].copy_from_slice(&bytes);
-            }
-        }
-        5 => {
-            // truncate
-            let Some(p) = pick(r, &files).cloned() else {
-                return;
-            };
-            let id = m.names[&p];
-            let Kind::File(data) = &mut m.nodes.get_mut(&id).unwrap().kind else {
-                unreachable!()
-            };
-            let size = match r.below(3) {
-                0 => r.below(data.len() as u64 + 1),
-                1 => r.below(bs * 30),
-                _ => 0,
-            };
-            log.push(format!("truncate {p} {size}"));
-            fs.setattr(
-                resolve(fs, &p),
-                &SetAttr {
-                    size: Some(size),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-            data.resize(size as usize, 0);
-            m.nodes.get_mut(&id).unwrap().mtime = None;
-        }
-        6 => {
-            // unlink a non-directory
-            let cands: Vec<String> = all.iter().filter(|p| !m.is_dir(p)).cloned().collect();
-            let Some(p) = pick(r, &cands).cloned() else {
-                return;
-            };
-            let (dn, n) = split(&p);
-            log.push(format!("unlink {p}"));
-            fs.unlink(resolve(fs, dn), OsStr::new(n)).unwrap();
-            m.names.remove(&p);
-            m.gc();
-        }
-        7 => {
-            let d = pick(r, &dirs).unwrap().clone();
-            let p = new_name(r, m, &d);
-            let (dn, n) = split(&p);
-            log.push(format!("mkdir {p}"));
-            let res = fs.mkdir(resolve(fs, dn), OsStr::new(n), 0o755, 1000, 100);
-            if m.names.contains_key(&p) {
-                assert!(res.is_err());
-            } else {
-                res.unwrap();
-                m.add(
-                    p,
-                    MNode {
-                        kind: Kind::Dir,
-                        perm: 0o755,
-                        uid: 1000,
-                        gid: 100,
-                        xattrs: BTreeMap::new(),
-                        mtime: None,
-                    },
-                );
-            }
-        }
-        8 => {
-            let cands: Vec<String> = dirs.iter().filter(|p| !p.is_empty()).cloned().collect();
-            let Some(p) = pick(r, &cands).cloned() else {
-                return;
-            };
-            let (dn, n) = split(&p);
-            log.push(format!("rmdir {p}"));
-            let res = fs.rmdir(resolve(fs, dn), OsStr::new(n));
-            if m.children(&p).is_empty() {
-                res.unwrap();
-                m.names.remove(&p);
-                m.gc();
-            } else {
-                assert!(res.is_err(), "rmdir of non-empty {p}");
-            }
-        }
-        9 | 10 => {
-            // rename (files and directories, replacing, across directories)
-            let Some(src) = pick(r, &all).cloned() else {
-                return;
-            };
-            let d = pick(r, &dirs).unwrap().clone();
-            let dst = new_name(r, m, &d);
-            let src_dir = m.is_dir(&src);
-            let (sd, sn) = split(&src);
-            let (dd, dn) = split(&dst);
-            log.push(format!("rename {src} {dst}"));
-            let res = fs.rename(
-                resolve(fs, sd),
-                OsStr::new(sn),
-                resolve(fs, dd),
-                OsStr::new(dn),
-                0,
-            );
-            let into_self = dst == src || dst.starts_with(&format!("{src}/"));
-            let target = m.names.get(&dst).copied();
-            let ok = if into_self {
-                dst == src
-            } else {
-                match target {
-                    None => true,
-                    Some(t) if t == m.names[&src] => true,
-                    Some(t) => {
-                        let tdir = m.nodes[&t].kind == Kind::Dir;
-                        src_dir == tdir && (!tdir || m.children(&dst).is_empty())
-                    }
-                }
-            };
-            if !ok {
-                assert!(res.is_err(), "rename {src} -> {dst} should fail");
-                return;
-            }
-            res.unwrap();
-            if dst == src || target == Some(m.names[&src]) {
-                return;
-            }
-            let moved: Vec<(String, usize)> = m
-                .names
-                .iter()
-                .filter(|(p, _)| **p == src || p.starts_with(&format!("{src}/")))
-                .map(|(p, i)| (p.clone(), *i))
-                .collect();
-            m.names.remove(&dst);
-            for (p, _) in &moved {
-                m.names.remove(p);
-            }
-            for (p, i) in moved {
-                m.names.insert(format!("{dst}{}", &p[src.len()..]), i);
-            }
-            m.gc();
-        }
-        11 => {
-            let d = pick(r, &dirs).unwrap().clone();
-            let p = new_name(r, m, &d);
-            if m.names.contains_key(&p) {
-                return;
-            }
-            let len = if r.below(2) == 0 {
-                1 + r.below(59)
-            } else {
-                60 + r.below(500)
-            };
-            let target: Vec<u8> = (0..len)
-                .map(|i| {
-                    if i % 40 == 39 {
-                        b'/'
-                    } else {
-                        b'a' + (i % 26) as u8
-                    }
-                })
-                .collect();
-            let (dn, n) = split(&p);
-            log.push(format!("symlink {p} ({len})"));
-            fs.symlink(
-                resolve(fs, dn),
-                OsStr::new(n),
-                OsStr::from_bytes(&target),
-                0,
-                0,
-            )
-            .unwrap();
-            m.add(
-                p,
-                MNode {
-                    kind: Kind::Symlink(target),
-                    perm: 0o777,
-                    uid: 0,
-                    gid: 0,
-                    xattrs: BTreeMap::new(),
-                    mtime: None,
-                },
-            );
-        }
-        12 => {
-            let Some(src) = pick(r, &files).cloned() else {
-                return;
-            };
-            let d = pick(r, &dirs).unwrap().clone();
-            let p = new_name(r, m, &d);
-            if m.names.contains_key(&p) {
-                return;
-            }
-            let (dn, n) = split(&p);
-            log.push(format!("link {src} {p}"));
-            fs.link(resolve(fs, &src), resolve(fs, dn), OsStr::new(n))
-                .unwrap();
-            let id = m.names[&src];
-            m.names.insert(p, id);
-        }
-        13 => {
-            let Some(p) = pick(r, &all).cloned() else {
-                return;
-            };
-            let id = m.names[&p];
-            if matches!(m.nodes[&id].kind, Kind::Symlink(_)) {
-                return;
-            }
-            let perm = r.below(0o7777) as u32;
-            let uid = r.below(70000) as u32;
-            let gid = r.below(70000) as u32;
-            log.push(format!("chmod/chown {p}"));
-            fs.setattr(
-                resolve(fs, &p),
-                &SetAttr {
-                    mode: Some(perm),
-                    uid: Some(uid),
-                    gid: Some(gid),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-            let n = m.nodes.get_mut(&id).unwrap();
-            n.perm = perm;
-            n.uid = uid;
-            n.gid = gid;
-        }
-        14 => {
-            let Some(p) = pick(r, &all).cloned() else {
-                return;
-            };
-            let id = m.names[&p];
-            if matches!(m.nodes[&id].kind, Kind::Symlink(_)) {
-                return;
-            }
-            let secs = 1_000_000_000 + r.below(1_000_000_000) as i64;
-            log.push(format!("utimens {p}"));
-            fs.setattr(
-                resolve(fs, &p),
-                &SetAttr {
-                    atime: Some(TimeSet::At(Timestamp { secs, nanos: 5 })),
-                    mtime: Some(TimeSet::At(Timestamp { secs, nanos: 7 })),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-            m.nodes.get_mut(&id).unwrap().mtime = Some(secs);
-        }
-        15 => {
-            let Some(p) = pick(r, &all).cloned() else {
-                return;
-            };
-            let id = m.names[&p];
-            if matches!(m.nodes[&id].kind, Kind::Symlink(_)) {
-                return;
-            }
-            let name = format!("user.k{}", r.below(12)).into_bytes();
-            let vlen = match r.below(3) {
-                0 => r.below(16),
-                1 => r.below(200),
-                _ => r.below(bs / 3),
-            } as usize;
-            let v = r.bytes(vlen);
-            log.push(format!(
-                "setxattr {p} {} {vlen}",
-                String::from_utf8_lossy(&name)
-            ));
-            let res = fs.setxattr(resolve(fs, &p), OsStr::from_bytes(&name), &v, 0);
-            match res {
-                Ok(()) => {
-                    m.nodes.get_mut(&id).unwrap().xattrs.insert(name, v);
-                }
-                Err(e) if vdisk_guestfs::fs::errno(&e) == 28 => {}
-                Err(e) => panic!("setxattr: {e}"),
-            }
-        }
-        _ => {
-            let Some(p) = pick(r, &all).cloned() else {
-                return;
-            };
-            let id = m.names[&p];
-            let keys: Vec<Vec<u8>> = m.nodes[&id].xattrs.keys().cloned().collect();
-            let Some(k) = keys.get(r.below(keys.len() as u64 + 1) as usize).cloned() else {
-                return;
-            };
-            log.push(format!("removexattr {p} {}", String::from_utf8_lossy(&k)));
-            fs.removexattr(resolve(fs, &p), OsStr::from_bytes(&k))
-                .unwrap();
-            m.nodes.get_mut(&id).unwrap().xattrs.remove(&k);
-        }
-    }
-}
-
-/// What the kernel sees: a python dump of the mounted tree.
-const DUMP: &str = r#"
-import os, sys, json, stat
-root = sys.argv[1]
-out = {}
-for dp, dns, fns in os.walk(root):
-    for n in dns + fns:
-        p = os.path.join(dp, n)
-        rel = os.path.relpath(p, root)
-        if rel == "lost+found": continue
-        st = os.lstat(p)
-        e = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid, "ino": st.st_ino, "mtime": int(st.st_mtime)}
-        if stat.S_ISLNK(st.st_mode):
-            e["kind"] = "l"; e["data"] = os.readlink(os.fsencode(p)).hex()
-        elif stat.S_ISDIR(st.st_mode):
-            e["kind"] = "d"
-        else:
-            e["kind"] = "f"; e["data"] = open(p, "rb").read().hex()
-        if not stat.S_ISLNK(st.st_mode):
-            e["x"] = {k: os.getxattr(p, k).hex() for k in os.listxattr(p) if k.startswith("user.")}
-        out[rel] = e
-print(json.dumps(out))
-"#;
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Checks the image against the model: e2fsck, the kernel, ext4-view, our reader.
+/// Checks the image against the model: e2fsck, the kernel, our reader, ext4-view.
 fn verify(img: &Path, m: &Model, what: &str) {
     fsck_clean(img, what);
     // The kernel.
@@ -672,72 +83,12 @@ fn verify(img: &Path, m: &Model, what: &str) {
         ],
     );
     let guard = Mount { dir: dir.clone() };
-    let script = scratch().join(format!(
-        "dump-{}.py",
-        img.file_stem().unwrap().to_str().unwrap()
-    ));
-    std::fs::write(&script, DUMP).unwrap();
-    let out = run(
-        "python3",
-        &[script.to_str().unwrap(), dir.to_str().unwrap()],
-    );
+    let k = conf::kernel_tree(&dir, SKIP);
     drop(guard);
-    let k: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let k = k.as_object().unwrap();
-    let model_paths: Vec<&String> = m.names.keys().filter(|p| !p.is_empty()).collect();
-    let mut kernel_paths: Vec<&String> = k.keys().collect();
-    kernel_paths.sort();
-    assert_eq!(kernel_paths, model_paths, "{what}: listings differ");
-    let mut kernel_ino: BTreeMap<usize, u64> = BTreeMap::new();
-    for (p, id) in &m.names {
-        if p.is_empty() {
-            continue;
-        }
-        let n = &m.nodes[id];
-        let e = &k[p.as_str()];
-        let ctx = format!("{what}: {p}");
-        match &n.kind {
-            Kind::File(d) => {
-                assert_eq!(e["kind"], "f", "{ctx}");
-                assert!(
-                    e["data"].as_str().unwrap() == hex(d),
-                    "{ctx}: content differs (len {} vs model {})",
-                    e["data"].as_str().unwrap().len() / 2,
-                    d.len()
-                );
-            }
-            Kind::Dir => assert_eq!(e["kind"], "d", "{ctx}"),
-            Kind::Symlink(t) => {
-                assert_eq!(e["kind"], "l", "{ctx}");
-                assert_eq!(e["data"].as_str().unwrap(), hex(t), "{ctx}");
-            }
-        }
-        if !matches!(n.kind, Kind::Symlink(_)) {
-            assert_eq!(e["mode"].as_u64().unwrap() as u32, n.perm, "{ctx}: mode");
-            let x: BTreeMap<String, String> = e["x"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-                .collect();
-            let mx: BTreeMap<String, String> = n
-                .xattrs
-                .iter()
-                .filter(|(k, _)| k.starts_with(b"user."))
-                .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), hex(v)))
-                .collect();
-            assert_eq!(x, mx, "{ctx}: xattrs");
-        }
-        assert_eq!(e["uid"].as_u64().unwrap() as u32, n.uid, "{ctx}: uid");
-        assert_eq!(e["gid"].as_u64().unwrap() as u32, n.gid, "{ctx}: gid");
-        if let (Some(t), Kind::File(_)) = (n.mtime, &n.kind) {
-            assert_eq!(e["mtime"].as_i64().unwrap(), t, "{ctx}: mtime");
-        }
-        // Hard links: one model inode, one kernel inode.
-        let ino = e["ino"].as_u64().unwrap();
-        let prev = kernel_ino.insert(*id, ino);
-        assert!(prev.is_none_or(|x| x == ino), "{ctx}: hard link split");
-    }
+    conf::check_kernel(&k, m, &Capabilities::POSIX, what);
+    // Our own reader, opened afresh.
+    let ours = vdisk_ext4::Ext4::open(RwDev::open(img)).unwrap();
+    conf::check_reader(&ours, m, SKIP, what);
     // ext4-view, the independent reader.
     let v = match ext4_view::Ext4::load(Box::new(std::fs::read(img).unwrap())) {
         Ok(v) => v,
@@ -839,23 +190,6 @@ fn run_ops_with(
     }
     fs.flush().unwrap();
     (m, log)
-}
-
-/// A failure message naming the operations (shortened when long).
-fn describe(what: &str, log: &[String]) -> String {
-    let what = format!("{what} (ops: {})", log.join("; "));
-    if what.len() > 6000 {
-        let cut = |mut i: usize| {
-            while !what.is_char_boundary(i) {
-                i -= 1;
-            }
-            i
-        };
-        let (a, b) = (cut(1000), cut(what.len() - 4000));
-        format!("{}…{}", &what[..a], &what[b..])
-    } else {
-        what
-    }
 }
 
 #[test]
@@ -1156,7 +490,7 @@ fn create_many(fs: &Ext4Rw, m: &mut Model, dir: &str, prefix: &str, n: u32) {
 fn is_indexed(fs: &Ext4Rw, path: &str) -> bool {
     let ino = resolve(fs, path) as u32;
     let i = fs.engine().live_inode(ino).unwrap();
-    i.has_flag(vdisk_guestfs::ext4::inode::EXT4_INDEX_FL)
+    i.has_flag(vdisk_ext4::inode::EXT4_INDEX_FL)
 }
 
 /// An htree directory of thousands of entries (built by e2fsck -fyD) takes inserts until its
@@ -1199,7 +533,7 @@ fn htree_case(name: &str, args: &[&str], files: u32, more: u32, want_levels: u8)
         let levels = {
             let e = fs.engine();
             let i = e.live_inode(resolve(&fs, "big") as u32).unwrap();
-            let vdisk_guestfs::ext4::Run::Data { start, .. } = e.map(&i, 0).unwrap() else {
+            let vdisk_ext4::Run::Data { start, .. } = e.map(&i, 0).unwrap() else {
                 panic!()
             };
             e.block(start, &String::new).unwrap()[0x1E]
@@ -1284,7 +618,7 @@ fn inline_data_files_converted() {
     let inline = |p: &str| {
         let e = fs.engine();
         let i = e.live_inode(resolve(&fs, p) as u32).unwrap();
-        i.has_flag(vdisk_guestfs::ext4::inode::EXT4_INLINE_DATA_FL)
+        i.has_flag(vdisk_ext4::inode::EXT4_INLINE_DATA_FL)
     };
     assert!(
         inline("tiny") && inline("f100") && inline("small"),
@@ -1594,10 +928,10 @@ fn journal_replayed_then_written() {
     );
     drop(guard);
     {
-        let fs = vdisk_guestfs::ext4::Ext4::open(ext4_common::FileDev::open(&copy)).unwrap();
+        let fs = vdisk_ext4::Ext4::open(ext4_common::FileDev::open(&copy)).unwrap();
         assert!(
             fs.superblock()
-                .has_incompat(vdisk_guestfs::ext4::superblock::incompat::RECOVER),
+                .has_incompat(vdisk_ext4::superblock::incompat::RECOVER),
             "the copy does not need recovery"
         );
     }
@@ -1801,15 +1135,9 @@ fn kernel_tree(img: &Path) -> serde_json::Map<String, serde_json::Value> {
         ],
     );
     let guard = Mount { dir: dir.clone() };
-    let script = scratch().join("crash-dump.py");
-    std::fs::write(&script, DUMP).unwrap();
-    let out = run(
-        "python3",
-        &[script.to_str().unwrap(), dir.to_str().unwrap()],
-    );
+    let v = conf::kernel_tree(&dir, SKIP);
     drop(guard);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v.as_object().unwrap().clone()
+    v
 }
 
 /// One crash run on a copy of `pristine`: returns a line saying what happened. With
@@ -2218,12 +1546,12 @@ fn lookup_of_a_too_long_name_is_enametoolong() {
         let fs = Ext4Rw::open(RwDev::open(&img)).unwrap();
         let root = fs.root_ino();
         let e = fs.lookup(root, long).unwrap_err();
-        assert_eq!(vdisk_guestfs::fs::errno(&e), 36, "{e}");
+        assert_eq!(vdisk_fs::errno(&e), 36, "{e}");
         assert_eq!(fs.lookup(root, ok).unwrap(), None);
     }
-    let ro = vdisk_guestfs::ext4::Ext4::open(RwDev::open(&img)).unwrap();
+    let ro = vdisk_ext4::Ext4::open(RwDev::open(&img)).unwrap();
     let e = ro.lookup(ro.root_ino(), long).unwrap_err();
-    assert_eq!(vdisk_guestfs::fs::errno(&e), 36, "{e}");
+    assert_eq!(vdisk_fs::errno(&e), 36, "{e}");
     assert_eq!(ro.lookup(ro.root_ino(), ok).unwrap(), None);
     fsck_clean(&img, "after lookups");
 }

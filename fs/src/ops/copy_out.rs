@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use crate::fs::{Attr, FileKind, FileSystem, Ino, Timestamp};
+use crate::{Attr, FileKind, FileSystem, Ino, Timestamp};
 
 use super::{OpError, OpResult};
 

@@ -8,8 +8,8 @@ use std::sync::{Arc, OnceLock};
 
 use ext4_common::{run, scratch};
 use vdisk_block::{BlockDevice, Error, MemDevice};
-use vdisk_guestfs::ext4::{self, Ext4, Run};
-use vdisk_guestfs::fs::{FileKind, FileSystem, Ino};
+use vdisk_ext4::{self as ext4, Ext4, Run};
+use vdisk_fs::{FileKind, FileSystem, Ino};
 
 const POPULATE: &str = r#"
 import os, sys

@@ -2,7 +2,7 @@
 //! e2fsprogs, a kernel loop mount guard, and the populated source tree.
 #![allow(dead_code)]
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,6 +44,47 @@ impl BlockDevice for FileDev {
     }
     fn is_read_only(&self) -> bool {
         true
+    }
+}
+
+/// A read-write device over a host file.
+pub struct RwDev {
+    file: File,
+    size: u64,
+}
+
+impl RwDev {
+    pub fn open(p: &Path) -> Arc<dyn BlockDevice> {
+        let file = OpenOptions::new().read(true).write(true).open(p).unwrap();
+        let size = file.metadata().unwrap().len();
+        Arc::new(RwDev { file, size })
+    }
+}
+
+impl BlockDevice for RwDev {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        if offset + buf.len() as u64 > self.size {
+            return Err(Error::invalid("read past the end"));
+        }
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| Error::io("read", Some(offset), e))
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        if offset + buf.len() as u64 > self.size {
+            return Err(Error::invalid("write past the end"));
+        }
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| Error::io("write", Some(offset), e))
+    }
+    fn flush(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("flush", None, e))
     }
 }
 

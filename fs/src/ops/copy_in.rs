@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use crate::fs::{errno, FileKind, FileSystemMut, Ino, SetAttr, TimeSet, Timestamp};
+use crate::{errno, FileKind, FileSystemMut, Ino, SetAttr, TimeSet, Timestamp};
 
 use super::{at, join, write_all, OpError, OpResult, MAX_DEPTH};
 

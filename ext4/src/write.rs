@@ -35,7 +35,7 @@ use super::filemap::{new_root, punch, set_range, Ext};
 use super::inode::{self, Inode, InodeTime, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, I_BLOCK_SIZE};
 use super::superblock::{incompat, ro_compat, EXT4_VALID_FS};
 use super::{journal, Ext4, OpenOptions, Run};
-use crate::fs::{
+use vdisk_fs::{
     errno, errno_error, Attr, DirEntry, FileSystem, FileSystemMut, Ino, SetAttr, StatFs, TimeSet,
     RENAME_EXCHANGE, RENAME_NOREPLACE,
 };

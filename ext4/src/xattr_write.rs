@@ -11,7 +11,7 @@ use super::bytes::{le32, put};
 use super::inode::{Inode, EXT4_GOOD_OLD_INODE_SIZE};
 use super::xattr::{self, XattrEntry, XattrValue, EXT4_XATTR_MAGIC, NAME_INDEXES};
 use super::Ext4;
-use crate::fs::{errno, errno_error};
+use vdisk_fs::{errno, errno_error};
 
 /// setxattr flag: fail if the attribute exists.
 pub const XATTR_CREATE: u32 = 1;

@@ -13,7 +13,7 @@
 //! 4. the journal superblock is marked empty again with the next sequence number.
 //!
 //! The filesystem superblock carries needs_recovery from the first change until
-//! [`FileSystemMut::flush`](crate::fs::FileSystemMut::flush), as while the kernel has it
+//! [`FileSystemMut::flush`](vdisk_fs::FileSystemMut::flush), as while the kernel has it
 //! mounted (without it the kernel would wipe the journal instead of replaying it). Since each
 //! transaction is checkpointed before the next begins, no older transaction is ever replayed
 //! over a newer write, so revoke records are never needed. A transaction that outgrows the log

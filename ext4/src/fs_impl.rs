@@ -6,7 +6,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use vdisk_block::{Error, Result};
 
-use crate::fs::{
+use vdisk_fs::{
     errno, errno_error, makedev, Attr, DirEntry, FileKind, FileSystem, Ino, StatFs, Timestamp,
 };
 

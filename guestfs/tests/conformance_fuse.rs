@@ -1,0 +1,97 @@
+//! The conformance suite through FUSE: the same random operation sequences as the library
+//! runs (vdisk-fs-conformance), made with system calls on a FUSE mount of the ext4 write
+//! engine, as `vdisk mount` serves it. Afterwards e2fsck -fn is clean and the kernel's own
+//! loop mount and our reader, opened afresh, see exactly the model.
+
+#[path = "../../ext4/tests/ext4_common/mod.rs"]
+mod ext4_common;
+
+use std::sync::Arc;
+
+use ext4_common::{run, run_status, scratch, Mount, RwDev};
+use vdisk_ext4::{Ext4, Ext4Rw};
+use vdisk_fs::{Capabilities, FileSystem};
+use vdisk_fs_conformance::{self as conf, describe, Posix};
+use vdisk_guestfs::fuse::{session, MountConfig};
+
+const SKIP: &[&str] = &["lost+found"];
+
+fn through_fuse(name: &str, mkfs_args: &[&str], seed: u64, ops: u32) {
+    let img = scratch().join(format!("{name}.img"));
+    let _ = std::fs::remove_file(&img);
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut a = vec!["-q", "-F"];
+    a.extend_from_slice(mkfs_args);
+    a.push(img.to_str().unwrap());
+    run("mkfs.ext4", &a);
+
+    let fs = Arc::new(Ext4Rw::open(RwDev::open(&img)).unwrap());
+    let bs = u64::from(fs.statfs().unwrap().block_size);
+    let mut m = conf::model_from_fs(&*fs, SKIP);
+    let caps = fs.capabilities();
+    let mnt = tempfile::tempdir().unwrap();
+    let mut cfg = MountConfig::read_only(format!("vdisk-conformance:{}", std::process::id()));
+    cfg.read_only = false;
+    let bg = session(fs.clone(), mnt.path(), &cfg)
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let log = conf::run_ops(
+        &Posix(mnt.path().to_path_buf()),
+        &mut m,
+        &caps,
+        bs,
+        seed,
+        ops,
+    );
+    bg.umount_and_join().unwrap();
+    fs.writable().unwrap().flush().unwrap();
+    drop(fs);
+    let what = describe(&format!("{name} through FUSE"), &log);
+
+    let (code, out) = run_status("e2fsck", &["-fn", img.to_str().unwrap()]);
+    assert!(code == 0, "e2fsck -fn exited {code}:\n{out}\n{what}");
+    let dir = tempfile::tempdir().unwrap().keep();
+    run(
+        "mount",
+        &[
+            "-o",
+            "loop,ro",
+            img.to_str().unwrap(),
+            dir.to_str().unwrap(),
+        ],
+    );
+    let guard = Mount { dir: dir.clone() };
+    let k = conf::kernel_tree(&dir, SKIP);
+    drop(guard);
+    conf::check_kernel(&k, &m, &Capabilities::POSIX, &what);
+    let ours = Ext4::open(RwDev::open(&img)).unwrap();
+    conf::check_reader(&ours, &m, SKIP, &what);
+}
+
+#[test]
+fn ext4_through_fuse_default_features() {
+    for seq in 0..3 {
+        through_fuse(
+            &format!("conf-fuse-def-{seq}"),
+            &["-T", "default"],
+            11 + seq,
+            400,
+        );
+    }
+}
+
+#[test]
+fn ext4_through_fuse_centos7_features() {
+    for seq in 0..3 {
+        through_fuse(
+            &format!("conf-fuse-c7-{seq}"),
+            &["-T", "default", "-O", "^metadata_csum,^64bit"],
+            21 + seq,
+            400,
+        );
+    }
+}
