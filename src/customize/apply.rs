@@ -96,10 +96,8 @@ pub fn run(plan: &Plan, g: &mut dyn GuestFiles, os: &GuestOs) -> Result<Report> 
     }
     if !passwords.is_empty() {
         r.messages.push("Setting passwords".into());
-        let shadow = g
-            .read("/etc/shadow", MAX_FILE)?
+        let mut text = super::read_text(g, "/etc/shadow")?
             .ok_or_else(|| Error::invalid("/etc/shadow: not found in the guest"))?;
-        let mut text = String::from_utf8_lossy(&shadow).into_owned();
         let read_file = |p: &Path| -> Result<String> {
             Ok(String::from_utf8_lossy(&host_read(p)?).into_owned())
         };
@@ -283,19 +281,24 @@ fn step<'p>(
         }
         Op::FirstbootScript(path) => {
             m.push(format!("Installing firstboot script: {}", path.display()));
-            let body = String::from_utf8_lossy(&host_read(path)?).into_owned();
+            let body = host_read(path)?;
             firstboot::add_script(g, os, &path.display().to_string(), &body)?;
             r.created_files = true;
         }
         Op::FirstbootCommand(cmd) => {
             m.push(format!("Installing firstboot command: {cmd}"));
-            firstboot::add_script(g, os, cmd, &format!("{cmd}\n"))?;
+            firstboot::add_script(g, os, cmd, format!("{cmd}\n").as_bytes())?;
             r.created_files = true;
         }
         Op::FirstbootInstall(pkgs) => {
             m.push(format!("Installing firstboot packages: {}", pkgs.join(" ")));
             let cmd = firstboot::install_command(os, pkgs)?;
-            firstboot::add_script(g, os, &format!("install {}", pkgs.join(" ")), &cmd)?;
+            firstboot::add_script(
+                g,
+                os,
+                &format!("install {}", pkgs.join(" ")),
+                cmd.as_bytes(),
+            )?;
             r.created_files = true;
         }
         Op::Hostname(h) => {

@@ -209,7 +209,7 @@ pub fn add_script(
     g: &mut dyn GuestFiles,
     os: &GuestOs,
     name: &str,
-    content: &str,
+    content: &[u8],
 ) -> Result<String> {
     install_service(g, os)?;
     let dir = format!("{DIR}/scripts");
@@ -221,11 +221,12 @@ pub fn add_script(
         .max()
         .map_or(1, |m| m.saturating_add(1));
     let path = format!("{dir}/{}", script_name(next, name));
-    let mut body = content.to_string();
-    if !body.starts_with("#!") {
-        body.insert_str(0, "#!/bin/sh\n");
+    let mut body = Vec::with_capacity(content.len() + 10);
+    if !content.starts_with(b"#!") {
+        body.extend_from_slice(b"#!/bin/sh\n");
     }
-    g.write(&path, body.as_bytes(), NewFile::root(0o755))?;
+    body.extend_from_slice(content);
+    g.write(&path, &body, NewFile::root(0o755))?;
     g.chmod(&path, 0o755)?;
     Ok(path)
 }
@@ -253,14 +254,14 @@ mod tests {
             &mut g,
             &os("centos", "yum"),
             "echo hello > /dev/console",
-            "echo hello\n",
+            b"echo hello\n",
         )
         .unwrap();
         let p2 = add_script(
             &mut g,
             &os("centos", "yum"),
             "second",
-            "#!/bin/bash\ntrue\n",
+            b"#!/bin/bash\ntrue\n",
         )
         .unwrap();
         assert_eq!(
@@ -289,14 +290,14 @@ mod tests {
 
         let mut g = MemGuest::new();
         g.add_dir("/etc/init.d", 0o755);
-        add_script(&mut g, &os("debian", "apt"), "x", "true").unwrap();
+        add_script(&mut g, &os("debian", "apt"), "x", b"true").unwrap();
         assert_eq!(
             g.read_link("/etc/rc2.d/S99guestfs-firstboot")
                 .unwrap()
                 .as_deref(),
             Some("../init.d/guestfs-firstboot")
         );
-        assert!(add_script(&mut MemGuest::new(), &os("debian", "apt"), "x", "y").is_err());
+        assert!(add_script(&mut MemGuest::new(), &os("debian", "apt"), "x", b"y").is_err());
     }
 
     #[test]

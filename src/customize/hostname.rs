@@ -13,7 +13,7 @@
 
 use vdisk_block::{Error, Result};
 
-use super::{shellvars, Family, GuestFiles, GuestOs, NewFile, MAX_FILE};
+use super::{shellvars, Family, GuestFiles, GuestOs, NewFile};
 
 /// Checks a hostname (RFC 1123: dot-separated labels of letters, digits and inner hyphens,
 /// 1–63 bytes each, 253 in all).
@@ -118,8 +118,7 @@ pub fn hosts(text: &str, old: Option<&str>, new: &str, add_if_missing: bool) -> 
 }
 
 fn text(g: &dyn GuestFiles, path: &str) -> Result<Option<String>> {
-    Ok(g.read(path, MAX_FILE)?
-        .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    super::read_text(g, path)
 }
 
 /// Sets the hostname in `g` for `os`; returns the files written.

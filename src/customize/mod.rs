@@ -199,6 +199,19 @@ impl GuestOs {
     }
 }
 
+/// The text of guest file `path`, None if it does not exist. A file that is not UTF-8 is
+/// refused: rewriting it as text would replace the bytes we cannot read.
+pub fn read_text(g: &dyn GuestFiles, path: &str) -> Result<Option<String>> {
+    match g.read(path, MAX_FILE)? {
+        None => Ok(None),
+        Some(b) => String::from_utf8(b).map(Some).map_err(|_| {
+            vdisk_block::Error::unsupported(format!(
+                "{path}: not UTF-8 text, so it is not rewritten (edit it with vdisk edit)"
+            ))
+        }),
+    }
+}
+
 /// Splits text into lines without their terminators (a final line without one included).
 pub(crate) fn lines(text: &str) -> impl Iterator<Item = &str> {
     text.split_inclusive('\n')
@@ -213,4 +226,63 @@ pub(crate) fn join_lines<S: AsRef<str>>(lines: impl IntoIterator<Item = S>) -> S
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mem::MemGuest;
+    use super::network::{Addressing, NetConfig, StaticNet};
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn text_that_is_not_utf8_is_refused_not_mangled() {
+        let mut g = MemGuest::new();
+        g.add_file("/etc/hostname", b"old\n", 0o644);
+        g.add_file("/etc/hosts", b"127.0.1.1 old # caf\xe9\n", 0o644);
+        let os = GuestOs {
+            os_type: "linux".into(),
+            distro: "debian".into(),
+            major_version: 12,
+            package_management: None,
+        };
+        let e = hostname::set(&mut g, &os, "new").unwrap_err();
+        assert!(
+            e.message().contains("/etc/hosts") && e.message().contains("UTF-8"),
+            "{e}"
+        );
+        assert_eq!(g.file("/etc/hosts").unwrap(), b"127.0.1.1 old # caf\xe9\n");
+    }
+
+    proptest! {
+        /// Guest files are hostile input: no editor panics on any text, and what it writes
+        /// is parsed back by the next edit.
+        #[test]
+        fn editors_take_any_text(t in "(\\PC|\n|\t|=|#|\\[|\\]| ){0,300}") {
+            let _ = hostname::hosts(&t, Some("a.b"), "c.d", true);
+            let _ = shellvars::edit(&t, &[("IPADDR", Some("1.2.3.4")), ("HWADDR", None)]);
+            let _ = shellvars::get(&t, "A");
+            let _ = ini::edit(&t, &[ini::Set::one("ipv4", "method", "manual")]);
+            let _ = ini::keys(&t, "ipv4");
+            let _ = password::set_shadow(&t, "root", "*");
+            let _ = ssh::lookup(&t, "root");
+            let _ = ssh::authorized_keys(Some(&t), "ssh-ed25519 K");
+            let st: StaticNet = "eth0=10.0.0.2/24,gw=10.0.0.1".parse().unwrap();
+            let cfg = NetConfig {
+                iface: "eth0".into(),
+                addressing: Some(Addressing::Static(st)),
+                mac: None,
+            };
+            let _ = network::interfaces(&t, &cfg);
+            let k = network::keyfile(Some(&t), &cfg, "u");
+            let m = ini::get(&k, "ipv4", "method");
+            prop_assert_eq!(m.last().map(String::as_str), Some("manual"));
+            let i = network::ifcfg(Some(&t), &cfg, "u");
+            let ip = shellvars::get(&i, "IPADDR");
+            prop_assert_eq!(ip.as_deref(), Some("10.0.0.2"));
+            let _ = network::networkd(Some(&t), &cfg);
+            let mut p = ops::Plan::default();
+            let _ = p.add_commands(&t, 0);
+        }
+    }
 }

@@ -26,7 +26,7 @@ use std::str::FromStr;
 use vdisk_block::{Error, Result};
 
 use super::ini::{self, Set};
-use super::{shellvars, Family, GuestFiles, GuestOs, NewFile, MAX_FILE};
+use super::{shellvars, Family, GuestFiles, GuestOs, NewFile};
 
 /// Checks an interface name as Linux accepts it (1–15 bytes, no '/', whitespace, ':' or
 /// NUL; we also refuse ',' and '=' which our option syntax uses).
@@ -698,8 +698,7 @@ pub fn networkd(old: Option<&str>, cfg: &NetConfig) -> String {
 }
 
 fn read_text(g: &dyn GuestFiles, p: &str) -> Result<Option<String>> {
-    Ok(g.read(p, MAX_FILE)?
-        .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    super::read_text(g, p)
 }
 
 /// What [`configure`] did.

@@ -163,9 +163,7 @@ pub fn inject(g: &mut dyn GuestFiles, user: &str, key: &str) -> Result<String> {
     g.chmod(&dir, 0o700)?;
     g.chown(&dir, acct.uid, acct.gid)?;
     let path = format!("{dir}/authorized_keys");
-    let old = g
-        .read(&path, MAX_FILE)?
-        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    let old = super::read_text(g, &path)?;
     g.write(
         &path,
         authorized_keys(old.as_deref(), key).as_bytes(),

@@ -9,7 +9,7 @@
 
 use vdisk_block::{Error, Result};
 
-use super::{glob, shellvars, GuestFiles, GuestOs, Kind, NewFile, MAX_FILE};
+use super::{glob, shellvars, GuestFiles, GuestOs, Kind, NewFile};
 
 /// What an operation does.
 #[derive(Debug, Clone, Copy)]
@@ -481,10 +481,9 @@ fn edit_ifcfg(g: &mut dyn GuestFiles, keys: &[&str]) -> Result<Vec<String>> {
         if g.stat(&f, false)?.map(|m| m.kind) != Some(Kind::File) {
             continue;
         }
-        let Some(old) = g.read(&f, MAX_FILE)? else {
+        let Some(old) = super::read_text(g, &f)? else {
             continue;
         };
-        let old = String::from_utf8_lossy(&old).into_owned();
         let changes: Vec<(&str, Option<&str>)> = keys.iter().map(|k| (*k, None)).collect();
         let new = shellvars::edit(&old, &changes);
         if new != old {

@@ -4,7 +4,7 @@
 
 use vdisk_block::{Error, Result};
 
-use super::{shellvars, Family, GuestFiles, GuestOs, Kind, NewFile, MAX_FILE};
+use super::{shellvars, Family, GuestFiles, GuestOs, Kind, NewFile};
 
 /// Checks a zone name ("Europe/Paris", "UTC", "Etc/GMT+5").
 pub fn check(tz: &str) -> Result<String> {
@@ -46,8 +46,8 @@ pub fn set(g: &mut dyn GuestFiles, os: &GuestOs, tz: &str) -> Result<Vec<String>
         out.push("/etc/timezone".into());
     }
     if os.family() == Family::RedHat {
-        if let Some(old) = g.read("/etc/sysconfig/clock", MAX_FILE)? {
-            let new = shellvars::edit(&String::from_utf8_lossy(&old), &[("ZONE", Some(tz))]);
+        if let Some(old) = super::read_text(g, "/etc/sysconfig/clock")? {
+            let new = shellvars::edit(&old, &[("ZONE", Some(tz))]);
             g.write("/etc/sysconfig/clock", new.as_bytes(), NewFile::root(0o644))?;
             out.push("/etc/sysconfig/clock".into());
         }
