@@ -489,3 +489,27 @@ fn debian_like_guest() {
     );
     assert!(text(&m.join("usr/lib/virt-sysprep/scripts/0001-echo-hello")).contains("echo hello"));
 }
+
+/// A template whose root the engines cannot write (XFS, read-only in this version): the
+/// clone fails with one line naming the reason, leaves no new image, and the template's bytes
+/// are unchanged.
+#[test]
+fn failed_clone_leaves_nothing() {
+    need(&["mkfs.xfs", "qemu-img"]);
+    let d = centos_disk_with(RootFs::Xfs);
+    let before = sha256(&d.raw);
+    let new = d.tmp.path().join("x.qcow2");
+    let out = Command::new(env!("CARGO_BIN_EXE_vdisk"))
+        .args(["clone", "--format", "raw"])
+        .arg(&d.raw)
+        .arg(&new)
+        .args(["--hostname", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("XFS") && err.contains("read-only"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!new.exists(), "the failed clone left {}", new.display());
+    assert_eq!(sha256(&d.raw), before);
+}
