@@ -111,6 +111,17 @@ fn clone_the_seed_way() {
             .arg(&d.raw)
             .arg(&new)
             .args([
+                // An SELinux guest with its policy's file_contexts: new files get labels.
+                "--mkdir",
+                "/etc/selinux/targeted/contexts/files",
+                "--write",
+                "/etc/selinux/targeted/contexts/files/file_contexts:/.*\tsystem_u:object_r:default_t:s0\n\
+                 /etc(/.*)?\tsystem_u:object_r:etc_t:s0\n/etc/machine-info\t--\tsystem_u:object_r:hostname_etc_t:s0\n\
+                 /usr/lib/virt-sysprep(/.*)?\tsystem_u:object_r:bin_t:s0\n",
+                "--write",
+                "/etc/selinux/targeted/contexts/files/file_contexts.homedirs:/home/[^/]+/\\.ssh(/.*)?\tunconfined_u:object_r:ssh_home_t:s0\n",
+                "--write",
+                "/etc/selinux/config:SELINUX=enforcing\nSELINUXTYPE=targeted\n",
                 "--hostname",
                 "test02",
                 "--network-static",
@@ -253,6 +264,30 @@ fn clone_the_seed_way() {
         text(&m.join("etc/hosts")),
         "127.0.0.1 localhost\n192.168.174.13 test02\n"
     );
+    // New files got their labels from the guest's file_contexts, so no relabel at boot.
+    let label = |p: &str| {
+        xattrs(&m.join(p))
+            .get(&b"security.selinux"[..])
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(
+        label("home/guestonly/.ssh/authorized_keys").as_deref(),
+        Some("unconfined_u:object_r:ssh_home_t:s0\0")
+    );
+    assert_eq!(
+        label("home/guestonly/.ssh").as_deref(),
+        Some("unconfined_u:object_r:ssh_home_t:s0\0")
+    );
+    assert_eq!(
+        label("etc/machine-info").as_deref(),
+        Some("system_u:object_r:hostname_etc_t:s0\0")
+    );
+    assert_eq!(
+        label("usr/lib/virt-sysprep/firstboot.sh").as_deref(),
+        Some("system_u:object_r:bin_t:s0\0")
+    );
+    assert!(!m.join(".autorelabel").exists());
+    assert!(out.contains("labelled"), "{out}");
     // The SELinux label of a rewritten file survives (the atomic replace copies xattrs).
     assert_eq!(
         xattrs(&m.join("etc/hostname"))

@@ -8,6 +8,7 @@ use vdisk_block::{Error, Result};
 
 use super::network::{Addressing, MacSpec, NetConfig};
 use super::ops::{Op, Plan};
+use super::record::Recorder;
 use super::{
     firstboot, glob, hostname, network, password, ssh, sysprep, timezone, GuestFiles, GuestOs,
     Kind, Meta, NewFile, MAX_FILE,
@@ -29,8 +30,8 @@ pub struct Report {
     pub random_passwords: Vec<(String, String)>,
     /// MAC addresses chosen by `--mac IFACE=random`, (iface, mac).
     pub macs: Vec<(String, String)>,
-    /// Whether any file was created (for the SELinux relabel decision).
-    pub created_files: bool,
+    /// The paths the run created (a copied tree by its top), for the SELinux step.
+    pub created: Vec<String>,
 }
 
 fn exists(g: &dyn GuestFiles, p: &str) -> Result<Option<Meta>> {
@@ -63,6 +64,13 @@ fn join(dir: &str, name: &str) -> String {
 
 /// Applies `plan`'s operations (not its sysprep part) to `g`.
 pub fn run(plan: &Plan, g: &mut dyn GuestFiles, os: &GuestOs) -> Result<Report> {
+    let mut rec = Recorder::new(g);
+    let mut r = run_recorded(plan, &mut rec, os)?;
+    r.created.append(&mut rec.created);
+    Ok(r)
+}
+
+fn run_recorded(plan: &Plan, g: &mut dyn GuestFiles, os: &GuestOs) -> Result<Report> {
     let mut r = Report::default();
     random_seed(g, &mut r)?;
     // Network operations for one interface are merged and written once, where the first
@@ -127,19 +135,72 @@ pub fn selinux_enabled(g: &dyn GuestFiles) -> Result<bool> {
     })
 }
 
-/// The SELinux step that ends a run: with `--selinux-relabel`, or by default when the guest
-/// uses SELinux and the run created files (which have no label yet), `/.autorelabel` is
-/// touched so the guest relabels its files at next boot. (Labelling from the guest's own
-/// file_contexts is not done yet.)
+/// The SELinux step that ends a run. On a guest that uses SELinux (or with
+/// `--selinux-relabel`), each file the run created gets the label the guest's own
+/// file_contexts gives it (a rewritten file kept its label: the atomic replace copies it).
+/// When the guest has no file_contexts, or one of them matches no spec, `/.autorelabel` is
+/// touched instead so the guest relabels at next boot; `--selinux-relabel` touches it in any
+/// case (virt-customize's relabel covers the whole filesystem). `--no-selinux-relabel` does
+/// nothing.
 pub fn finish_selinux(plan: &Plan, g: &mut dyn GuestFiles, r: &mut Report) -> Result<()> {
-    let want = match plan.selinux_relabel {
-        Some(v) => v,
-        None => r.created_files && selinux_enabled(g)?,
-    };
-    if want {
+    let forced = plan.selinux_relabel == Some(true);
+    if plan.selinux_relabel == Some(false) || !(forced || selinux_enabled(g)?) {
+        return Ok(());
+    }
+    let mut fallback = forced;
+    if !r.created.is_empty() {
+        match super::selinux::load(g)? {
+            Some(ctx) => {
+                let mut labelled = 0usize;
+                let created = std::mem::take(&mut r.created);
+                for top in &created {
+                    label_tree(g, &ctx, top, 0, &mut labelled, &mut fallback)?;
+                }
+                r.created = created;
+                r.messages.push(format!(
+                    "SELinux: labelled {labelled} new files from the guest's file_contexts"
+                ));
+            }
+            None => fallback = true,
+        }
+    }
+    if fallback {
         r.messages
             .push("SELinux relabelling at next boot (/.autorelabel)".into());
         g.touch("/.autorelabel", NewFile::root(0o644))?;
+    }
+    Ok(())
+}
+
+fn label_tree(
+    g: &mut dyn GuestFiles,
+    ctx: &super::selinux::Contexts,
+    path: &str,
+    depth: usize,
+    labelled: &mut usize,
+    fallback: &mut bool,
+) -> Result<()> {
+    let Some(m) = g.stat(path, false)? else {
+        return Ok(()); // created, then removed by a later operation
+    };
+    match ctx.lookup(path, m.kind) {
+        Some(Some(label)) => {
+            let mut v = label.as_bytes().to_vec();
+            v.push(0);
+            g.set_xattr(path, super::selinux::XATTR, &v)?;
+            *labelled += 1;
+        }
+        Some(None) => {}
+        None => *fallback = true,
+    }
+    if m.kind == Kind::Dir && depth < MAX_DEPTH {
+        for n in g.list(path)?.unwrap_or_default() {
+            let child = join(path, &n);
+            // Only what the run made: a directory that existed keeps its other entries' labels.
+            if g.stat(&child, false)?.is_some() {
+                label_tree(g, ctx, &child, depth + 1, labelled, fallback)?;
+            }
+        }
     }
     Ok(())
 }
@@ -151,18 +212,12 @@ pub fn run_sysprep(
     os: &GuestOs,
     r: &mut Report,
 ) -> Result<()> {
+    let mut rec = Recorder::new(g);
     for op in ops {
         r.messages.push(format!("Performing \"{}\" ...", op.name));
-        let before = exists(g, "/var/account/pacct")?.is_some()
-            || exists(g, "/var/log/account/pacct")?.is_some();
-        sysprep::perform(g, os, op)?;
-        if op.name == "pacct-log" && !before {
-            r.created_files = true;
-        }
-        if op.name == "flag-reconfiguration" {
-            r.created_files = true;
-        }
+        sysprep::perform(&mut rec, os, op)?;
     }
+    r.created.append(&mut rec.created);
     Ok(())
 }
 
@@ -185,17 +240,8 @@ fn random_seed(g: &mut dyn GuestFiles, r: &mut Report) -> Result<()> {
     Ok(())
 }
 
-/// Writes `data` to `path`, noting in `r` whether it created the file.
-fn put(
-    g: &mut dyn GuestFiles,
-    r: &mut Report,
-    path: &str,
-    data: &[u8],
-    new: NewFile,
-) -> Result<()> {
-    if g.stat(path, true)?.is_none() {
-        r.created_files = true;
-    }
+/// Writes `data` to `path` (the recorder notes a created file).
+fn put(g: &mut dyn GuestFiles, path: &str, data: &[u8], new: NewFile) -> Result<()> {
     g.write(path, data, new)
 }
 
@@ -221,7 +267,7 @@ fn step<'p>(
             }
             t.extend_from_slice(line.as_bytes());
             t.extend_from_slice(nl);
-            put(g, r, file, &t, NewFile::root(0o644))?;
+            put(g, file, &t, NewFile::root(0o644))?;
         }
         Op::Chmod { mode, path } => {
             m.push(format!("Changing permissions of {path} to {mode:o}"));
@@ -241,7 +287,6 @@ fn step<'p>(
                 _ => dest.clone(),
             };
             copy_guest(g, src, &to, meta, 0)?;
-            r.created_files = true;
         }
         Op::CopyIn { local, remote_dir } => {
             m.push(format!("Copying: {} to {remote_dir}", local.display()));
@@ -258,7 +303,6 @@ fn step<'p>(
                 .to_string_lossy()
                 .into_owned();
             copy_in(g, local, &join(remote_dir, &name), 0)?;
-            r.created_files = true;
         }
         Op::Delete(pat) => {
             m.push(format!("Deleting: {pat}"));
@@ -283,12 +327,10 @@ fn step<'p>(
             m.push(format!("Installing firstboot script: {}", path.display()));
             let body = host_read(path)?;
             firstboot::add_script(g, os, &path.display().to_string(), &body)?;
-            r.created_files = true;
         }
         Op::FirstbootCommand(cmd) => {
             m.push(format!("Installing firstboot command: {cmd}"));
             firstboot::add_script(g, os, cmd, format!("{cmd}\n").as_bytes())?;
-            r.created_files = true;
         }
         Op::FirstbootInstall(pkgs) => {
             m.push(format!("Installing firstboot packages: {}", pkgs.join(" ")));
@@ -299,46 +341,19 @@ fn step<'p>(
                 &format!("install {}", pkgs.join(" ")),
                 cmd.as_bytes(),
             )?;
-            r.created_files = true;
         }
         Op::Hostname(h) => {
             m.push(format!("Setting the hostname: {h}"));
-            let created = [
-                "/etc/hostname",
-                "/etc/machine-info",
-                "/etc/sysconfig/network",
-                "/etc/HOSTNAME",
-            ]
-            .iter()
-            .map(|p| g.stat(p, true).map(|x| x.is_none()))
-            .collect::<Result<Vec<_>>>()?;
-            let written = hostname::set(g, os, h)?;
-            for (p, was_missing) in [
-                "/etc/hostname",
-                "/etc/machine-info",
-                "/etc/sysconfig/network",
-                "/etc/HOSTNAME",
-            ]
-            .iter()
-            .zip(created)
-            {
-                if was_missing && written.iter().any(|w| w == p) {
-                    r.created_files = true;
-                }
-            }
+            hostname::set(g, os, h)?;
         }
         Op::Link { target, links } => {
             for l in links {
                 r.messages.push(format!("Linking: {l} -> {target}"));
                 g.symlink(target, l)?;
             }
-            r.created_files = true;
         }
         Op::Mkdir(d) => {
             m.push(format!("Making directory: {d}"));
-            if exists(g, d)?.is_none() {
-                r.created_files = true;
-            }
             g.mkdir_p(d, NewFile::root(0o755))?;
         }
         Op::Move { src, dest } => {
@@ -377,7 +392,6 @@ fn step<'p>(
             m.push(format!("SSH key inject: {user}"));
             let k = key.read()?;
             ssh::inject(g, user, &k)?;
-            r.created_files = true;
         }
         Op::Timezone(tz) => {
             m.push(format!("Setting the timezone: {tz}"));
@@ -385,9 +399,6 @@ fn step<'p>(
         }
         Op::Touch(f) => {
             m.push(format!("Running touch: {f}"));
-            if exists(g, f)?.is_none() {
-                r.created_files = true;
-            }
             g.touch(f, NewFile::root(0o644))?;
         }
         Op::Truncate(f) => {
@@ -419,13 +430,13 @@ fn step<'p>(
                 uid: hm.uid(),
                 gid: hm.gid(),
             };
-            put(g, r, &to, &data, new)?;
+            put(g, &to, &data, new)?;
             g.chmod(&to, new.mode)?;
             g.chown(&to, new.uid, new.gid)?;
         }
         Op::Write { file, content } => {
             m.push(format!("Writing: {file}"));
-            put(g, r, file, content.as_bytes(), NewFile::root(0o644))?;
+            put(g, file, content.as_bytes(), NewFile::root(0o644))?;
         }
         Op::NetworkStatic(_) | Op::NetworkDhcp(_) | Op::Mac { .. } => {
             let iface = match op {
@@ -465,7 +476,6 @@ fn step<'p>(
                 c.backend.name(),
                 c.files.join(", ")
             ));
-            r.created_files = true;
         }
     }
     Ok(())

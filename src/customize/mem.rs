@@ -23,6 +23,7 @@ struct Node {
     mode: u32,
     uid: u32,
     gid: u32,
+    xattrs: BTreeMap<String, Vec<u8>>,
 }
 
 /// A guest tree held in memory, keyed by canonical absolute path.
@@ -69,6 +70,7 @@ impl MemGuest {
                 mode: 0o755,
                 uid: 0,
                 gid: 0,
+                xattrs: BTreeMap::new(),
             },
         );
         MemGuest {
@@ -106,6 +108,12 @@ impl MemGuest {
     pub fn text(&self, path: &str) -> Option<String> {
         self.file(path)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// Extended attribute `name` of `path` (not following a final symlink).
+    pub fn xattr(&self, path: &str, name: &str) -> Option<Vec<u8>> {
+        let p = self.resolve(path, false).ok()?;
+        self.nodes.get(&p)?.xattrs.get(name).cloned()
     }
 
     /// Every path in the tree, sorted.
@@ -254,6 +262,7 @@ impl GuestFiles for MemGuest {
                         mode: new.mode,
                         uid: new.uid,
                         gid: new.gid,
+                        xattrs: BTreeMap::new(),
                     },
                 );
             }
@@ -278,6 +287,7 @@ impl GuestFiles for MemGuest {
                             mode: new.mode,
                             uid: new.uid,
                             gid: new.gid,
+                            xattrs: BTreeMap::new(),
                         },
                     );
                 }
@@ -327,6 +337,7 @@ impl GuestFiles for MemGuest {
                 mode: 0o777,
                 uid: 0,
                 gid: 0,
+                xattrs: BTreeMap::new(),
             },
         );
         Ok(())
@@ -400,6 +411,13 @@ impl GuestFiles for MemGuest {
             Some(_) => Err(Error::invalid(format!("{path}: not a regular file"))),
             None => Err(enoent(path)),
         }
+    }
+
+    fn set_xattr(&mut self, path: &str, name: &str, value: &[u8]) -> Result<()> {
+        let canon = self.resolve(path, false)?;
+        let n = self.nodes.get_mut(&canon).ok_or_else(|| enoent(path))?;
+        n.xattrs.insert(name.to_string(), value.to_vec());
+        Ok(())
     }
 
     fn overwrite(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<()> {

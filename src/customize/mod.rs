@@ -37,6 +37,8 @@ pub mod mem;
 pub mod network;
 pub mod ops;
 pub mod password;
+pub mod record;
+pub mod selinux;
 pub mod session;
 pub mod shellvars;
 pub mod ssh;
@@ -140,6 +142,8 @@ pub trait GuestFiles {
     /// Writes `data` over the start of regular file `path` in place (the same inode and, where
     /// the engine allows, the same blocks), for `--scrub`.
     fn overwrite(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<()>;
+    /// Sets extended attribute `name` of `path` (not following a final symlink).
+    fn set_xattr(&mut self, path: &str, name: &str, value: &[u8]) -> Result<()>;
     /// Copies host file or tree `local` into the existing guest directory `remote_dir`
     /// (modes, owners and symlinks kept), as virt-copy-in does. The default walks the host
     /// tree and calls the methods above.

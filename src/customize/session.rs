@@ -195,7 +195,7 @@ impl Session {
         r.messages.extend(more.messages);
         r.random_passwords = more.random_passwords;
         r.macs = more.macs;
-        r.created_files |= more.created_files;
+        r.created.extend(more.created);
         apply::finish_selinux(plan, &mut g, &mut r)?;
         Ok(r)
     }

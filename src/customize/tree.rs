@@ -292,6 +292,15 @@ impl GuestFiles for TreeFiles<'_> {
         Ok(())
     }
 
+    fn set_xattr(&mut self, path: &str, name: &str, value: &[u8]) -> Result<()> {
+        let ino = self
+            .ino(path, false)?
+            .ok_or_else(|| lib(OpError::errno(b(path), "setxattr", errno::ENOENT)))?;
+        self.fs
+            .setxattr(ino, OsStr::new(name), value, 0)
+            .map_err(|e| lib(OpError::guest(b(path), e)))
+    }
+
     fn copy_in(&mut self, local: &Path, remote_dir: &str) -> Result<()> {
         ops::copy_in(self.fs, &[local], b(remote_dir)).map_err(lib)
     }
