@@ -61,6 +61,17 @@ pub enum Error {
         /// What is wrong with the request.
         what: String,
     },
+    /// A guest filesystem answered a request with an errno: no such file, not a directory,
+    /// no space left in the filesystem, ... The guest's answer, not the host's ([`Error::Io`]).
+    #[error("{}{op}: {}", Prefix(path, &None), IoText(&io::Error::from_raw_os_error(*errno)))]
+    Guest {
+        /// The device (or guest path) the request was about, if named.
+        path: Option<PathBuf>,
+        /// The operation, such as "lookup" or "rename".
+        op: &'static str,
+        /// The Linux errno a kernel filesystem would return (ENOENT = 2, ...).
+        errno: i32,
+    },
     /// Another process holds the lock that this open needs.
     #[error("{}{what}", Prefix(path, &None))]
     Locked {
@@ -154,12 +165,22 @@ impl Error {
         }
     }
 
+    /// A guest filesystem's refusal of operation `op` with Linux errno `errno`.
+    pub fn guest(op: &'static str, errno: i32) -> Self {
+        Error::Guest {
+            path: None,
+            op,
+            errno,
+        }
+    }
+
     /// The path this error names, if any.
     pub fn path(&self) -> Option<&Path> {
         match self {
             Error::Corrupt { path, .. }
             | Error::Unsupported { path, .. }
             | Error::Io { path, .. }
+            | Error::Guest { path, .. }
             | Error::InvalidArgument { path, .. }
             | Error::Locked { path, .. } => path.as_deref(),
         }
@@ -173,6 +194,7 @@ impl Error {
             Error::Corrupt { path, .. }
             | Error::Unsupported { path, .. }
             | Error::Io { path, .. }
+            | Error::Guest { path, .. }
             | Error::InvalidArgument { path, .. }
             | Error::Locked { path, .. } => path,
         };
@@ -192,6 +214,9 @@ impl Error {
             Error::Io {
                 op, offset, source, ..
             } => format!("{op}{}: {}", AtOffset(offset), IoText(source)),
+            Error::Guest { op, errno, .. } => {
+                format!("{op}: {}", IoText(&io::Error::from_raw_os_error(*errno)))
+            }
         }
     }
 }
@@ -206,10 +231,12 @@ impl From<Error> for io::Error {
             Error::InvalidArgument { .. } => io::ErrorKind::InvalidInput,
             Error::Locked { .. } => io::ErrorKind::WouldBlock,
             Error::Io { source, .. } => source.kind(),
+            Error::Guest { errno, .. } => io::Error::from_raw_os_error(*errno).kind(),
         };
         match e {
             // Keep the raw OS error so errno reaches FUSE unchanged.
             Error::Io { source, .. } if source.raw_os_error().is_some() => source,
+            Error::Guest { errno, .. } => io::Error::from_raw_os_error(errno),
             e => io::Error::new(kind, e.to_string()),
         }
     }
@@ -218,6 +245,15 @@ impl From<Error> for io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_errors_carry_their_errno() {
+        let e = Error::guest("lookup", 2).with_path("/dev/sda1");
+        assert_eq!(e.to_string(), "/dev/sda1: lookup: No such file or directory");
+        assert_eq!(e.message(), "lookup: No such file or directory");
+        let io: io::Error = e.into();
+        assert_eq!(io.raw_os_error(), Some(2));
+    }
 
     #[test]
     fn messages_name_file_and_offset() {

@@ -29,7 +29,6 @@
 pub mod ops;
 
 use std::ffi::{OsStr, OsString};
-use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use vdisk_block::{Error, Result};
@@ -88,14 +87,17 @@ pub mod errno {
     pub const ENOTEMPTY: i32 = 39;
 }
 
-/// An error carrying `code` as its errno, from operation `op`.
+/// An error carrying `code` as its errno, from operation `op`: a guest filesystem's answer
+/// ([`Error::Guest`]), never mistaken for the host refusing I/O.
 pub fn errno_error(op: &'static str, code: i32) -> Error {
-    Error::io(op, None, io::Error::from_raw_os_error(code))
+    Error::guest(op, code)
 }
 
 /// The errno a FUSE reply should carry for `e`.
 pub fn errno(e: &Error) -> i32 {
     match e {
+        Error::Guest { errno, .. } => *errno,
+        // The host's own errno (engines that pass one through unchanged).
         Error::Io { source, .. } => source.raw_os_error().unwrap_or(errno::EIO),
         Error::Corrupt { .. } => errno::EUCLEAN,
         Error::Unsupported { .. } => errno::EOPNOTSUPP,

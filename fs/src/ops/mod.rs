@@ -120,6 +120,7 @@ impl fmt::Display for OpError {
             OpError::Guest { path, source } => {
                 let text = match source {
                     Error::Io { source, .. } => os_text(source),
+                    Error::Guest { errno, .. } => os_text(&io::Error::from_raw_os_error(*errno)),
                     other => other.to_string(),
                 };
                 write!(f, "{}: {text}", String::from_utf8_lossy(path))

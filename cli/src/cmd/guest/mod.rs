@@ -163,12 +163,5 @@ pub fn guest_path(p: &std::ffi::OsStr) -> Vec<u8> {
 
 /// A library error about guest path `path`, as one line.
 pub fn path_error(path: &[u8], e: vdisk::block::Error) -> Failure {
-    let text = match &e {
-        vdisk::block::Error::Io { source, .. } => {
-            let s = source.to_string();
-            s.split(" (os error").next().unwrap_or(&s).to_string()
-        }
-        _ => e.to_string(),
-    };
-    Failure::new(format!("{}: {text}", String::from_utf8_lossy(path)))
+    Failure::from(vdisk_guestfs::ops::OpError::guest(path, e))
 }
