@@ -249,7 +249,10 @@ mod tests {
     #[test]
     fn guest_errors_carry_their_errno() {
         let e = Error::guest("lookup", 2).with_path("/dev/sda1");
-        assert_eq!(e.to_string(), "/dev/sda1: lookup: No such file or directory");
+        assert_eq!(
+            e.to_string(),
+            "/dev/sda1: lookup: No such file or directory"
+        );
         assert_eq!(e.message(), "lookup: No such file or directory");
         let io: io::Error = e.into();
         assert_eq!(io.raw_os_error(), Some(2));
