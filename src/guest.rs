@@ -148,6 +148,13 @@ fn open_ext4(dev: Arc<dyn BlockDevice>, access: Access) -> Result<Arc<dyn FileSy
     })
 }
 
+fn open_fat(dev: Arc<dyn BlockDevice>, access: Access) -> Result<Arc<dyn FileSystem>> {
+    Ok(Arc::new(vdisk_fat::Fat::open(
+        dev,
+        access == Access::ReadWrite,
+    )?))
+}
+
 fn open_xfs(dev: Arc<dyn BlockDevice>, access: Access) -> Result<Arc<dyn FileSystem>> {
     match access {
         Access::ReadOnly => Ok(Arc::new(vdisk_xfs::Xfs::open(dev)?)),
@@ -164,6 +171,10 @@ pub static FS_ENGINES: &[FsEngine] = &[
     FsEngine {
         types: &["xfs"],
         open: open_xfs,
+    },
+    FsEngine {
+        types: &["vfat"],
+        open: open_fat,
     },
 ];
 
@@ -508,6 +519,9 @@ pub struct OsInfo {
     /// fstab entries that name no device of this guest (network filesystems, missing
     /// disks), as "SPEC MOUNTPOINT".
     pub unresolved: Vec<String>,
+    /// "uefi" when the guest boots through UEFI (an EFI system partition on one of its
+    /// disks, or a vfat /boot/efi in its fstab), else "bios".
+    pub firmware: String,
 }
 
 impl OsInfo {
@@ -790,8 +804,33 @@ fn inspect_linux(
         }
     }
     mps.sort_by(|a, b| (depth(&a.0), &a.0).cmp(&(depth(&b.0), &b.0)));
+    let efi_in_fstab = mps.iter().any(|(m, _)| m == "/boot/efi");
     os.mountpoints = mps;
+    os.firmware = if efi_in_fstab || has_esp(guest) {
+        "uefi"
+    } else {
+        "bios"
+    }
+    .into();
     Ok(os)
+}
+
+/// The GPT type GUID of an EFI system partition, as it reads on disk (mixed-endian).
+const ESP_TYPE: [u8; 16] = [
+    0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
+];
+
+/// Whether a disk of the guest has an EFI system partition (GPT type C12A7328-..., or MBR
+/// type 0xef).
+fn has_esp(guest: &Guest) -> bool {
+    guest
+        .disks()
+        .iter()
+        .flat_map(|d| d.partitions())
+        .any(|p| match &p.info {
+            PartitionInfo::Gpt { type_guid, .. } => type_guid.0 == ESP_TYPE,
+            PartitionInfo::Mbr { type_byte, .. } => *type_byte == 0xef,
+        })
 }
 
 /// The architecture of the first of the usual binaries that is an ELF file.

@@ -55,6 +55,7 @@ fn to_json(os: &OsInfo) -> Value {
         "hostname": os.hostname,
         "package_format": os.package_format,
         "package_management": os.package_management,
+        "firmware": os.firmware,
         "mountpoints": os.mountpoints.iter()
             .map(|(m, d)| json!({ "mountpoint": m, "device": d }))
             .collect::<Vec<_>>(),
@@ -73,6 +74,7 @@ fn human(os: &OsInfo) -> String {
         ("Hostname", opt(&os.hostname)),
         ("Package format", opt(&os.package_format)),
         ("Package management", opt(&os.package_management)),
+        ("Firmware", os.firmware.clone()),
     ] {
         s.push_str(&format!("  {:<20}{v}\n", format!("{k}:")));
     }
