@@ -22,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod customize;
 pub mod guest;
 pub mod info;
 mod localtime;

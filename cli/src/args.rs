@@ -85,6 +85,14 @@ pub enum Command {
     /// Show the guest's operating system: root, distribution, version, mountpoints
     /// (virt-inspector).
     Inspect(crate::cmd::guest::inspect::InspectArgs),
+    /// Customize a guest without booting it: virt-customize's file edits, and network
+    /// settings (virt-customize).
+    Customize(crate::cmd::customize::CustomizeArgs),
+    /// Reset a guest for cloning: virt-sysprep's file-edit operations (virt-sysprep).
+    Sysprep(crate::cmd::customize::CustomizeArgs),
+    /// Make a new VM disk from a template: a qcow2 overlay, sysprep's defaults and the given
+    /// customize operations; the template is never written.
+    Clone(crate::cmd::customize::CustomizeArgs),
 }
 
 /// `vdisk create`.

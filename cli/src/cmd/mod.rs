@@ -2,10 +2,12 @@
 
 pub mod amend;
 pub mod check;
+mod clone;
 pub mod commit;
 mod compare;
 mod convert;
 mod create;
+pub mod customize;
 pub mod dd;
 pub mod guest;
 mod info;
@@ -16,6 +18,7 @@ mod progress;
 pub mod rebase;
 pub mod resize;
 pub mod snapshot;
+mod sysprep;
 
 use std::path::Path;
 
@@ -55,6 +58,9 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Chmod(a) => guest::files::chmod(a),
         Command::Chown(a) => guest::files::chown(a),
         Command::Ln(a) => guest::files::ln(a),
+        Command::Customize(a) => customize::run(a),
+        Command::Sysprep(a) => sysprep::run(a),
+        Command::Clone(a) => clone::run(a),
     }
 }
 
