@@ -383,8 +383,25 @@ impl Target for Lib<'_> {
 }
 
 /// Operations through the host's system calls on a mounted directory (a FUSE mount of the
-/// engine, as `vdisk mount` serves it). Run as root: owners are set with lchown.
-pub struct Posix(pub PathBuf);
+/// engine, as `vdisk mount` serves it). Run as root: owners are set with lchown, where the
+/// filesystem stores owners at all.
+pub struct Posix {
+    /// The mount point.
+    pub root: PathBuf,
+    /// The filesystem stores owners and modes ([`Capabilities::ownership`]); without it new
+    /// files keep what the filesystem gives them.
+    pub ownership: bool,
+}
+
+impl Posix {
+    /// Operations on the filesystem mounted at `root`, whose capabilities are `caps`.
+    pub fn new(root: &Path, caps: &Capabilities) -> Posix {
+        Posix {
+            root: root.to_path_buf(),
+            ownership: caps.ownership,
+        }
+    }
+}
 
 fn os(e: std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(5)
@@ -404,7 +421,7 @@ fn check(r: libc::c_int) -> Res {
 
 impl Posix {
     fn at(&self, p: &str) -> PathBuf {
-        self.0.join(p)
+        self.root.join(p)
     }
 }
 
@@ -447,6 +464,9 @@ impl Target for Posix {
     }
     fn symlink(&self, p: &str, target: &[u8]) -> Res {
         std::os::unix::fs::symlink(OsStr::from_bytes(target), self.at(p)).map_err(os)?;
+        if !self.ownership {
+            return Ok(());
+        }
         // Owned by root:root as the library makes it (a set-group-ID directory would
         // otherwise give it the directory's group).
         std::os::unix::fs::lchown(self.at(p), Some(0), Some(0)).map_err(os)
@@ -456,6 +476,9 @@ impl Target for Posix {
     }
     fn set_owner_mode(&self, p: &str, perm: u32, uid: u32, gid: u32) -> Res {
         use std::os::unix::fs::PermissionsExt;
+        if !self.ownership {
+            return Ok(());
+        }
         std::os::unix::fs::lchown(self.at(p), Some(uid), Some(gid)).map_err(os)?;
         std::fs::set_permissions(self.at(p), std::fs::Permissions::from_mode(perm)).map_err(os)
     }
