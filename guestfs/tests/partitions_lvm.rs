@@ -578,6 +578,42 @@ fn detection_matches_blkid() {
     if have(&["mkfs.ntfs"]) {
         cases.push(("ntfs", "truncate -s 8M f; mkfs.ntfs -q -F -f -L nlab f"));
     }
+    // What libguestfs also lists, recognised without being opened.
+    for (tool, name, script) in [
+        (
+            "mkfs.exfat",
+            "exfat",
+            "truncate -s 8M f; mkfs.exfat -L exlab f",
+        ),
+        (
+            "mkfs.exfat",
+            "exfat-nolabel",
+            "truncate -s 8M f; mkfs.exfat f",
+        ),
+        (
+            "mkfs.f2fs",
+            "f2fs",
+            "truncate -s 64M f; mkfs.f2fs -q -l f2lab f",
+        ),
+        (
+            "mkfs.jfs",
+            "jfs",
+            "truncate -s 32M f; mkfs.jfs -q -L jflab f",
+        ),
+        (
+            "mksquashfs",
+            "squashfs",
+            "mkdir s; echo x > s/a; mksquashfs s f -quiet",
+        ),
+        (
+            "xorriso",
+            "iso9660",
+            "mkdir s; echo x > s/a; xorriso -as mkisofs -quiet -V ISOLAB -o f s",
+        ),
+    ] {
+        assert!(have(&[tool]), "{tool} is not installed (run .ci/run)");
+        cases.push((name, script));
+    }
     for (name, script) in cases {
         let dir = tmp.path().join(name);
         std::fs::create_dir(&dir).unwrap();
@@ -592,7 +628,7 @@ fn detection_matches_blkid() {
         );
         assert_eq!(ours.uuid.as_ref(), b.get("UUID"), "{name}");
         assert_eq!(ours.label.as_ref(), b.get("LABEL"), "{name}");
-        if ours.fs_type == FsType::Vfat {
+        if matches!(ours.fs_type, FsType::Vfat | FsType::F2fs | FsType::Squashfs) {
             assert_eq!(ours.version.as_ref(), b.get("VERSION"), "{name}");
         }
         // A whole disk with a filesystem and no table is listed as itself.

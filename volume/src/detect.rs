@@ -11,6 +11,11 @@
 //! | `swap`        | "SWAPSPACE2" before page end  | 8-4-4-4-12 lower-case              |
 //! | `ntfs`        | "NTFS    " at 3               | 64-bit serial, 16 upper-case hex   |
 //! | `vfat`        | FAT BPB at 0                  | serial as XXXX-XXXX upper-case     |
+//! | `exfat`       | "EXFAT   " at 3               | serial as XXXX-XXXX upper-case     |
+//! | `f2fs`        | 0xF2F52010 at 1 KiB           | 8-4-4-4-12 lower-case              |
+//! | `jfs`         | "JFS1" at 32 KiB              | 8-4-4-4-12 lower-case              |
+//! | `squashfs`    | "hsqs" at 0                   | none                               |
+//! | `iso9660`     | "\x01CD001" at 32 KiB         | the volume's modification time     |
 //!
 //! ext2, ext3 and ext4 are told apart by feature bits exactly as libblkid does: a journal
 //! makes ext3 unless a feature outside ext3's set (extents, 64bit, flex_bg, ...) makes ext4.
@@ -45,6 +50,16 @@ pub enum FsType {
     Lvm2Member,
     /// A LUKS encrypted volume.
     CryptoLuks,
+    /// exFAT.
+    Exfat,
+    /// F2FS (flash-friendly filesystem).
+    F2fs,
+    /// A SquashFS image (read-only, compressed).
+    Squashfs,
+    /// An ISO 9660 CD/DVD image.
+    Iso9660,
+    /// JFS.
+    Jfs,
 }
 
 impl FsType {
@@ -62,6 +77,11 @@ impl FsType {
             FsType::Ntfs => "ntfs",
             FsType::Lvm2Member => "LVM2_member",
             FsType::CryptoLuks => "crypto_LUKS",
+            FsType::Exfat => "exfat",
+            FsType::F2fs => "f2fs",
+            FsType::Squashfs => "squashfs",
+            FsType::Iso9660 => "iso9660",
+            FsType::Jfs => "jfs",
         }
     }
 }
@@ -146,14 +166,19 @@ type Probe = fn(&dyn BlockDevice) -> Result<Option<FsInfo>>;
 /// Detects the filesystem or volume on `dev`; `Ok(None)` when nothing known is there.
 /// Errors are I/O errors of the device; unrecognised or damaged signatures are "nothing".
 pub fn detect(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
-    let probes: [Probe; 8] = [
+    let probes: [Probe; 13] = [
         probe_lvm2,
         probe_luks,
         probe_xfs,
         probe_btrfs,
         probe_ext,
         probe_swap,
+        probe_f2fs,
+        probe_jfs,
+        probe_squashfs,
+        probe_iso9660,
         probe_ntfs,
+        probe_exfat,
         probe_vfat,
     ];
     for p in probes {
@@ -402,6 +427,141 @@ fn ntfs_label(dev: &dyn BlockDevice, boot: &[u8]) -> Result<Option<String>> {
         pos += len;
     }
     Ok(None)
+}
+
+/// A label stored as UTF-16LE code units, up to the first NUL.
+fn utf16_label(b: &[u8]) -> Option<String> {
+    let units: Vec<u16> = b
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    let s = String::from_utf16_lossy(&units);
+    (!s.is_empty()).then_some(s)
+}
+
+/// F2FS: magic 0xF2F52010 at 1 KiB; UUID at +108, the volume name (UTF-16) at +124.
+fn probe_f2fs(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
+    let Some(b) = read(dev, 1024, 1024 + 124)? else {
+        return Ok(None);
+    };
+    if le32(&b, 0) != 0xf2f5_2010 {
+        return Ok(None);
+    }
+    let mut i = info(
+        FsType::F2fs,
+        utf16_label(&b[124..124 + 1024]),
+        format_uuid(&b[108..124]),
+    );
+    if let Some(i) = &mut i {
+        i.version = Some(format!("{}.{}", le16(&b, 4), le16(&b, 6)));
+    }
+    Ok(i)
+}
+
+/// JFS: "JFS1" at 32 KiB; UUID at +136, label at +152 (16 bytes).
+fn probe_jfs(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
+    let Some(b) = read(dev, 32768, 168)? else {
+        return Ok(None);
+    };
+    if &b[0..4] != b"JFS1" {
+        return Ok(None);
+    }
+    Ok(info(
+        FsType::Jfs,
+        label_from(&b[152..168]),
+        format_uuid(&b[136..152]),
+    ))
+}
+
+/// SquashFS: "hsqs" at 0; the version is reported, there is no label or UUID.
+fn probe_squashfs(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
+    let Some(b) = read(dev, 0, 32)? else {
+        return Ok(None);
+    };
+    if &b[0..4] != b"hsqs" {
+        return Ok(None);
+    }
+    let mut i = info(FsType::Squashfs, None, None);
+    if let Some(i) = &mut i {
+        i.version = Some(format!("{}.{}", le16(&b, 28), le16(&b, 30)));
+    }
+    Ok(i)
+}
+
+/// ISO 9660: the primary volume descriptor at 32 KiB ("\x01CD001"); the label is its volume
+/// identifier, the UUID (as blkid makes one) its modification time, else its creation time.
+fn probe_iso9660(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
+    let Some(b) = read(dev, 0x8000, 2048)? else {
+        return Ok(None);
+    };
+    if b[0] != 1 || &b[1..6] != b"CD001" {
+        return Ok(None);
+    }
+    let date = |o: usize| -> Option<String> {
+        let d = &b[o..o + 16];
+        if !d.iter().all(u8::is_ascii_digit) || d.iter().all(|&c| c == b'0') {
+            return None;
+        }
+        let t = std::str::from_utf8(d).ok()?;
+        Some(format!(
+            "{}-{}-{}-{}-{}-{}-{}",
+            &t[0..4],
+            &t[4..6],
+            &t[6..8],
+            &t[8..10],
+            &t[10..12],
+            &t[12..14],
+            &t[14..16]
+        ))
+    };
+    let uuid = date(830).or_else(|| date(813));
+    Ok(info(FsType::Iso9660, label_from(&b[40..72]), uuid))
+}
+
+/// exFAT: "EXFAT   " at 3; the serial at 100 as XXXX-XXXX, the label from the root
+/// directory's volume-label entry (type 0x83, up to 11 UTF-16 characters).
+fn probe_exfat(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
+    let Some(b) = read(dev, 0, 512)? else {
+        return Ok(None);
+    };
+    if &b[3..11] != b"EXFAT   " || b[510] != 0x55 || b[511] != 0xaa {
+        return Ok(None);
+    }
+    let serial = le32(&b, 100);
+    let uuid = Some(format!("{:04X}-{:04X}", serial >> 16, serial & 0xffff));
+    let (sector_shift, cluster_shift) = (u32::from(b[108]), u32::from(b[109]));
+    if !(9..=12).contains(&sector_shift) || sector_shift + cluster_shift > 25 {
+        return Ok(info(FsType::Exfat, None, uuid));
+    }
+    let heap = u64::from(le32(&b, 88)) << sector_shift;
+    let root = u64::from(le32(&b, 96));
+    let cluster = 1u64 << (sector_shift + cluster_shift);
+    let mut label = None;
+    if root >= 2 {
+        let off = root
+            .checked_sub(2)
+            .and_then(|c| c.checked_mul(cluster))
+            .and_then(|o| o.checked_add(heap));
+        // The label is among the first entries of the root; one cluster (at most 32 KiB
+        // read) is where mkfs and every tool put it.
+        if let Some(off) = off {
+            if let Some(d) = read(dev, off, cluster.min(32768) as usize)? {
+                for e in d.chunks_exact(32) {
+                    match e[0] {
+                        0 => break,
+                        0x83 => {
+                            let n = usize::from(e[1]).min(11);
+                            label = utf16_label(&e[2..2 + 2 * n]);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    Ok(info(FsType::Exfat, label, uuid))
 }
 
 fn probe_vfat(dev: &dyn BlockDevice) -> Result<Option<FsInfo>> {
