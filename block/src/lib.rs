@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod bytes;
 mod error;
 mod mapping;
 mod mem;

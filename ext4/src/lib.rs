@@ -20,7 +20,7 @@
 
 mod alloc;
 pub mod block_map;
-mod bytes;
+use vdisk_block::bytes;
 pub mod checksum;
 pub mod dir_entry;
 mod dir_write;

@@ -1,6 +1,7 @@
 //! 32-byte directory entries: the short (8.3) entry, the VFAT long-name entries in front of
 //! it with their checksum, short-name generation as Linux's vfat does it, and FAT dates.
 
+use vdisk_block::bytes::le16;
 use vdisk_fs::Timestamp;
 
 /// Bytes in one directory entry.
@@ -59,10 +60,6 @@ pub struct ShortEntry {
     pub mdate: u16,
     /// DIR_FileSize.
     pub size: u32,
-}
-
-fn le16(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
 }
 
 impl ShortEntry {

@@ -1,31 +1,7 @@
 //! Small helpers shared by the parsers: big-endian fields and bounds checks.
 
+pub(crate) use vdisk_block::bytes::{be16, be32, be64};
 use vdisk_block::{BlockDevice, Error, Result};
-
-/// The big-endian `u32` at `at`, or 0 when `buf` is too short (callers check lengths first;
-/// this never panics on hostile bytes).
-pub(crate) fn be32(buf: &[u8], at: usize) -> u32 {
-    at.checked_add(4)
-        .and_then(|end| buf.get(at..end))
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map_or(0, u32::from_be_bytes)
-}
-
-/// The big-endian `u64` at `at`, or 0 when `buf` is too short.
-pub(crate) fn be64(buf: &[u8], at: usize) -> u64 {
-    at.checked_add(8)
-        .and_then(|end| buf.get(at..end))
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map_or(0, u64::from_be_bytes)
-}
-
-/// The big-endian `u16` at `at`, or 0 when `buf` is too short.
-pub(crate) fn be16(buf: &[u8], at: usize) -> u16 {
-    at.checked_add(2)
-        .and_then(|end| buf.get(at..end))
-        .and_then(|b| <[u8; 2]>::try_from(b).ok())
-        .map_or(0, u16::from_be_bytes)
-}
 
 /// Whether `offset` is a multiple of `align` (a power of two).
 pub(crate) fn align_ok(offset: u64, align: u64) -> bool {

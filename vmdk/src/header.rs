@@ -2,6 +2,7 @@
 //! 79 bytes packed at the start of a sparse extent file (and, for stream-optimized images
 //! with the grain directory at the end, again in the footer).
 
+use vdisk_block::bytes::{le32, le64};
 use vdisk_block::{Error, Result};
 
 /// `KDMV` as the first four bytes.
@@ -66,18 +67,6 @@ pub struct SparseExtentHeader {
     pub check_bytes: [u8; 4],
     /// 0 none, 1 deflate.
     pub compress_algorithm: u16,
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 impl SparseExtentHeader {

@@ -23,6 +23,7 @@
 use vdisk_block::{BlockDevice, Result};
 
 use crate::lvm::label;
+use vdisk_block::bytes::{be32, le16, le32};
 
 /// A detected filesystem or volume type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,16 +116,6 @@ fn read(dev: &dyn BlockDevice, off: u64, len: usize) -> Result<Option<Vec<u8>>> 
         }
         _ => Ok(None),
     }
-}
-
-fn le16(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
 
 /// A 16-byte UUID as 8-4-4-4-12 lower-case hex; `None` for all zeros (blkid omits those).

@@ -8,6 +8,7 @@
 //!   mda + offset  the VG's text metadata, a ring buffer after the 512-byte header
 //! ```
 
+use vdisk_block::bytes::{le32, le64};
 use vdisk_block::{BlockDevice, Error, Result};
 
 /// The label identifier at the start of the label sector.
@@ -39,16 +40,6 @@ pub fn calc_crc(initial: u32, data: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new_with_initial(!initial);
     h.update(data);
     !h.finalize()
-}
-
-fn le32(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
-}
-
-fn le64(b: &[u8], off: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// A byte range on the PV (`disk_locn`): offset from the PV's start and size (0 = to the end).

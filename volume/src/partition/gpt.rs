@@ -10,6 +10,7 @@ use std::fmt;
 use vdisk_block::{BlockDevice, Error, Result};
 
 use super::{check_overlaps, Partition, PartitionInfo, PartitionTable, TableKind, SECTOR_SIZE};
+use vdisk_block::bytes::{le32, le64};
 
 /// The header signature, "EFI PART".
 pub const SIGNATURE: &[u8; 8] = b"EFI PART";
@@ -53,16 +54,6 @@ impl fmt::Debug for Guid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
     }
-}
-
-fn le32(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
-}
-
-fn le64(b: &[u8], off: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(a)
 }
 
 fn guid(b: &[u8], off: usize) -> Guid {

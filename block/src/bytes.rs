@@ -1,8 +1,18 @@
-//! Little- and big-endian field readers that never panic.
+//! Little- and big-endian field readers (and a writer) that never panic: what every on-disk
+//! parser in vdisk (qcow2, VMDK, partition tables, LVM labels, ext4, FAT, ...) reads its
+//! fields with.
 //!
 //! Every caller checks a structure's length before reading its fields, so an out-of-range read
-//! here is a bug in this crate, not in the image; it reads as zero rather than panicking so a
+//! here is a bug in the caller, not in the image; it reads as zero rather than panicking so a
 //! hostile image can never turn such a bug into a crash.
+//!
+//! ```
+//! use vdisk_block::bytes::{be32, le16, put};
+//! let mut b = [0u8; 8];
+//! put(&mut b, 2, 0x1234u16.to_le_bytes());
+//! assert_eq!(le16(&b, 2), 0x1234);
+//! assert_eq!(be32(&b, 6), 0); // past the end: zero, not a panic
+//! ```
 
 /// The little-endian `u16` at `off`, or 0 when `b` is too short.
 pub fn le16(b: &[u8], off: usize) -> u16 {
@@ -27,6 +37,11 @@ pub fn be16(b: &[u8], off: usize) -> u16 {
 /// The big-endian `u32` at `off`, or 0 when `b` is too short.
 pub fn be32(b: &[u8], off: usize) -> u32 {
     arr::<4>(b, off).map_or(0, u32::from_be_bytes)
+}
+
+/// The big-endian `u64` at `off`, or 0 when `b` is too short.
+pub fn be64(b: &[u8], off: usize) -> u64 {
+    arr::<8>(b, off).map_or(0, u64::from_be_bytes)
 }
 
 /// The byte at `off`, or 0 when `b` is too short.
