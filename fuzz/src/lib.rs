@@ -297,9 +297,47 @@ fn block_image_open_rw(data: &[u8], format: Format) {
     let _ = std::fs::remove_file(path);
 }
 
-/// VHD (qemu's vpc), read and written.
+/// VHD (qemu's vpc), read and written: as given, then with the footers' and the dynamic
+/// header's checksums made right, so mutations get past them to the fields behind.
 pub fn vhd_open_rw(data: &[u8]) {
     block_image_open_rw(data, Format::Vpc);
+    let mut fixed = data.to_vec();
+    if vhd_fix_checksums(&mut fixed) {
+        block_image_open_rw(&fixed, Format::Vpc);
+    }
+}
+
+/// Recomputes the VHD checksums in `b` (footer copy at 0, footer at the end, the dynamic
+/// header the footer points at); false when there is nothing to fix.
+fn vhd_fix_checksums(b: &mut [u8]) -> bool {
+    fn sum(b: &[u8], skip: usize) -> u32 {
+        let mut s: u32 = 0;
+        for (i, &x) in b.iter().enumerate() {
+            if !(skip..skip + 4).contains(&i) {
+                s = s.wrapping_add(u32::from(x));
+            }
+        }
+        !s
+    }
+    if b.len() < 512 {
+        return false;
+    }
+    let end = b.len() - 512;
+    for at in [0, end] {
+        let c = sum(&b[at..at + 512], 64);
+        b[at + 64..at + 68].copy_from_slice(&c.to_be_bytes());
+    }
+    let mut off = [0u8; 8];
+    off.copy_from_slice(&b[16..24]);
+    let h = u64::from_be_bytes(off);
+    if let Some(h) = usize::try_from(h)
+        .ok()
+        .filter(|&h| h.checked_add(1024).is_some_and(|e| e <= b.len()))
+    {
+        let c = sum(&b[h..h + 1024], 36);
+        b[h + 36..h + 40].copy_from_slice(&c.to_be_bytes());
+    }
+    true
 }
 
 /// VDI, read and written.
