@@ -433,6 +433,40 @@ fn cases() -> Vec<Case> {
                 }),
             ),
             c("leaked inode", f, dbg(|_| vec!["seti <20>".into()])),
+            // A directory entry naming a free inode: the allocator must not hand it out.
+            c(
+                "free inode still linked",
+                f,
+                dbg(|l| {
+                    vec![
+                        "freei /a".into(),
+                        "set_inode_field /a links_count 0".into(),
+                        format!("set_bg 0 free_inodes_count {}", l.free[0].1 + 1),
+                    ]
+                }),
+            ),
+            c(
+                "cleared inode still linked",
+                f,
+                dbg(|l| {
+                    vec![
+                        "clri /a".into(),
+                        "freei /a".into(),
+                        format!("set_bg 0 free_inodes_count {}", l.free[0].1 + 1),
+                    ]
+                }),
+            ),
+            c(
+                "directory inode cleared",
+                f,
+                dbg(|_| vec!["clri /dir".into()]),
+            ),
+            c("resize inode cleared", f, dbg(|_| vec!["clri <7>".into()])),
+            c(
+                "journal on a file's data",
+                f,
+                dbg(|l| vec![format!("set_inode_field <8> bmap[3] {}", l.b)]),
+            ),
             // f_zero_group: a whole primary descriptor zeroed.
             c(
                 "group descriptor zeroed",
