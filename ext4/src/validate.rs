@@ -6,6 +6,8 @@
 //! filesystem it cannot show consistent is refused with one line, never guessed.
 //!
 //! The pass, in order:
+//! - the journal inode, when the superblock names one: in use and a regular file (the kernel
+//!   refuses to mount with a deleted journal inode, and e2fsck cannot check the filesystem);
 //! - every group descriptor: bitmaps and inode table inside the group (the whole filesystem
 //!   with flex_bg), not on the superblock, the descriptor table or its reserved blocks, not on
 //!   each other; free counts within the group's size; no UNINIT flags or `bg_itable_unused`
@@ -37,7 +39,7 @@ use vdisk_block::{Error, Result};
 use super::bytes::le16;
 use super::group_descriptor::{GroupDesc, EXT4_BG_BLOCK_UNINIT, EXT4_BG_INODE_UNINIT};
 use super::inode::{self, Inode};
-use super::superblock::{incompat, SUPERBLOCK_OFFSET};
+use super::superblock::{compat, incompat, SUPERBLOCK_OFFSET};
 use super::Ext4;
 
 /// The largest filesystem (in blocks) the pass validates: its in-memory bitmap is 256 MiB.
@@ -247,6 +249,18 @@ impl Ext4 {
                 "the superblock's first non-reserved inode {} is out of range",
                 sb.s_first_ino
             )));
+        }
+        if sb.has_compat(compat::HAS_JOURNAL) && sb.s_journal_inum != 0 {
+            let n = sb.s_journal_inum;
+            let j = self
+                .inode(n)
+                .map_err(|e| refuse(format!("the journal inode {n} cannot be read ({e})")))?;
+            if j.i_links_count == 0 || j.file_type() != inode::S_IFREG {
+                return Err(refuse(format!(
+                    "the journal inode {n} is not in use (mode {:#o}, {} links)",
+                    j.i_mode, j.i_links_count
+                )));
+            }
         }
         let gds = (0..sb.group_count)
             .map(|g| self.group_desc(g))
