@@ -17,7 +17,7 @@ use std::sync::Arc;
 use ext4_common::{run, run_status, scratch};
 use vdisk_block::{BlockDevice, MemDevice};
 use vdisk_ext4::{Ext4, Ext4Rw};
-use vdisk_fs::{ops, FileKind, FileSystem};
+use vdisk_fs::{ops, FileKind, FileSystem, FileSystemMut};
 
 /// The base filesystem's flavour.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -610,7 +610,9 @@ fn apply(damaged: &[u8], op: Op) -> (Vec<u8>, Option<String>) {
             Op::Mkdir => ops::mkdir(&fs, b"/newdir", 0o755, false)
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
-        }
+        }?;
+        // As the CLI does before it exits: an error here is the command's error.
+        FileSystemMut::flush(&fs).map_err(|e| e.to_string())
     })();
     (dev.to_vec(), r.err())
 }
