@@ -6,6 +6,8 @@
 //! filesystem it cannot show consistent is refused with one line, never guessed.
 //!
 //! The pass, in order:
+//! - the journal inode, when the superblock names one: in use and a regular file (the kernel
+//!   refuses to mount with a deleted journal inode, and e2fsck cannot check the filesystem);
 //! - every group descriptor: bitmaps and inode table inside the group (the whole filesystem
 //!   with flex_bg), not on the superblock, the descriptor table or its reserved blocks, not on
 //!   each other; free counts within the group's size; no UNINIT flags or `bg_itable_unused`
@@ -15,13 +17,16 @@
 //!   below `s_first_ino` not marked in use, an inode marked in use in the never-used tail of the
 //!   table; every in-use inode's blocks (data, extent tree, indirect blocks, xattr block) are
 //!   recorded, and a block claimed twice is refused;
+//! - every directory's entries: each names an inode the inode bitmap marks in use (an entry
+//!   naming a free inode would have the allocator hand that inode out again, and the name
+//!   would then point at the new file);
 //! - every block bitmap against what the pass recorded (metadata, bad blocks, files): a block
 //!   in use that the bitmap calls free is refused; each group's free counts must match its
 //!   bitmaps (so the superblock totals rebuilt from them are right).
 //!
 //! Cost: one read of every bitmap and of the used part of every inode table, plus the extent
-//! tree and indirect blocks of every file, and a bitmap of the whole filesystem in memory
-//! (blocks / 8 bytes: 320 KiB for 10 GiB). Done once per read-write open, at the first write.
+//! tree and indirect blocks of every file and the blocks of every directory, and a bitmap of
+//! the whole filesystem in memory (blocks / 8 bytes: 320 KiB for 10 GiB; inodes / 8 more). Done once per read-write open, at the first write.
 //!
 //! The allocator checks again what it hands out ([`Ext4::check_new_blocks`],
 //! [`Ext4::check_new_inode`]): never a metadata block, a bad block, a reserved inode or an
@@ -34,7 +39,7 @@ use vdisk_block::{Error, Result};
 use super::bytes::le16;
 use super::group_descriptor::{GroupDesc, EXT4_BG_BLOCK_UNINIT, EXT4_BG_INODE_UNINIT};
 use super::inode::{self, Inode};
-use super::superblock::{incompat, SUPERBLOCK_OFFSET};
+use super::superblock::{compat, incompat, SUPERBLOCK_OFFSET};
 use super::Ext4;
 
 /// The largest filesystem (in blocks) the pass validates: its in-memory bitmap is 256 MiB.
@@ -245,6 +250,18 @@ impl Ext4 {
                 sb.s_first_ino
             )));
         }
+        if sb.has_compat(compat::HAS_JOURNAL) && sb.s_journal_inum != 0 {
+            let n = sb.s_journal_inum;
+            let j = self
+                .inode(n)
+                .map_err(|e| refuse(format!("the journal inode {n} cannot be read ({e})")))?;
+            if j.i_links_count == 0 || j.file_type() != inode::S_IFREG {
+                return Err(refuse(format!(
+                    "the journal inode {n} is not in use (mode {:#o}, {} links)",
+                    j.i_mode, j.i_links_count
+                )));
+            }
+        }
         let gds = (0..sb.group_count)
             .map(|g| self.group_desc(g))
             .collect::<Result<Vec<_>>>()?;
@@ -263,7 +280,12 @@ impl Ext4 {
         }
         let bad = self.bad_blocks(&runs, &mut used)?;
         let mut xattr_blocks = HashSet::new();
-        self.scan_inodes(&gds, &mut used, &mut xattr_blocks)?;
+        let mut inodes = Used {
+            bits: vec![0u64; u64::from(self.sb.s_inodes_count).div_ceil(64) as usize],
+        };
+        let mut dirs = Vec::new();
+        self.scan_inodes(&gds, &mut used, &mut xattr_blocks, &mut inodes, &mut dirs)?;
+        self.check_dir_entries(&inodes, &dirs)?;
         self.check_block_bitmaps(&gds, &runs, &used)?;
         self.safety = Safety {
             ready: true,
@@ -306,12 +328,16 @@ impl Ext4 {
         Ok(bad)
     }
 
-    /// Scans every group's inode bitmap and the used part of its inode table.
+    /// Scans every group's inode bitmap and the used part of its inode table; records in
+    /// `inodes` every inode (bit ino - 1) the bitmaps mark in use, and in `dirs` every
+    /// directory among them.
     fn scan_inodes(
         &self,
         gds: &[GroupDesc],
         used: &mut Used,
         xattr_blocks: &mut HashSet<u64>,
+        inodes: &mut Used,
+        dirs: &mut Vec<u32>,
     ) -> Result<()> {
         let sb = &self.sb;
         let bs = u64::from(sb.block_size);
@@ -365,7 +391,9 @@ impl Ext4 {
                             "reserved inode {ino} is not marked in use in the inode bitmap"
                         )));
                     }
-                    if !marked {
+                    if marked {
+                        inodes.set(u64::from(ino - 1));
+                    } else {
                         if links != 0 && mode != 0 {
                             return Err(refuse(format!(
                                 "inode {ino} has {links} links but the inode bitmap of group {g} says it is free"
@@ -379,6 +407,9 @@ impl Ext4 {
                     let i = Inode::parse(sb, ino, raw, d.bg_inode_table * bs + off + k * isz)
                         .map_err(|e| refuse(format!("inode {ino} cannot be read ({e})")))?;
                     self.record_inode_blocks(&i, used, xattr_blocks)?;
+                    if i.is_dir() && links != 0 {
+                        dirs.push(ino);
+                    }
                 }
                 off += len;
             }
@@ -470,6 +501,35 @@ impl Ext4 {
             }
             for b in e.pblk..e.pblk + e.len {
                 claim(b, used)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every entry of every directory in `dirs` names an inode `inodes` marks in use.
+    fn check_dir_entries(&self, inodes: &Used, dirs: &[u32]) -> Result<()> {
+        let count = self.sb.s_inodes_count;
+        for &d in dirs {
+            let dir = self
+                .inode(d)
+                .map_err(|e| refuse(format!("directory inode {d} cannot be read ({e})")))?;
+            if dir.has_flag(inode::EXT4_ENCRYPT_FL) {
+                // Names are ciphertext but inode numbers are plain; the walk refuses them.
+                continue;
+            }
+            let mut bad = None;
+            self.dir_walk(&dir, 0, &mut |e, _| {
+                if e.inode > count || !inodes.get(u64::from(e.inode - 1)) {
+                    bad = Some((e.inode, String::from_utf8_lossy(&e.name).into_owned()));
+                    return false;
+                }
+                true
+            })
+            .map_err(|e| refuse(format!("directory inode {d} cannot be read ({e})")))?;
+            if let Some((ino, name)) = bad {
+                return Err(refuse(format!(
+                    "entry '{name}' of directory inode {d} names inode {ino}, which the inode bitmap says is free"
+                )));
             }
         }
         Ok(())
