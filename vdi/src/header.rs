@@ -1,5 +1,6 @@
 //! The VDI pre-header and header (version 1.1): 512 bytes at offset 0, little-endian.
 
+use vdisk_block::bytes::{le32, le64};
 use vdisk_block::{Error, Result};
 
 /// Size of the header on disk.
@@ -64,16 +65,6 @@ pub struct Header {
     pub uuid_link: [u8; 16],
     /// The parent's UUID (differencing images).
     pub uuid_parent: [u8; 16],
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 fn arr<const N: usize>(b: &[u8], at: usize) -> [u8; N] {

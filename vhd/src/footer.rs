@@ -1,6 +1,7 @@
 //! The hard disk footer: 512 bytes at the end of every VHD file (and, for dynamic and
 //! differencing disks, a copy at offset 0). All fields are big-endian.
 
+pub(crate) use vdisk_block::bytes::{be16, be32, be64};
 use vdisk_block::{Error, Result};
 
 /// Size of the footer on disk.
@@ -71,22 +72,6 @@ pub fn checksum(bytes: &[u8], skip: usize) -> u32 {
         }
     }
     !sum
-}
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_be_bytes(a)
-}
-
-pub(crate) fn be64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(a)
 }
 
 fn arr<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
