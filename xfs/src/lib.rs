@@ -35,6 +35,7 @@ pub mod fs_impl;
 pub mod inode;
 pub mod log;
 pub mod superblock;
+pub mod write;
 
 use std::sync::Arc;
 
@@ -42,6 +43,7 @@ use vdisk_block::{BlockDevice, Error, Result};
 
 pub use inode::Inode;
 pub use superblock::Superblock;
+pub use write::XfsRw;
 
 /// The message every write through the adapter answers.
 pub const READ_ONLY: &str = "XFS is read-only in this version";
