@@ -54,6 +54,7 @@ pub mod record;
 pub mod recover;
 pub mod superblock;
 pub mod trans;
+pub mod txwrite;
 pub mod writer;
 
 pub use record::{Lsn, RecordHeader};

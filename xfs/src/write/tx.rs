@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use vdisk_block::{Error, Result};
 use vdisk_xfs_log::writer::BufUpdate;
-use vdisk_xfs_log::{Log, Lsn};
+use vdisk_xfs_log::Log;
 
 use crate::Xfs;
 
@@ -233,15 +233,24 @@ impl<'a> Tx<'a> {
         if !st.clean {
             return Err(Error::unsupported(crate::log::DIRTY));
         }
-        let cycle = if st.head_blk == 0 {
-            st.head_cycle
-                .checked_add(1)
-                .ok_or_else(|| Error::corrupt("XFS log cycle number overflows"))?
-        } else {
-            st.head_cycle
-        };
-        let lsn = Lsn::new(cycle, st.head_blk as u32);
+        let lsn = log.next_lsn(&st)?;
+        let cycle = lsn.cycle();
         let mut ups = Vec::with_capacity(self.bufs.len());
+        // Buffers read but left as they were are neither logged nor written.
+        let mut unchanged = Vec::new();
+        for (off, b) in &self.bufs {
+            let mut disk = vec![0u8; b.data.len()];
+            dev.read_at(&mut disk, *off)?;
+            if disk == b.data {
+                unchanged.push(*off);
+            }
+        }
+        for off in unchanged {
+            self.bufs.remove(&off);
+        }
+        if self.bufs.is_empty() {
+            return Ok(());
+        }
         for (off, b) in &mut self.bufs {
             let (crc, lsn_off) = b.kind.crc_lsn();
             if b.kind == Kind::Inodes {
@@ -262,12 +271,17 @@ impl<'a> Tx<'a> {
             });
         }
         let tid = (lsn.0 as u32) ^ 0x5846_5300 ^ cycle.rotate_left(16);
-        let st2 = log.write_buffers(&st, tid, &ups)?;
+        if std::env::var_os("XFS_TX_DEBUG").is_some() {
+            for u in &ups {
+                eprintln!("buf daddr {} len {} blft {}", u.daddr, u.data.len(), u.blft);
+            }
+        }
+        let st2 = log.write_transaction(&st, tid, &ups)?;
         for (off, b) in &self.bufs {
             dev.write_at(&b.data, *off)?;
         }
         dev.flush()?;
-        log.write_unmount(&st2)?;
+        log.write_unmount_record(&st2)?;
         Ok(())
     }
 }
