@@ -12,7 +12,8 @@
 //! Editing opens the same way with `OpenOptions { read_only: false, .. }`: the top image of
 //! each chain is writable (and write-locked), its backing files stay read-only and are never
 //! written (copy-on-write), partitions and LVs write through to their extents, and
-//! [`mount_specs_rw`] opens each ext2/3/4 filesystem with the write engine ([`Ext4Rw`]).
+//! [`mount_specs_rw`] opens each ext2/3/4 filesystem with the write engine ([`Ext4Rw`]), XFS v5
+//! with vdisk_xfs::XfsRw.
 //!
 //! ```no_run
 //! use vdisk::guest::{GuestDisks, MountSpec, mount_specs};
@@ -133,32 +134,57 @@ pub fn open_filesystem(
     ))
 }
 
+/// A filesystem opened for writing: the ext4 or the XFS write engine.
+pub enum RwFilesystem {
+    /// ext2, ext3, ext4.
+    Ext4(Arc<Ext4Rw>),
+    /// XFS v5.
+    Xfs(Arc<vdisk_xfs::XfsRw>),
+}
+
+impl RwFilesystem {
+    /// A stack with this filesystem read-write at `/`.
+    pub fn new_stack(self) -> Stack {
+        match self {
+            RwFilesystem::Ext4(fs) => Stack::new_rw(fs),
+            RwFilesystem::Xfs(fs) => Stack::new_rw(fs),
+        }
+    }
+
+    /// Mounts this filesystem read-write at `path` of `stack`.
+    pub fn mount_on(self, stack: &mut Stack, path: &[u8]) -> Result<()> {
+        match self {
+            RwFilesystem::Ext4(fs) => stack.mount_rw(path, fs),
+            RwFilesystem::Xfs(fs) => stack.mount_rw(path, fs),
+        }
+    }
+}
+
 /// Opens the filesystem on guest device `device` for writing, as [`open_filesystem`] picks
-/// the driver: ext2, ext3 and ext4 through the ext4 write engine; XFS is refused as
-/// read-only. The device must be
-/// writable (its image opened read-write).
+/// the driver: ext2, ext3 and ext4 through the ext4 write engine, XFS v5 through the XFS
+/// write engine (vdisk_xfs::XfsRw). The device must be writable (its image opened
+/// read-write).
 pub fn open_filesystem_rw(
     guest: &Guest,
     device: &str,
     fstype: Option<&str>,
-) -> Result<Arc<Ext4Rw>> {
+) -> Result<RwFilesystem> {
     let dev = match ext_device(guest, device, fstype)? {
-        (_, true) => {
-            return Err(Error::unsupported(format!(
-                "{device}: {}",
-                vdisk_xfs::READ_ONLY
+        (dev, true) => {
+            return Ok(RwFilesystem::Xfs(Arc::new(
+                vdisk_xfs::XfsRw::open(dev).map_err(|e| e.with_path(device))?,
             )))
         }
         (dev, false) => dev,
     };
-    Ok(Arc::new(
+    Ok(RwFilesystem::Ext4(Arc::new(
         Ext4Rw::open(dev).map_err(|e| e.with_path(device))?,
-    ))
+    )))
 }
 
 /// The device `device`, when it holds a filesystem the ext4 engine serves (detected, or named
 /// by `fstype`); an Unsupported error naming the type otherwise.
-/// The bool is true for XFS (served by the read-only XFS engine).
+/// The bool is true for XFS (served by the XFS engine).
 fn ext_device(
     guest: &Guest,
     device: &str,
@@ -289,11 +315,7 @@ pub fn mount_specs_rw(guest: &Guest, specs: &[MountSpec]) -> Result<Stack> {
             first.fstype.as_deref(),
         )?)
     } else {
-        Stack::new_rw(open_filesystem_rw(
-            guest,
-            &first.device,
-            first.fstype.as_deref(),
-        )?)
+        open_filesystem_rw(guest, &first.device, first.fstype.as_deref())?.new_stack()
     };
     for s in &order[1..] {
         let r = if s.read_only() {
@@ -301,7 +323,7 @@ pub fn mount_specs_rw(guest: &Guest, specs: &[MountSpec]) -> Result<Stack> {
             stack.mount(s.mountpoint.as_bytes(), fs)
         } else {
             let fs = open_filesystem_rw(guest, &s.device, s.fstype.as_deref())?;
-            stack.mount_rw(s.mountpoint.as_bytes(), fs)
+            fs.mount_on(&mut stack, s.mountpoint.as_bytes())
         };
         r.map_err(|e| e.with_path(&s.device))?;
     }
@@ -945,11 +967,10 @@ pub fn mount_inspected(guest: &Guest, os: &OsInfo) -> Result<(Stack, Vec<String>
 /// Mounts what inspection found read-write, as [`mount_inspected`] does read-only.
 pub fn mount_inspected_rw(guest: &Guest, os: &OsInfo) -> Result<(Stack, Vec<String>)> {
     let mut warnings = Vec::new();
-    let mut stack = Stack::new_rw(open_filesystem_rw(guest, &os.root, None)?);
+    let mut stack = open_filesystem_rw(guest, &os.root, None)?.new_stack();
     for (mp, dev) in os.mountpoints.iter().filter(|(m, _)| m != "/") {
         let r = open_filesystem_rw(guest, dev, None).and_then(|fs| {
-            stack
-                .mount_rw(mp.as_bytes(), fs)
+            fs.mount_on(&mut stack, mp.as_bytes())
                 .map_err(|e| e.with_path(dev))
         });
         if let Err(e) = r {

@@ -3,9 +3,10 @@
 //! symlinks, and extended attributes (short form, leaf, node, remote values).
 //!
 //! Everything is read through `&self` over a [`vdisk_block::BlockDevice`]; every structure is
-//! hostile input (checked arithmetic, bounded loops, CRC32C on v5 metadata). Writes are
-//! refused ("XFS is read-only in this version"); a dirty log is refused by name, since its
-//! replay lives in another crate.
+//! hostile input (checked arithmetic, bounded loops, CRC32C on v5 metadata). [`Xfs`] refuses
+//! writes ("XFS is read-only in this version"); [`XfsRw`] (module `write`) writes v5
+//! filesystems, one logged transaction per operation. A dirty log is refused by name, since
+//! its replay lives in another crate.
 //!
 //! ```text
 //!   guestfs FileSystem  <-- fs_impl.rs (the adapter)
