@@ -955,3 +955,72 @@ fn crash_centos7() {
 fn crash_current_defaults() {
     crash(DEFAULTS);
 }
+
+/// Directories that outgrow one block become leaf directories (data blocks, a leaf block with
+/// the bests table) and shrink back to block and short form; a leaf directory the kernel made
+/// is edited too; a node directory is refused by name and left as it was.
+fn leaf_dirs(opts: &[&str]) {
+    if !can_loop_mount() {
+        eprintln!("skipped: needs root, mkfs.xfs and loop devices");
+        return;
+    }
+    let dir = scratch();
+    let script = r#"
+os.makedirs('kleaf')
+for i in range(300):
+    open('kleaf/kernel-made-entry-%05d' % i, 'w').write(str(i))
+os.makedirs('knode')
+for i in range(3000):
+    open('knode/kernel-made-entry-%05d' % i, 'w').write(str(i))
+"#;
+    let img = image(dir.path(), opts, script);
+    {
+        let fs = open_rw(&img);
+        let root = fs.root_ino();
+        let d = fs.mkdir(root, OsStr::new("grow"), 0o755, 0, 0).unwrap();
+        for k in 0..400 {
+            let name = format!("a-rather-long-entry-name-number-{k:05}");
+            fs.create(d.ino, OsStr::new(&name), 0o644, 0, 0).unwrap();
+        }
+        fs.mkdir(d.ino, OsStr::new("subdir"), 0o755, 0, 0).unwrap();
+        let kl = lookup(&fs, "/kleaf");
+        for k in (0..300).step_by(2) {
+            let name = format!("kernel-made-entry-{k:05}");
+            fs.unlink(kl, OsStr::new(&name)).unwrap();
+        }
+        let x = fs
+            .create(kl, OsStr::new("added-by-vdisk"), 0o600, 0, 0)
+            .unwrap();
+        fs.write(x.ino, 0, b"leaf").unwrap();
+        let kn = lookup(&fs, "/knode");
+        let e = fs
+            .create(kn, OsStr::new("refused"), 0o644, 0, 0)
+            .unwrap_err();
+        assert_eq!(vdisk_guestfs::fs::errno(&e), errno::EOPNOTSUPP, "{e}");
+        assert!(e.to_string().contains("not supported yet"), "{e}");
+        fs.flush().unwrap();
+    }
+    let k = check(dir.path(), &img);
+    assert_eq!(k.matches("/grow/a-rather-long-entry-name").count(), 400);
+    assert!(k.contains("/kleaf/added-by-vdisk "));
+    {
+        let fs = open_rw(&img);
+        let g = lookup(&fs, "/grow");
+        for k in 0..397 {
+            let name = format!("a-rather-long-entry-name-number-{k:05}");
+            fs.unlink(g, OsStr::new(&name)).unwrap();
+        }
+    }
+    let k = check(dir.path(), &img);
+    assert_eq!(k.matches("/grow/a-rather-long-entry-name").count(), 3);
+}
+
+#[test]
+fn leaf_dirs_centos7() {
+    leaf_dirs(CENTOS7);
+}
+
+#[test]
+fn leaf_dirs_current_defaults() {
+    leaf_dirs(DEFAULTS);
+}

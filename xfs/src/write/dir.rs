@@ -8,7 +8,7 @@ use vdisk_block::{Error, Result};
 use super::alloc::meta_uuid;
 use super::inode::{put16, put32, put64, CORE, FMT_EXTENTS, FMT_LOCAL};
 use super::tx::{Kind, Tx};
-use crate::dir::XFS_DIR3_BLOCK_MAGIC;
+use crate::dir::{XFS_DIR2_LEAF_OFFSET, XFS_DIR3_BLOCK_MAGIC, XFS_DIR3_DATA_MAGIC};
 use crate::fork::Extent;
 use crate::inode::{ForkFormat, Inode};
 
@@ -91,6 +91,10 @@ fn entsize(n: usize) -> usize {
 
 /// First byte of entries in a v5 directory data block (after the 64-byte header).
 const DATA_HDR: usize = 64;
+/// Size of a v5 leaf block header (`xfs_dir3_leaf_hdr`).
+const LEAF_HDR: usize = 64;
+/// "XFS_DIR3_LEAF1_MAGIC": a v5 single leaf block (with the bests table).
+pub const XFS_DIR3_LEAF1_MAGIC: u16 = 0x3df1;
 
 impl Tx<'_> {
     /// The directory block size in bytes.
@@ -107,14 +111,7 @@ impl Tx<'_> {
                 vdisk_guestfs::fs::errno::ENOTDIR,
             ));
         }
-        if d.di_format != ForkFormat::Local
-            && (d.di_format != ForkFormat::Extents || d.di_size != self.dirblk() as u64)
-        {
-            return Err(Error::unsupported(format!(
-                "XFS directory {}: changing leaf or node form directories is not supported yet",
-                d.ino
-            )));
-        }
+        self.dir_form(d)?;
         let parent = self.fs.dir_parent(d)?;
         let mut entries = Vec::new();
         self.fs.dir_walk(d, 0, &mut |e| {
@@ -191,100 +188,271 @@ impl Tx<'_> {
             return Ok(());
         }
         let dbs = self.dirblk();
-        let used: usize = DATA_HDR
+        let fsbs = (dbs / self.fs.sb.sb_blocksize as usize) as u64;
+        let leaf_lblk = XFS_DIR2_LEAF_OFFSET / u64::from(self.fs.sb.sb_blocksize);
+        // The entries packed into data blocks: block form keeps room for the leaf and tail.
+        let one_block = DATA_HDR
             + entsize(1)
             + entsize(2)
             + list
                 .entries
                 .iter()
                 .map(|e| entsize(e.name.len()))
-                .sum::<usize>();
-        let leaf = (list.entries.len() + 2) * 8 + 8;
-        if used + leaf > dbs {
-            return Err(Error::unsupported(format!(
-                "XFS directory {ino}: its entries outgrow one directory block; leaf directories are not supported yet"
-            )));
-        }
-        let fsbs = (dbs / self.fs.sb.sb_blocksize as usize) as u32;
-        let fsb = if d.di_format == ForkFormat::Extents
-            && old_ex.len() == 1
-            && old_ex[0].startoff == 0
-            && old_ex[0].blockcount == u64::from(fsbs)
-        {
-            old_ex[0].startblock
-        } else {
-            if d.di_format != ForkFormat::Local {
+                .sum::<usize>()
+            + (list.entries.len() + 2) * 8
+            + 8
+            <= dbs;
+        let mut blocks: Vec<Vec<(&[u8], u64, u8)>> =
+            vec![vec![(b".", ino, 2), (b"..", list.parent, 2)]];
+        if !one_block {
+            let mut used = DATA_HDR + entsize(1) + entsize(2);
+            for e in &list.entries {
+                let sz = entsize(e.name.len());
+                if used + sz > dbs {
+                    blocks.push(Vec::new());
+                    used = DATA_HDR;
+                }
+                used += sz;
+                if let Some(b) = blocks.last_mut() {
+                    b.push((&e.name[..], e.ino, e.ftype));
+                }
+            }
+            // A leaf directory has at least two data blocks: one block of size dirblk is
+            // block form to every reader.
+            if blocks.len() == 1 {
+                let last = blocks[0].pop();
+                blocks.push(last.into_iter().collect());
+            }
+            let nleaf = list.entries.len() + 2;
+            if LEAF_HDR + nleaf * 8 + blocks.len() * 2 + 4 > dbs {
                 return Err(Error::unsupported(format!(
-                    "XFS directory {ino}: unexpected block layout; not changed"
+                    "XFS directory {ino}: its entries outgrow one leaf block; node form directories are not supported yet"
                 )));
             }
-            let near = self.fs.inode_offset(ino)? / u64::from(self.fs.sb.sb_blocksize);
-            let near = self.byte_to_fsb(near * u64::from(self.fs.sb.sb_blocksize));
-            let (fsb, got) = self.alloc_blocks(fsbs, Some(near), 1)?;
-            if got != fsbs {
-                return Err(Error::unsupported(
-                    "XFS: no contiguous free space for a directory block",
-                ));
+        } else {
+            for e in &list.entries {
+                blocks[0].push((&e.name[..], e.ino, e.ftype));
             }
+        }
+        // Physical blocks: reuse the directory's own, allocate the rest, free the leftovers.
+        let old = if d.di_format == ForkFormat::Local {
+            Vec::new()
+        } else {
+            old_ex.clone()
+        };
+        let phys_of = |lblk: u64| -> Option<u64> {
+            old.iter()
+                .find(|e| e.startoff <= lblk && lblk < e.startoff + e.blockcount)
+                .map(|e| e.startblock + (lblk - e.startoff))
+        };
+        let mut want: Vec<u64> = (0..blocks.len() as u64).map(|db| db * fsbs).collect();
+        if !one_block {
+            want.push(leaf_lblk);
+        }
+        let near = self.byte_to_fsb(self.fs.inode_offset(ino)?);
+        let mut map: Vec<Extent> = Vec::new();
+        let mut allocated = 0u64;
+        for &l in &want {
+            // A directory block is fsbs contiguous filesystem blocks.
+            let mut reuse = phys_of(l);
+            if let Some(p) = reuse {
+                if (1..fsbs).any(|k| phys_of(l + k) != Some(p + k)) {
+                    reuse = None;
+                }
+            }
+            let p = match reuse {
+                Some(p) => p,
+                None => {
+                    let hint = map.last().map_or(near, |e| e.startblock + e.blockcount - 1);
+                    let (p, got) = self.alloc_blocks(fsbs as u32, Some(hint), 1)?;
+                    if u64::from(got) != fsbs {
+                        return Err(Error::unsupported(
+                            "XFS: no contiguous free space for a directory block",
+                        ));
+                    }
+                    allocated += fsbs;
+                    p
+                }
+            };
+            map.push(Extent {
+                startoff: l,
+                startblock: p,
+                blockcount: fsbs,
+                unwritten: false,
+            });
+        }
+        // Free old blocks not kept.
+        let mut freed = 0u64;
+        for e in &old {
+            for k in 0..e.blockcount {
+                let l = e.startoff + k;
+                let kept = map.iter().any(|m| {
+                    m.startoff <= l
+                        && l < m.startoff + m.blockcount
+                        && m.startblock + (l - m.startoff) == e.startblock + k
+                });
+                if !kept {
+                    self.free_blocks(e.startblock + k, 1);
+                    freed += 1;
+                }
+            }
+        }
+        let mut ex: Vec<Extent> = Vec::new();
+        for m in &map {
+            match ex.last_mut() {
+                Some(p)
+                    if p.startoff + p.blockcount == m.startoff
+                        && p.startblock + p.blockcount == m.startblock =>
+                {
+                    p.blockcount += m.blockcount
+                }
+                _ => ex.push(*m),
+            }
+        }
+        {
             let b = self.inode_mut(ino)?;
             b[5] = FMT_EXTENTS;
-            let nb = u64::from_be_bytes(b[64..72].try_into().unwrap_or_default());
-            put64(b, 64, nb + u64::from(fsbs));
-            put64(b, 56, dbs as u64);
-            let room = d.data_fork.len();
             b[CORE..CORE + room].fill(0);
-            self.put_extents(
-                ino,
-                &[Extent {
-                    startoff: 0,
-                    startblock: fsb,
-                    blockcount: u64::from(fsbs),
-                    unwritten: false,
-                }],
-            )?;
-            fsb
-        };
-        let off = self.fs.fsb_to_byte(fsb)?;
+            put32(b, 76, 0);
+            let nb = u64::from_be_bytes(b[64..72].try_into().unwrap_or_default());
+            put64(b, 64, (nb + allocated).saturating_sub(freed));
+            put64(b, 56, (blocks.len() * dbs) as u64);
+        }
+        self.put_extents(ino, &ex)?;
         let uuid = meta_uuid(self.fs);
-        let b = self.new_buf(off, dbs, Kind::DirBlock);
-        put32(b, 0, XFS_DIR3_BLOCK_MAGIC);
-        put64(b, 8, off / 512);
-        b[24..40].copy_from_slice(&uuid);
-        put64(b, 40, ino);
         let mut leaves: Vec<(u32, u32)> = Vec::new();
-        let mut p = DATA_HDR;
-        let mut put_ent = |b: &mut Vec<u8>, name: &[u8], eino: u64, ft: u8| {
-            put64(b, p, eino);
-            b[p + 8] = name.len() as u8;
-            b[p + 9..p + 9 + name.len()].copy_from_slice(name);
-            b[p + 9 + name.len()] = ft;
-            let sz = entsize(name.len());
-            put16(b, p + sz - 2, p as u16);
-            leaves.push((da_hashname(name), (p / 8) as u32));
-            p += sz;
-        };
-        put_ent(b, b".", ino, 2);
-        put_ent(b, b"..", list.parent, 2);
-        for e in &list.entries {
-            put_ent(b, &e.name, e.ino, e.ftype);
+        let mut bests: Vec<u16> = Vec::new();
+        for (db, ents) in blocks.iter().enumerate() {
+            let off = self.fs.fsb_to_byte(map[db].startblock)?;
+            let b = self.new_buf(
+                off,
+                dbs,
+                if one_block {
+                    Kind::DirBlock
+                } else {
+                    Kind::DirData
+                },
+            );
+            put32(
+                b,
+                0,
+                if one_block {
+                    XFS_DIR3_BLOCK_MAGIC
+                } else {
+                    XFS_DIR3_DATA_MAGIC
+                },
+            );
+            put64(b, 8, off / 512);
+            b[24..40].copy_from_slice(&uuid);
+            put64(b, 40, ino);
+            let mut p = DATA_HDR;
+            for (name, eino, ft) in ents {
+                put64(b, p, *eino);
+                b[p + 8] = name.len() as u8;
+                b[p + 9..p + 9 + name.len()].copy_from_slice(name);
+                b[p + 9 + name.len()] = *ft;
+                let sz = entsize(name.len());
+                put16(b, p + sz - 2, p as u16);
+                leaves.push((da_hashname(name), ((db * dbs + p) / 8) as u32));
+                p += sz;
+            }
+            let end = if one_block {
+                dbs - 8 - leaves.len() * 8
+            } else {
+                dbs
+            };
+            let mut best = 0u16;
+            if end > p {
+                put16(b, p, 0xffff);
+                put16(b, p + 2, (end - p) as u16);
+                put16(b, end - 2, p as u16);
+                put16(b, 48, p as u16);
+                put16(b, 50, (end - p) as u16);
+                best = (end - p) as u16;
+            }
+            bests.push(best);
+            if one_block {
+                leaves.sort();
+                let n = leaves.len();
+                for (k, (h, a)) in leaves.iter().enumerate() {
+                    put32(b, end + k * 8, *h);
+                    put32(b, end + k * 8 + 4, *a);
+                }
+                put32(b, dbs - 8, n as u32);
+                put32(b, dbs - 4, 0);
+            }
         }
-        let n = leaves.len();
-        let leaf_start = dbs - 8 - n * 8;
-        if leaf_start > p {
-            put16(b, p, 0xffff);
-            put16(b, p + 2, (leaf_start - p) as u16);
-            put16(b, leaf_start - 2, p as u16);
-            put16(b, 48, p as u16);
-            put16(b, 50, (leaf_start - p) as u16);
+        if !one_block {
+            let leaf = map.last().map(|m| m.startblock).unwrap_or_default();
+            let off = self.fs.fsb_to_byte(leaf)?;
+            let b = self.new_buf(off, dbs, Kind::DirLeaf);
+            put16(b, 8, XFS_DIR3_LEAF1_MAGIC);
+            put64(b, 16, off / 512);
+            b[32..48].copy_from_slice(&uuid);
+            put64(b, 48, ino);
+            leaves.sort();
+            put16(b, 56, leaves.len() as u16);
+            for (k, (h, a)) in leaves.iter().enumerate() {
+                put32(b, LEAF_HDR + k * 8, *h);
+                put32(b, LEAF_HDR + k * 8 + 4, *a);
+            }
+            let nb = bests.len();
+            for (k, v) in bests.iter().enumerate() {
+                put16(b, dbs - 4 - 2 * nb + 2 * k, *v);
+            }
+            put32(b, dbs - 4, nb as u32);
         }
-        leaves.sort();
-        for (k, (h, a)) in leaves.iter().enumerate() {
-            put32(b, leaf_start + k * 8, *h);
-            put32(b, leaf_start + k * 8 + 4, *a);
-        }
-        put32(b, dbs - 8, n as u32);
-        put32(b, dbs - 4, 0);
         Ok(())
+    }
+
+    /// Refuses directory forms this writer does not change (node form, B+tree forks).
+    fn dir_form(&mut self, d: &Inode) -> Result<()> {
+        match d.di_format {
+            ForkFormat::Local => Ok(()),
+            ForkFormat::Extents => {
+                let bs = u64::from(self.fs.sb.sb_blocksize);
+                let ex = self.file_extents(d)?;
+                let leaf_lblk = XFS_DIR2_LEAF_OFFSET / bs;
+                let fsbs = (self.dirblk() as u64) / bs;
+                let leaf_blocks: u64 = ex
+                    .iter()
+                    .filter(|e| e.startoff >= leaf_lblk)
+                    .map(|e| e.blockcount)
+                    .sum();
+                if leaf_blocks > fsbs
+                    || ex
+                        .iter()
+                        .any(|e| e.startoff.saturating_mul(bs) >= 2 * XFS_DIR2_LEAF_OFFSET)
+                {
+                    return Err(Error::unsupported(format!(
+                        "XFS directory {}: changing node form directories is not supported yet",
+                        d.ino
+                    )));
+                }
+                if d.di_size == self.dirblk() as u64 && !ex.iter().any(|e| e.startoff >= leaf_lblk) {
+                    return Ok(());
+                }
+                let leaf = ex
+                    .iter()
+                    .find(|e| e.startoff == leaf_lblk)
+                    .ok_or_else(|| Error::unsupported(format!(
+                        "XFS directory {}: unexpected directory layout; not changed",
+                        d.ino
+                    )))?;
+                let buf = self.fs.read_bytes_vec(self.fs.fsb_to_byte(leaf.startblock)?, 16)?;
+                if u16::from_be_bytes([buf[8], buf[9]]) != XFS_DIR3_LEAF1_MAGIC {
+                    return Err(Error::unsupported(format!(
+                        "XFS directory {}: changing node form directories is not supported yet",
+                        d.ino
+                    )));
+                }
+                Ok(())
+            }
+            _ => Err(Error::unsupported(format!(
+                "XFS directory {}: changing directories with a B+tree block map is not supported yet",
+                d.ino
+            ))),
+        }
     }
 
     fn byte_to_fsb(&self, byte: u64) -> u64 {

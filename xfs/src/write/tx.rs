@@ -40,6 +40,10 @@ pub mod blft {
     pub const SYMLINK: u16 = 9;
     /// `XFS_BLFT_DIR_BLOCK_BUF`.
     pub const DIR_BLOCK: u16 = 10;
+    /// `XFS_BLFT_DIR_DATA_BUF`.
+    pub const DIR_DATA: u16 = 11;
+    /// `XFS_BLFT_DIR_LEAF1_BUF`.
+    pub const DIR_LEAF1: u16 = 13;
     /// `XFS_BLFT_SB_BUF`.
     pub const SB: u16 = 18;
 }
@@ -63,6 +67,10 @@ pub enum Kind {
     Inodes,
     /// A v5 directory block or data block (`xfs_dir3_blk_hdr`).
     DirBlock,
+    /// A v5 directory data block of a leaf or node directory.
+    DirData,
+    /// A v5 directory leaf block (`xfs_da3_blkinfo` header).
+    DirLeaf,
     /// A remote symlink block.
     Symlink,
 }
@@ -77,6 +85,8 @@ impl Kind {
             Kind::ShortBtree | Kind::LongBtree => blft::BTREE,
             Kind::Inodes => blft::DINO,
             Kind::DirBlock => blft::DIR_BLOCK,
+            Kind::DirLeaf => blft::DIR_LEAF1,
+            Kind::DirData => blft::DIR_DATA,
             Kind::Symlink => blft::SYMLINK,
         }
     }
@@ -91,7 +101,8 @@ impl Kind {
             Kind::ShortBtree => (52, 24),
             Kind::LongBtree => (64, 32),
             Kind::Inodes => (100, 112),
-            Kind::DirBlock => (4, 16),
+            Kind::DirBlock | Kind::DirData => (4, 16),
+            Kind::DirLeaf => (12, 24),
             Kind::Symlink => (12, 48),
         }
     }
