@@ -502,7 +502,13 @@ fn random_ops(opts: &[&str], seed: u64, n: usize) {
             } else {
                 lookup(&fs, &d)
             };
-            let name = format!("n{}", rng.below(40));
+            // Mostly a few short names (collisions: replace, EEXIST), sometimes one of many
+            // long ones (directories grow into block and leaf form).
+            let name = if rng.below(3) == 0 {
+                format!("a-long-name-to-fill-directory-blocks-{:04}", rng.below(600))
+            } else {
+                format!("n{}", rng.below(40))
+            };
             let path = format!("{d}/{name}");
             let op = rng.below(11);
             let r: Result<()> = match op {
@@ -703,14 +709,14 @@ fn random_ops(opts: &[&str], seed: u64, n: usize) {
 #[test]
 fn random_ops_centos7() {
     for seed in [1, 2] {
-        random_ops(CENTOS7, seed, 300);
+        random_ops(CENTOS7, seed, 600);
     }
 }
 
 #[test]
 fn random_ops_current_defaults() {
     for seed in [3, 4] {
-        random_ops(DEFAULTS, seed, 300);
+        random_ops(DEFAULTS, seed, 600);
     }
 }
 
@@ -1023,4 +1029,30 @@ fn leaf_dirs_centos7() {
 #[test]
 fn leaf_dirs_current_defaults() {
     leaf_dirs(DEFAULTS);
+}
+
+/// 1 KiB blocks with 4 KiB directory blocks: directory blocks span four filesystem blocks,
+/// inode chunks 32.
+#[test]
+fn random_ops_small_blocks_big_dir_blocks() {
+    random_ops(
+        &[
+            "-b",
+            "size=1024",
+            "-n",
+            "size=4096",
+            "-m",
+            "crc=1,finobt=0,reflink=0,rmapbt=0",
+            "-i",
+            "sparse=0",
+        ],
+        5,
+        300,
+    );
+    random_ops(&["-b", "size=1024", "-n", "size=4096"], 6, 300);
+}
+
+#[test]
+fn every_op_small_blocks_big_dir_blocks() {
+    every_op(&["-b", "size=1024", "-n", "size=4096"]);
 }

@@ -263,31 +263,53 @@ impl Tx<'_> {
             let (a, b) = fsb_split(self.fs, f);
             (a, Some(b))
         });
+        let mut refused = None;
         for k in 0..agcount {
             let agno = (near_ag + k) % agcount;
-            let (off, mut frees) = self.free_list(agno)?;
-            let pick = pick_extent(&frees, want, if k == 0 { near_bno } else { None }, align);
-            let Some((idx, start, len)) = pick else {
-                continue;
-            };
-            let (s, c) = frees[idx];
-            // Carve [start, start + len) out of (s, c).
-            let mut repl = Vec::new();
-            if start > s {
-                repl.push((s, start - s));
+            let hint = if k == 0 { near_bno } else { None };
+            match self.alloc_in_ag(agno, want, hint, align) {
+                Ok(Some((start, len))) => return Ok((fsb_join(self.fs, agno, start), len)),
+                Ok(None) => {}
+                // An AG whose trees this writer cannot edit (found before anything changed)
+                // is passed over for the others.
+                Err(e @ Error::Unsupported { .. }) => refused = Some(e),
+                Err(e) => return Err(e),
             }
-            if start + len < s + c {
-                repl.push((start + len, s + c - start - len));
-            }
-            frees.splice(idx..=idx, repl);
-            self.put_free(agno, off, &frees)?;
-            self.fdblocks_delta -= i64::from(len);
-            return Ok((fsb_join(self.fs, agno, start), len));
         }
-        Err(vdisk_guestfs::fs::errno_error(
-            "alloc",
-            vdisk_guestfs::fs::errno::ENOSPC,
-        ))
+        Err(refused.unwrap_or_else(|| {
+            vdisk_guestfs::fs::errno_error("alloc", vdisk_guestfs::fs::errno::ENOSPC)
+        }))
+    }
+
+    /// Allocates in AG `agno` only: (agbno, count), or None when it has no room. An
+    /// Unsupported error means nothing was changed.
+    fn alloc_in_ag(
+        &mut self,
+        agno: u32,
+        want: u32,
+        near_bno: Option<u32>,
+        align: u32,
+    ) -> Result<Option<(u32, u32)>> {
+        let (off, mut frees) = self.free_list(agno)?;
+        self.leaf(agno, Tree::Cnt)?;
+        let Some((idx, start, len)) = pick_extent(&frees, want, near_bno, align) else {
+            return Ok(None);
+        };
+        let (s, c) = frees[idx];
+        // Carve [start, start + len) out of (s, c).
+        let mut repl = Vec::new();
+        if start > s {
+            repl.push((s, start - s));
+        }
+        if start + len < s + c {
+            repl.push((start + len, s + c - start - len));
+        }
+        frees.splice(idx..=idx, repl);
+        // A leaf that would overflow is refused before either tree is changed (both have
+        // as many records).
+        self.put_free(agno, off, &frees)?;
+        self.fdblocks_delta -= i64::from(len);
+        Ok(Some((start, len)))
     }
 
     /// Frees `len` blocks from filesystem block `fsb` when the transaction finishes (so no
@@ -415,6 +437,7 @@ impl Tx<'_> {
     /// left as they were (free inodes are initialised: see [`Tx::init_inode`]).
     pub fn alloc_inode(&mut self, near_ag: u32) -> Result<u64> {
         let agcount = self.fs.sb.sb_agcount;
+        let mut refused = None;
         for pass in 0..2 {
             for k in 0..agcount {
                 let agno = (near_ag + k) % agcount;
@@ -422,6 +445,22 @@ impl Tx<'_> {
                 let freecount = be32(agi, 28);
                 if pass == 0 && freecount == 0 {
                     continue;
+                }
+                // AGs whose inode trees this writer cannot edit are passed over (checked
+                // before anything changes).
+                match self.leaf(agno, Tree::Ino).and_then(|_| {
+                    if self.finobt() {
+                        self.leaf(agno, Tree::Fino).map(|_| ())
+                    } else {
+                        Ok(())
+                    }
+                }) {
+                    Ok(_) => {}
+                    Err(e @ Error::Unsupported { .. }) => {
+                        refused = Some(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 }
                 if pass == 1 && !self.new_chunk(agno)? {
                     continue;
@@ -463,10 +502,9 @@ impl Tx<'_> {
                 return Ok((u64::from(agno) << bits) | agino);
             }
         }
-        Err(vdisk_guestfs::fs::errno_error(
-            "create",
-            vdisk_guestfs::fs::errno::ENOSPC,
-        ))
+        Err(refused.unwrap_or_else(|| {
+            vdisk_guestfs::fs::errno_error("create", vdisk_guestfs::fs::errno::ENOSPC)
+        }))
     }
 
     /// Allocates a new chunk of 64 inodes in `agno` (false when it has no room).
@@ -478,16 +516,10 @@ impl Tx<'_> {
         let mut raw = vec![0u8; 512];
         self.fs.read_bytes(&mut raw, 0)?;
         let align = be32(&raw, 180).max(1);
-        let near = fsb_join(self.fs, agno, 0);
-        let (fsb, n) = match self.alloc_blocks(blocks, Some(near), align) {
-            Ok(v) => v,
-            Err(e) if vdisk_guestfs::fs::errno(&e) == vdisk_guestfs::fs::errno::ENOSPC => {
-                return Ok(false)
-            }
-            Err(e) => return Err(e),
+        let Some((agbno, n)) = self.alloc_in_ag(agno, blocks, None, align)? else {
+            return Ok(false);
         };
-        let (a, agbno) = fsb_split(self.fs, fsb);
-        if a != agno || n != blocks {
+        if n != blocks {
             return Err(Error::invalid("XFS inode chunk allocation went astray"));
         }
         let inopblog = self.fs.sb.sb_inopblog;

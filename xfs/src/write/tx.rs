@@ -157,6 +157,14 @@ impl<'a> Tx<'a> {
         if !self.bufs.contains_key(&off) {
             let mut data = vec![0u8; len];
             self.fs.read_bytes(&mut data, off)?;
+            // A write into corrupt metadata is refused rather than making it worse (inodes
+            // are checked one by one as they are parsed).
+            if kind != Kind::Inodes {
+                let (crc, _) = kind.crc_lsn();
+                crate::verify_crc(&data, crc, &|| {
+                    format!("XFS {kind:?} metadata at byte {off:#x}")
+                })?;
+            }
             self.bufs.insert(
                 off,
                 Buf {
