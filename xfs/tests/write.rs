@@ -1056,3 +1056,68 @@ fn random_ops_small_blocks_big_dir_blocks() {
 fn every_op_small_blocks_big_dir_blocks() {
     every_op(&["-b", "size=1024", "-n", "size=4096"]);
 }
+
+/// Files whose extents outgrow the inode get a block map B+tree (a root in the inode, leaves
+/// in blocks), grow to several leaves, and shrink back to an extent list.
+fn bmbt_files(opts: &[&str]) {
+    if !can_loop_mount() {
+        eprintln!("skipped: needs root, mkfs.xfs and loop devices");
+        return;
+    }
+    let dir = scratch();
+    let img = image(dir.path(), opts, BASE);
+    let bs = {
+        let fs = open_rw(&img);
+        u64::from(fs.statfs().unwrap().block_size)
+    };
+    {
+        let fs = open_rw(&img);
+        let root = fs.root_ino();
+        let f = fs.create(root, OsStr::new("frag"), 0o644, 0, 0).unwrap();
+        // Every other block: one extent each.
+        for k in 0..700u64 {
+            fs.write(f.ino, 2 * k * bs, &vec![(k % 251) as u8; 100])
+                .unwrap();
+        }
+        let g = fs.create(root, OsStr::new("frag2"), 0o644, 0, 0).unwrap();
+        for k in 0..40u64 {
+            fs.write(g.ino, 2 * k * bs, b"forty").unwrap();
+        }
+        fs.flush().unwrap();
+    }
+    let k = check(dir.path(), &img);
+    assert!(k.contains("/frag "), "{k}");
+    {
+        let fs = open_rw(&img);
+        let f = lookup(&fs, "/frag");
+        fs.setattr(
+            f,
+            &SetAttr {
+                size: Some(300 * bs),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let g = lookup(&fs, "/frag2");
+        fs.setattr(
+            g,
+            &SetAttr {
+                size: Some(10 * bs),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        fs.unlink(fs.root_ino(), OsStr::new("frag")).unwrap();
+    }
+    check(dir.path(), &img);
+}
+
+#[test]
+fn bmbt_files_centos7() {
+    bmbt_files(CENTOS7);
+}
+
+#[test]
+fn bmbt_files_current_defaults() {
+    bmbt_files(DEFAULTS);
+}

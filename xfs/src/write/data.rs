@@ -9,11 +9,14 @@
 use vdisk_block::{Error, Result};
 use vdisk_guestfs::fs::{errno, errno_error};
 
-use super::inode::{check_writable, put32, put64, CORE, FMT_BTREE, FMT_EXTENTS};
-use super::tx::Tx;
-use crate::fork::{decode_extent, Extent, Fork};
+use super::inode::{check_writable, put16, put32, put64, CORE, FMT_BTREE, FMT_EXTENTS};
+use super::tx::{Kind, Tx};
+use crate::fork::{decode_extent, Extent, Fork, XFS_BMAP_CRC_MAGIC};
 use crate::inode::{ForkFormat, Inode};
+use crate::{be32, be64};
 
+/// Size of a v5 long-form B+tree block header.
+pub const LBLOCK_HDR: usize = 72;
 /// `MAXEXTLEN`: the longest extent a record holds (21 bits).
 pub const MAXEXTLEN: u64 = (1 << 21) - 1;
 /// The largest file size we write (XFS's s_maxbytes on 64-bit hosts is 8 EiB - 1).
@@ -36,40 +39,163 @@ impl Tx<'_> {
     }
 
     /// The data fork extents of `i` (extent list or B+tree).
-    pub fn file_extents(&self, i: &Inode) -> Result<Vec<Extent>> {
+    pub fn file_extents(&mut self, i: &Inode) -> Result<Vec<Extent>> {
         match i.di_format {
             ForkFormat::Extents => Ok((0..i.di_nextents as usize)
                 .map(|k| decode_extent(&i.data_fork, k * 16))
                 .collect()),
-            ForkFormat::Btree => self.fs.extents(i, Fork::Data),
+            ForkFormat::Btree => match self.bmbt_leaves(i)? {
+                Some(leaves) => {
+                    let mut out = Vec::new();
+                    for off in leaves {
+                        let bs = self.fs.sb.sb_blocksize as usize;
+                        let b = self.buf(off, bs, Kind::LongBtree)?;
+                        let n = usize::from(u16::from_be_bytes([b[6], b[7]]));
+                        if be32(b, 0) != XFS_BMAP_CRC_MAGIC || LBLOCK_HDR + n * 16 > bs {
+                            return Err(Error::corrupt(format!(
+                                "XFS inode {}: bmbt leaf at {off:#x} is not valid",
+                                i.ino
+                            )));
+                        }
+                        out.extend((0..n).map(|k| decode_extent(b, LBLOCK_HDR + k * 16)));
+                    }
+                    Ok(out)
+                }
+                None => self.fs.extents(i, Fork::Data),
+            },
             _ => Ok(Vec::new()),
         }
     }
 
-    /// Stores `ex` as inode `ino`'s extent list (refusing when it does not fit).
-    pub fn put_extents(&mut self, ino: u64, ex: &[Extent]) -> Result<()> {
-        let i = self.inode(ino)?;
-        if i.di_format == ForkFormat::Btree {
-            return Err(Error::unsupported(format!(
-                "XFS inode {ino}: changing the block map of a B+tree data fork is not supported yet"
+    /// The byte offsets of the leaves of a B+tree data fork whose root (in the inode) points
+    /// straight at leaves; None for deeper trees.
+    fn bmbt_leaves(&self, i: &Inode) -> Result<Option<Vec<u64>>> {
+        let r = &i.data_fork;
+        let level = u16::from_be_bytes([r[0], r[1]]);
+        let n = usize::from(u16::from_be_bytes([r[2], r[3]]));
+        let maxrecs = r.len().saturating_sub(4) / 16;
+        if level != 1 {
+            return Ok(None);
+        }
+        if n == 0 || n > maxrecs {
+            return Err(Error::corrupt(format!(
+                "XFS inode {}: bmbt root has {n} records",
+                i.ino
             )));
         }
+        (0..n)
+            .map(|k| self.fs.fsb_to_byte(be64(r, 4 + maxrecs * 8 + k * 8)))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// Stores `ex` as inode `ino`'s block map: an extent list in the inode while it fits,
+    /// else a B+tree whose root in the inode points at leaf blocks (re-laid whole; its blocks
+    /// reused, allocated or freed as needed, and counted in `di_nblocks`).
+    pub fn put_extents(&mut self, ino: u64, ex: &[Extent]) -> Result<()> {
+        let i = self.inode(ino)?;
         let room = self.data_fork_room(&i);
-        if ex.len() * 16 > room {
+        let old_leaves = if i.di_format == ForkFormat::Btree {
+            self.bmbt_leaves(&i)?.ok_or_else(|| {
+                Error::unsupported(format!(
+                    "XFS inode {ino}: changing the block map of a B+tree data fork deeper than two levels is not supported yet"
+                ))
+            })?
+        } else {
+            Vec::new()
+        };
+        let bs = self.fs.sb.sb_blocksize as usize;
+        if ex.len() * 16 <= room {
+            for off in &old_leaves {
+                self.drop_buf(*off);
+                let fsb = self.byte_to_fsb_data(*off);
+                self.free_blocks(fsb, 1);
+            }
+            self.add_nblocks(ino, -(old_leaves.len() as i64))?;
+            let b = self.inode_mut(ino)?;
+            b[5] = FMT_EXTENTS;
+            let area = &mut b[CORE..CORE + room];
+            area.fill(0);
+            for (k, e) in ex.iter().enumerate() {
+                area[k * 16..k * 16 + 16].copy_from_slice(&encode_extent(e));
+            }
+            put32(b, 76, ex.len() as u32);
+            return Ok(());
+        }
+        let per = (bs - LBLOCK_HDR) / 16;
+        let nleaves = ex.len().div_ceil(per);
+        let maxrecs = (room - 4) / 16;
+        if nleaves > maxrecs {
             return Err(Error::unsupported(format!(
-                "XFS inode {ino}: {} extents do not fit in the inode; converting the data fork to a B+tree is not supported yet",
+                "XFS inode {ino}: {} extents need a block map B+tree deeper than two levels, which is not supported yet",
                 ex.len()
             )));
         }
+        // Leaf blocks: the old ones first, then new ones near the file's data.
+        let mut leaves: Vec<u64> = old_leaves
+            .iter()
+            .map(|&o| self.byte_to_fsb_data(o))
+            .collect();
+        let mut allocated = 0i64;
+        while leaves.len() < nleaves {
+            let near = ex.first().map(|e| e.startblock);
+            let (fsb, _) = self.alloc_blocks(1, near, 1)?;
+            leaves.push(fsb);
+            allocated += 1;
+        }
+        for &fsb in &leaves[nleaves..] {
+            let off = self.fs.fsb_to_byte(fsb)?;
+            self.drop_buf(off);
+            self.free_blocks(fsb, 1);
+            allocated -= 1;
+        }
+        leaves.truncate(nleaves);
+        let uuid = super::alloc::meta_uuid(self.fs);
+        // Records spread evenly, so every leaf is at least half full.
+        let each = ex.len().div_ceil(nleaves);
+        for (k, chunk) in ex.chunks(each).enumerate() {
+            let off = self.fs.fsb_to_byte(leaves[k])?;
+            let b = self.new_buf(off, bs, Kind::LongBtree);
+            put32(b, 0, XFS_BMAP_CRC_MAGIC);
+            put16(b, 4, 0);
+            put16(b, 6, chunk.len() as u16);
+            put64(b, 8, if k == 0 { u64::MAX } else { leaves[k - 1] });
+            put64(
+                b,
+                16,
+                if k + 1 == nleaves {
+                    u64::MAX
+                } else {
+                    leaves[k + 1]
+                },
+            );
+            put64(b, 24, off / 512);
+            b[40..56].copy_from_slice(&uuid);
+            put64(b, 56, ino);
+            for (j, e) in chunk.iter().enumerate() {
+                b[LBLOCK_HDR + j * 16..LBLOCK_HDR + j * 16 + 16].copy_from_slice(&encode_extent(e));
+            }
+        }
+        self.add_nblocks(ino, allocated)?;
         let b = self.inode_mut(ino)?;
-        b[5] = FMT_EXTENTS;
+        b[5] = FMT_BTREE;
         let area = &mut b[CORE..CORE + room];
         area.fill(0);
-        for (k, e) in ex.iter().enumerate() {
-            area[k * 16..k * 16 + 16].copy_from_slice(&encode_extent(e));
+        put16(area, 0, 1);
+        put16(area, 2, nleaves as u16);
+        for (k, chunk) in ex.chunks(each).enumerate() {
+            put64(area, 4 + k * 8, chunk[0].startoff);
+            put64(area, 4 + maxrecs * 8 + k * 8, leaves[k]);
         }
         put32(b, 76, ex.len() as u32);
         Ok(())
+    }
+
+    /// The filesystem block of byte offset `off`.
+    fn byte_to_fsb_data(&self, off: u64) -> u64 {
+        let bno = off / u64::from(self.fs.sb.sb_blocksize);
+        let agb = u64::from(self.fs.sb.sb_agblocks);
+        ((bno / agb) << self.fs.sb.sb_agblklog) | (bno % agb)
     }
 
     fn add_nblocks(&mut self, ino: u64, delta: i64) -> Result<()> {
@@ -188,11 +314,6 @@ impl Tx<'_> {
             l += u64::from(got);
         }
         if !new_ex.is_empty() {
-            if i.di_format == ForkFormat::Btree || i.di_format as u8 == FMT_BTREE {
-                return Err(Error::unsupported(format!(
-                    "XFS inode {ino}: adding blocks to a B+tree data fork is not supported yet"
-                )));
-            }
             ex.extend(new_ex);
             ex.sort_by_key(|e| e.startoff);
             let ex = merge(ex);
@@ -221,11 +342,6 @@ impl Tx<'_> {
             self.zero_tail(&ex, size)?;
             let keep = size.div_ceil(bs);
             if ex.iter().any(|e| e.startoff + e.blockcount > keep) {
-                if i.di_format == ForkFormat::Btree {
-                    return Err(Error::unsupported(format!(
-                        "XFS inode {ino}: shrinking a file with a B+tree data fork is not supported yet"
-                    )));
-                }
                 let mut kept = Vec::new();
                 let mut freed = 0i64;
                 for e in ex {
@@ -252,17 +368,24 @@ impl Tx<'_> {
 
     /// Frees every data block of `i` (an inode being freed); returns how many.
     pub fn free_all_data(&mut self, i: &Inode) -> Result<u64> {
-        if i.di_format == ForkFormat::Btree {
-            return Err(Error::unsupported(format!(
-                "XFS inode {}: freeing a B+tree data fork is not supported yet",
-                i.ino
-            )));
-        }
         let ex = self.file_extents(i)?;
         let mut n = 0;
         for e in ex {
             self.free_blocks(e.startblock, e.blockcount as u32);
             n += e.blockcount;
+        }
+        if i.di_format == ForkFormat::Btree {
+            let leaves = self.bmbt_leaves(i)?.ok_or_else(|| {
+                Error::unsupported(format!(
+                    "XFS inode {}: freeing a block map B+tree deeper than two levels is not supported yet",
+                    i.ino
+                ))
+            })?;
+            for off in leaves {
+                self.drop_buf(off);
+                self.free_blocks(self.byte_to_fsb_data(off), 1);
+                n += 1;
+            }
         }
         Ok(n)
     }
