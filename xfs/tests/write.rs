@@ -1076,7 +1076,7 @@ fn bmbt_files(opts: &[&str]) {
         let f = fs.create(root, OsStr::new("frag"), 0o644, 0, 0).unwrap();
         // Every other block: one extent each.
         for k in 0..700u64 {
-            fs.write(f.ino, 2 * k * bs, &vec![(k % 251) as u8; 100])
+            fs.write(f.ino, 2 * k * bs, &[(k % 251) as u8; 100])
                 .unwrap();
         }
         let g = fs.create(root, OsStr::new("frag2"), 0o644, 0, 0).unwrap();
