@@ -1,5 +1,6 @@
-//! Writing a transaction of buffer updates as one log record of any size the kernel accepts
-//! (up to `XLOG_MAX_RECORD_BSIZE`, with extended record headers past 32 KiB), at any head
+//! Writing a transaction of buffer updates as log records the kernel accepts (each up to
+//! `XLOG_MAX_RECORD_BSIZE`, with extended record headers past 32 KiB; a larger transaction
+//! continues in further records, ops never split), at any head
 //! position: a record that runs past the end of the log continues at block 0, its blocks
 //! there stamped with the next cycle, as the kernel's `xlog_sync` splits an iclog. The
 //! unmount record that follows wraps the same way.
@@ -64,16 +65,19 @@ impl Log<'_> {
         if !self.geo.log_v2 {
             return Err(Error::unsupported("writing v1 XFS logs"));
         }
+        // Each op whole; a transaction larger than one record continues in the next records
+        // (recovery gathers ops by transaction id; no op is split, so no continuation flags).
+        let mut ops: Vec<Vec<u8>> = Vec::new();
         let mut data = Vec::new();
-        let mut nops = 0u32;
         op(&mut data, tid, XFS_TRANSACTION, XLOG_START_TRANS, &[]);
+        ops.push(std::mem::take(&mut data));
         let mut th = Vec::new();
         th.extend_from_slice(&XFS_TRANS_HEADER_MAGIC.to_le_bytes());
         th.extend_from_slice(&XFS_TRANS_CHECKPOINT.to_le_bytes());
         th.extend_from_slice(&tid.to_le_bytes());
         th.extend_from_slice(&(bufs.len() as u32).to_le_bytes());
         op(&mut data, tid, XFS_TRANSACTION, 0, &th);
-        nops += 2;
+        ops.push(std::mem::take(&mut data));
         for b in bufs {
             let len = b.data.len();
             if len == 0 || len % BBSIZE != 0 || len > XFS_BLF_DATAMAP_SIZE * 32 * XFS_BLF_CHUNK {
@@ -121,7 +125,7 @@ impl Log<'_> {
                 blf.extend_from_slice(&w.to_le_bytes());
             }
             op(&mut data, tid, XFS_TRANSACTION, 0, &blf);
-            nops += 1;
+            ops.push(std::mem::take(&mut data));
             for (s, e) in runs {
                 op(
                     &mut data,
@@ -130,12 +134,47 @@ impl Log<'_> {
                     0,
                     &b.data[s * XFS_BLF_CHUNK..e * XFS_BLF_CHUNK],
                 );
-                nops += 1;
+                ops.push(std::mem::take(&mut data));
             }
         }
         op(&mut data, tid, XFS_TRANSACTION, XLOG_COMMIT_TRANS, &[]);
-        nops += 1;
-        self.write_record(st, data, nops)
+        ops.push(data);
+        let total: usize = ops.iter().map(Vec::len).sum();
+        if (total as u64) / BBSIZE as u64 >= self.geo.log_bbs / 2 {
+            return Err(Error::unsupported(
+                "XFS transaction larger than half the log",
+            ));
+        }
+        let max = XLOG_MAX_RECORD_BSIZE as usize;
+        // Group whole ops into records.
+        let mut recs: Vec<(Vec<u8>, u32)> = vec![(Vec::new(), 0)];
+        for o in ops {
+            if o.len() > max {
+                return Err(Error::unsupported("an XFS log op larger than a record"));
+            }
+            let last = recs.last().map_or(0, |r| r.0.len());
+            if last + o.len() > max {
+                recs.push((Vec::new(), 0));
+            }
+            if let Some(r) = recs.last_mut() {
+                r.0.extend_from_slice(&o);
+                r.1 += 1;
+            }
+        }
+        // Recovery reads every record of a pass with the header size of the first: all
+        // records of the transaction carry the same h_size.
+        let biggest = recs.iter().map(|r| r.0.len()).max().unwrap_or(0);
+        let h_size = (biggest.div_ceil(XLOG_HEADER_CYCLE_SIZE as usize).max(1)
+            * XLOG_HEADER_CYCLE_SIZE as usize) as u32;
+        let tail = self.next_lsn(st)?;
+        let mut pos = (st.head_blk, tail.cycle());
+        let mut prev = st.last_record_blk;
+        for (data, n) in recs {
+            let at = pos.0;
+            pos = self.put_record(pos, tail, prev, data, n, h_size)?;
+            prev = at;
+        }
+        self.state()
     }
 
     /// Writes an unmount record at the head (wrapping at the end of the log), so the log reads
@@ -145,11 +184,30 @@ impl Log<'_> {
         body[..2].copy_from_slice(&XLOG_UNMOUNT_TYPE.to_le_bytes());
         let mut data = Vec::new();
         op(&mut data, 0xb0c0_d0d0, XFS_LOG, XLOG_UNMOUNT_TRANS, &body);
-        self.write_record(st, data, 1)
+        let lsn = self.next_lsn(st)?;
+        self.put_record(
+            (st.head_blk, lsn.cycle()),
+            lsn,
+            st.last_record_blk,
+            data,
+            1,
+            XLOG_HEADER_CYCLE_SIZE,
+        )?;
+        self.state()
     }
 
-    /// Writes `data` (op headers and bodies, `nops` of them) as one record at the head.
-    fn write_record(&self, st: &LogState, mut data: Vec<u8>, nops: u32) -> Result<LogState> {
+    /// Writes `data` (op headers and bodies, `nops` of them) as one record at block `pos.0`
+    /// of cycle `pos.1`, with tail `tail` and previous record `prev`; returns where the next
+    /// record goes.
+    fn put_record(
+        &self,
+        pos: (u64, u32),
+        tail: Lsn,
+        prev: u64,
+        mut data: Vec<u8>,
+        nops: u32,
+        h_size: u32,
+    ) -> Result<(u64, u32)> {
         let h_len = data.len();
         if h_len > XLOG_MAX_RECORD_BSIZE as usize {
             return Err(Error::unsupported(format!(
@@ -158,8 +216,9 @@ impl Log<'_> {
             )));
         }
         data.resize(h_len.div_ceil(BBSIZE).max(1) * BBSIZE, 0);
-        let h_size = (h_len.div_ceil(XLOG_HEADER_CYCLE_SIZE as usize).max(1)
-            * XLOG_HEADER_CYCLE_SIZE as usize) as u32;
+        if h_len > h_size as usize || h_size > XLOG_MAX_RECORD_BSIZE {
+            return Err(Error::invalid("XFS log record larger than its h_size"));
+        }
         let hblks = (h_size / XLOG_HEADER_CYCLE_SIZE) as usize;
         let dblks = data.len() / BBSIZE;
         let total = (hblks + dblks) as u64;
@@ -168,9 +227,8 @@ impl Log<'_> {
                 "XFS log record larger than half the log",
             ));
         }
-        let lsn = self.next_lsn(st)?;
-        let cycle = lsn.cycle();
-        let blk = st.head_blk;
+        let (blk, cycle) = pos;
+        let lsn = Lsn::new(cycle, blk as u32);
         // Header blocks: the record header, then one extended header per further 32 KiB.
         let mut hdrs = vec![vec![0u8; BBSIZE]; hblks];
         {
@@ -180,9 +238,9 @@ impl Log<'_> {
             hdr[8..12].copy_from_slice(&2u32.to_be_bytes());
             hdr[12..16].copy_from_slice(&(h_len as u32).to_be_bytes());
             hdr[16..24].copy_from_slice(&lsn.0.to_be_bytes());
-            // The log was clean: nothing older is needed, the tail is this record.
-            hdr[24..32].copy_from_slice(&lsn.0.to_be_bytes());
-            hdr[36..40].copy_from_slice(&(st.last_record_blk as u32).to_be_bytes());
+            // The log was clean: nothing older than this transaction's first record is needed.
+            hdr[24..32].copy_from_slice(&tail.0.to_be_bytes());
+            hdr[36..40].copy_from_slice(&(prev as u32).to_be_bytes());
             hdr[40..44].copy_from_slice(&nops.to_be_bytes());
             hdr[300..304].copy_from_slice(&XLOG_FMT_LINUX_LE.to_be_bytes());
             hdr[304..320].copy_from_slice(&self.geo.uuid);
@@ -234,6 +292,11 @@ impl Log<'_> {
         self.dev.flush()?;
         self.dev.write_at(&hdrs[0], base + blk * BBSIZE as u64)?;
         self.dev.flush()?;
-        self.state()
+        let end = blk + total;
+        Ok(if end >= self.geo.log_bbs {
+            (end - self.geo.log_bbs, next)
+        } else {
+            (end, cycle)
+        })
     }
 }

@@ -964,7 +964,8 @@ fn crash_current_defaults() {
 
 /// Directories that outgrow one block become leaf directories (data blocks, a leaf block with
 /// the bests table) and shrink back to block and short form; a leaf directory the kernel made
-/// is edited too; a node directory is refused by name and left as it was.
+/// is edited too, and node directories (3,000 and 20,000 entries, block maps in B+tree
+/// form).
 fn leaf_dirs(opts: &[&str]) {
     if !can_loop_mount() {
         eprintln!("skipped: needs root, mkfs.xfs and loop devices");
@@ -978,6 +979,9 @@ for i in range(300):
 os.makedirs('knode')
 for i in range(3000):
     open('knode/kernel-made-entry-%05d' % i, 'w').write(str(i))
+os.makedirs('big20k')
+for i in range(20000):
+    os.close(os.open('big20k/e%05d' % i, os.O_CREAT | os.O_WRONLY))
 "#;
     let img = image(dir.path(), opts, script);
     {
@@ -999,16 +1003,27 @@ for i in range(3000):
             .unwrap();
         fs.write(x.ino, 0, b"leaf").unwrap();
         let kn = lookup(&fs, "/knode");
-        let e = fs
-            .create(kn, OsStr::new("refused"), 0o644, 0, 0)
-            .unwrap_err();
-        assert_eq!(vdisk_guestfs::fs::errno(&e), errno::EOPNOTSUPP, "{e}");
-        assert!(e.to_string().contains("not supported yet"), "{e}");
+        fs.create(kn, OsStr::new("added-to-a-node-dir"), 0o644, 0, 0)
+            .unwrap();
+        for k in (0..3000).step_by(7) {
+            let name = format!("kernel-made-entry-{k:05}");
+            fs.unlink(kn, OsStr::new(&name)).unwrap();
+        }
+        let big = lookup(&fs, "/big20k");
+        for k in 0..5 {
+            let name = format!("vdisk-{k}");
+            fs.create(big, OsStr::new(&name), 0o644, 0, 0).unwrap();
+            let name = format!("e{:05}", k * 997);
+            fs.unlink(big, OsStr::new(&name)).unwrap();
+        }
         fs.flush().unwrap();
     }
     let k = check(dir.path(), &img);
     assert_eq!(k.matches("/grow/a-rather-long-entry-name").count(), 400);
     assert!(k.contains("/kleaf/added-by-vdisk "));
+    assert!(k.contains("/knode/added-to-a-node-dir "));
+    assert_eq!(k.matches("/big20k/").count(), 20000);
+    assert!(k.contains("/big20k/vdisk-4 ") && !k.contains("/big20k/e00997 "));
     {
         let fs = open_rw(&img);
         let g = lookup(&fs, "/grow");

@@ -417,8 +417,109 @@ impl Tx<'_> {
         r
     }
 
+    /// The levels of tree `t` in `agno` (from the AGF or AGI).
+    fn levels(&mut self, agno: u32, t: Tree) -> Result<u32> {
+        let (n, _, lo) = t.root_at();
+        let h = if n == 1 {
+            self.agf(agno)?
+        } else {
+            self.agi(agno)?
+        };
+        Ok(be32(h, lo))
+    }
+
+    /// Every record of tree `t` in `agno`, walked from the root (any depth): (leaf byte
+    /// offset, index in the leaf, record bytes), in key order.
+    fn all_records(&mut self, agno: u32, t: Tree) -> Result<Vec<(u64, usize, Vec<u8>)>> {
+        let (n, ro, lo) = t.root_at();
+        let h = if n == 1 {
+            self.agf(agno)?
+        } else {
+            self.agi(agno)?
+        };
+        let root = be32(h, ro);
+        let levels = be32(h, lo);
+        if levels == 0 || levels > 8 {
+            return Err(Error::corrupt(format!(
+                "XFS AG {agno}: {} B+tree has {levels} levels",
+                t.name()
+            )));
+        }
+        let bs = self.fs.sb.sb_blocksize as usize;
+        let rs = t.recsize();
+        // Keys are the first 4 bytes of a record for inode trees, 8 for free space.
+        let ks = if rs == 16 { 4 } else { 8 };
+        let mut out = Vec::new();
+        let mut stack = vec![(root, levels - 1)];
+        let mut visited = 0usize;
+        while let Some((agbno, level)) = stack.pop() {
+            visited += 1;
+            if visited > 1 << 20 || agbno == 0 || agbno >= self.fs.sb.sb_agblocks {
+                return Err(Error::corrupt(format!(
+                    "XFS AG {agno}: {} B+tree points outside the AG or loops",
+                    t.name()
+                )));
+            }
+            let off = agb_byte(self.fs, agno, agbno);
+            let b = self.buf(off, bs, Kind::ShortBtree)?;
+            let nrec = usize::from(be16(b, 6));
+            if be32(b, 0) != t.magic() || u32::from(be16(b, 4)) != level {
+                return Err(Error::corrupt(format!(
+                    "XFS AG {agno}: {} B+tree block {agbno} is not a level {level} block",
+                    t.name()
+                )));
+            }
+            if level == 0 {
+                if SBLOCK_HDR + nrec * rs > bs {
+                    return Err(Error::corrupt(format!(
+                        "XFS AG {agno}: B+tree leaf {agbno} overflows"
+                    )));
+                }
+                for k in 0..nrec {
+                    out.push((
+                        off,
+                        k,
+                        b[SBLOCK_HDR + k * rs..SBLOCK_HDR + (k + 1) * rs].to_vec(),
+                    ));
+                }
+            } else {
+                let maxrecs = (bs - SBLOCK_HDR) / (ks + 4);
+                if nrec > maxrecs {
+                    return Err(Error::corrupt(format!(
+                        "XFS AG {agno}: B+tree node {agbno} overflows"
+                    )));
+                }
+                // Children pushed last first, so they pop in key order.
+                for k in (0..nrec).rev() {
+                    let p = be32(b, SBLOCK_HDR + maxrecs * ks + k * 4);
+                    stack.push((p, level - 1));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Updates the record for `rec.startino` in `t` (inserting or, when `remove`, deleting).
+    /// Trees deeper than one block take in-place updates only.
     fn put_irec(&mut self, agno: u32, t: Tree, rec: &InoRec, remove: bool) -> Result<()> {
+        if self.levels(agno, t)? > 1 {
+            let all = self.all_records(agno, t)?;
+            let hit = all.iter().find(|(_, _, r)| be32(r, 0) == rec.startino);
+            return match (hit, remove) {
+                (Some((off, idx, _)), false) => {
+                    let (off, idx) = (*off, *idx);
+                    let enc = self.encode_irec(rec);
+                    let bs = self.fs.sb.sb_blocksize as usize;
+                    let b = self.buf(off, bs, Kind::ShortBtree)?;
+                    b[SBLOCK_HDR + idx * 16..SBLOCK_HDR + (idx + 1) * 16].copy_from_slice(&enc);
+                    Ok(())
+                }
+                _ => Err(Error::unsupported(format!(
+                    "XFS AG {agno}: inserting into or deleting from a {} B+tree deeper than one block is not supported yet",
+                    t.name()
+                ))),
+            };
+        }
         let (off, mut recs) = self.leaf(agno, t)?;
         let pos = recs.partition_point(|r| be32(r, 0) < rec.startino);
         let exists = pos < recs.len() && be32(&recs[pos], 0) == rec.startino;
@@ -448,7 +549,12 @@ impl Tx<'_> {
                 }
                 // AGs whose inode trees this writer cannot edit are passed over (checked
                 // before anything changes).
-                match self.leaf(agno, Tree::Ino).and_then(|_| {
+                let check = if pass == 1 {
+                    self.leaf(agno, Tree::Ino).map(|_| ())
+                } else {
+                    self.all_records(agno, Tree::Ino).map(|_| ())
+                };
+                match check.and_then(|_| {
                     if self.finobt() {
                         self.leaf(agno, Tree::Fino).map(|_| ())
                     } else {
@@ -465,10 +571,10 @@ impl Tx<'_> {
                 if pass == 1 && !self.new_chunk(agno)? {
                     continue;
                 }
-                let (_, recs) = self.leaf(agno, Tree::Ino)?;
+                let recs = self.all_records(agno, Tree::Ino)?;
                 let Some(mut rec) = recs
                     .iter()
-                    .map(|r| self.decode_irec(r))
+                    .map(|(_, _, r)| self.decode_irec(r))
                     .find(|r| r.freecount > 0)
                 else {
                     if pass == 0 {
@@ -570,10 +676,10 @@ impl Tx<'_> {
         let bits = u32::from(self.fs.sb.sb_agblklog) + u32::from(self.fs.sb.sb_inopblog);
         let agno = (ino >> bits) as u32;
         let agino = (ino & ((1u64 << bits) - 1)) as u32;
-        let (_, recs) = self.leaf(agno, Tree::Ino)?;
+        let recs = self.all_records(agno, Tree::Ino)?;
         let mut rec = recs
             .iter()
-            .map(|r| self.decode_irec(r))
+            .map(|(_, _, r)| self.decode_irec(r))
             .find(|r| r.startino <= agino && agino < r.startino + 64)
             .ok_or_else(|| Error::corrupt(format!("XFS: inode {ino} is in no inobt record")))?;
         let bit = agino - rec.startino;

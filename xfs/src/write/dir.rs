@@ -95,6 +95,16 @@ const DATA_HDR: usize = 64;
 const LEAF_HDR: usize = 64;
 /// "XFS_DIR3_LEAF1_MAGIC": a v5 single leaf block (with the bests table).
 pub const XFS_DIR3_LEAF1_MAGIC: u16 = 0x3df1;
+/// "XFS_DIR3_LEAFN_MAGIC": a v5 leaf block of a node directory.
+pub const XFS_DIR3_LEAFN_MAGIC: u16 = 0x3dff;
+/// "XFS_DA3_NODE_MAGIC": a v5 da B+tree node.
+pub const XFS_DA3_NODE_MAGIC: u16 = 0x3ebe;
+/// "XDF3": a v5 directory free index block.
+pub const XFS_DIR3_FREE_MAGIC: u32 = 0x5844_4633;
+/// Size of a v5 da node header (`xfs_da3_node_hdr`).
+const NODE_HDR: usize = 64;
+/// Size of a v5 free index header (`xfs_dir3_free_hdr`).
+const FREE_HDR: usize = 64;
 
 impl Tx<'_> {
     /// The directory block size in bytes.
@@ -176,7 +186,7 @@ impl Tx<'_> {
                 p = q + 1 + isz;
                 offset += entsize(e.name.len());
             }
-            let freed = self.dir_free_blocks(&old_ex);
+            let freed = self.free_all_data(&d)?;
             let b = self.inode_mut(ino)?;
             b[5] = FMT_LOCAL;
             b[CORE..CORE + room].fill(0);
@@ -223,12 +233,6 @@ impl Tx<'_> {
                 let last = blocks[0].pop();
                 blocks.push(last.into_iter().collect());
             }
-            let nleaf = list.entries.len() + 2;
-            if LEAF_HDR + nleaf * 8 + blocks.len() * 2 + 4 > dbs {
-                return Err(Error::unsupported(format!(
-                    "XFS directory {ino}: its entries outgrow one leaf block; node form directories are not supported yet"
-                )));
-            }
         } else {
             for e in &list.entries {
                 blocks[0].push((&e.name[..], e.ino, e.ftype));
@@ -245,9 +249,37 @@ impl Tx<'_> {
                 .find(|e| e.startoff <= lblk && lblk < e.startoff + e.blockcount)
                 .map(|e| e.startblock + (lblk - e.startoff))
         };
+        // Leaf form while one leaf block holds every hash and the bests table; node form
+        // (a da node over leafn blocks, free index blocks) past that.
+        let nleaf = list.entries.len() + 2;
+        let node = !one_block && LEAF_HDR + nleaf * 8 + blocks.len() * 2 + 4 > dbs;
+        let per_leafn = (dbs - LEAF_HDR) / 8;
+        let nleafn = if node {
+            nleaf.div_ceil(per_leafn).max(2)
+        } else {
+            0
+        };
+        let per_free = (dbs - FREE_HDR) / 2;
+        let nfree = if node {
+            blocks.len().div_ceil(per_free)
+        } else {
+            0
+        };
+        if nleafn > (dbs - NODE_HDR) / 8 {
+            return Err(Error::unsupported(format!(
+                "XFS directory {ino}: {nleaf} entries need a directory B+tree deeper than one node, which is not supported yet"
+            )));
+        }
+        let free_lblk = 2 * leaf_lblk;
         let mut want: Vec<u64> = (0..blocks.len() as u64).map(|db| db * fsbs).collect();
         if !one_block {
             want.push(leaf_lblk);
+        }
+        for k in 1..=nleafn as u64 {
+            want.push(leaf_lblk + k * fsbs);
+        }
+        for j in 0..nfree as u64 {
+            want.push(free_lblk + j * fsbs);
         }
         let near = self.byte_to_fsb(self.fs.inode_offset(ino)?);
         let mut map: Vec<Extent> = Vec::new();
@@ -311,9 +343,12 @@ impl Tx<'_> {
         }
         {
             let b = self.inode_mut(ino)?;
-            b[5] = FMT_EXTENTS;
-            b[CORE..CORE + room].fill(0);
-            put32(b, 76, 0);
+            if b[5] == FMT_LOCAL {
+                // The short-form entries go; put_extents lays the block map out.
+                b[5] = FMT_EXTENTS;
+                b[CORE..CORE + room].fill(0);
+                put32(b, 76, 0);
+            }
             let nb = u64::from_be_bytes(b[64..72].try_into().unwrap_or_default());
             put64(b, 64, (nb + allocated).saturating_sub(freed));
             put64(b, 56, (blocks.len() * dbs) as u64);
@@ -382,8 +417,66 @@ impl Tx<'_> {
                 put32(b, dbs - 4, 0);
             }
         }
-        if !one_block {
-            let leaf = map.last().map(|m| m.startblock).unwrap_or_default();
+        if node {
+            leaves.sort();
+            let each = leaves.len().div_ceil(nleafn);
+            let nd = blocks.len();
+            // The da node (root, level 1) at the start of the leaf space.
+            let root_off = self.fs.fsb_to_byte(map[nd].startblock)?;
+            let mut node_ents = Vec::new();
+            for (k, chunk) in leaves.chunks(each).enumerate() {
+                let dablk = leaf_lblk + (k as u64 + 1) * fsbs;
+                let off = self.fs.fsb_to_byte(map[nd + 1 + k].startblock)?;
+                let b = self.new_buf(off, dbs, Kind::DirLeafN);
+                put32(
+                    b,
+                    0,
+                    if k + 1 < nleafn {
+                        (dablk + fsbs) as u32
+                    } else {
+                        0
+                    },
+                );
+                put32(b, 4, if k > 0 { (dablk - fsbs) as u32 } else { 0 });
+                put16(b, 8, XFS_DIR3_LEAFN_MAGIC);
+                put64(b, 16, off / 512);
+                b[32..48].copy_from_slice(&uuid);
+                put64(b, 48, ino);
+                put16(b, 56, chunk.len() as u16);
+                for (j, (h, a)) in chunk.iter().enumerate() {
+                    put32(b, LEAF_HDR + j * 8, *h);
+                    put32(b, LEAF_HDR + j * 8 + 4, *a);
+                }
+                node_ents.push((chunk.last().map_or(0, |x| x.0), dablk as u32));
+            }
+            let b = self.new_buf(root_off, dbs, Kind::DaNode);
+            put16(b, 8, XFS_DA3_NODE_MAGIC);
+            put64(b, 16, root_off / 512);
+            b[32..48].copy_from_slice(&uuid);
+            put64(b, 48, ino);
+            put16(b, 56, node_ents.len() as u16);
+            put16(b, 58, 1);
+            for (k, (h, before)) in node_ents.iter().enumerate() {
+                put32(b, NODE_HDR + k * 8, *h);
+                put32(b, NODE_HDR + k * 8 + 4, *before);
+            }
+            // Free index blocks: the longest free region of each data block.
+            for (j, chunk) in bests.chunks(per_free).enumerate() {
+                let off = self.fs.fsb_to_byte(map[nd + 1 + nleafn + j].startblock)?;
+                let b = self.new_buf(off, dbs, Kind::DirFree);
+                put32(b, 0, XFS_DIR3_FREE_MAGIC);
+                put64(b, 8, off / 512);
+                b[24..40].copy_from_slice(&uuid);
+                put64(b, 40, ino);
+                put32(b, 48, (j * per_free) as u32);
+                put32(b, 52, chunk.len() as u32);
+                put32(b, 56, chunk.len() as u32);
+                for (k, v) in chunk.iter().enumerate() {
+                    put16(b, FREE_HDR + 2 * k, *v);
+                }
+            }
+        } else if !one_block {
+            let leaf = map[blocks.len()].startblock;
             let off = self.fs.fsb_to_byte(leaf)?;
             let b = self.new_buf(off, dbs, Kind::DirLeaf);
             put16(b, 8, XFS_DIR3_LEAF1_MAGIC);
@@ -407,49 +500,24 @@ impl Tx<'_> {
 
     /// Refuses directory forms this writer does not change (node form, B+tree forks).
     fn dir_form(&mut self, d: &Inode) -> Result<()> {
+        // Every form is re-encoded whole from its entries, so any directory whose blocks are
+        // all known can be changed: extent lists, and block maps of one leaf level.
         match d.di_format {
-            ForkFormat::Local => Ok(()),
-            ForkFormat::Extents => {
-                let bs = u64::from(self.fs.sb.sb_blocksize);
-                let ex = self.file_extents(d)?;
-                let leaf_lblk = XFS_DIR2_LEAF_OFFSET / bs;
-                let fsbs = (self.dirblk() as u64) / bs;
-                let leaf_blocks: u64 = ex
-                    .iter()
-                    .filter(|e| e.startoff >= leaf_lblk)
-                    .map(|e| e.blockcount)
-                    .sum();
-                if leaf_blocks > fsbs
-                    || ex
-                        .iter()
-                        .any(|e| e.startoff.saturating_mul(bs) >= 2 * XFS_DIR2_LEAF_OFFSET)
+            ForkFormat::Local | ForkFormat::Extents => Ok(()),
+            ForkFormat::Btree => {
+                self.file_extents(d)?;
+                if d.data_fork.len() >= 2
+                    && u16::from_be_bytes([d.data_fork[0], d.data_fork[1]]) != 1
                 {
                     return Err(Error::unsupported(format!(
-                        "XFS directory {}: changing node form directories is not supported yet",
-                        d.ino
-                    )));
-                }
-                if d.di_size == self.dirblk() as u64 && !ex.iter().any(|e| e.startoff >= leaf_lblk) {
-                    return Ok(());
-                }
-                let leaf = ex
-                    .iter()
-                    .find(|e| e.startoff == leaf_lblk)
-                    .ok_or_else(|| Error::unsupported(format!(
-                        "XFS directory {}: unexpected directory layout; not changed",
-                        d.ino
-                    )))?;
-                let buf = self.fs.read_bytes_vec(self.fs.fsb_to_byte(leaf.startblock)?, 16)?;
-                if u16::from_be_bytes([buf[8], buf[9]]) != XFS_DIR3_LEAF1_MAGIC {
-                    return Err(Error::unsupported(format!(
-                        "XFS directory {}: changing node form directories is not supported yet",
+                        "XFS directory {}: changing directories whose block map B+tree is deeper than two levels is not supported yet",
                         d.ino
                     )));
                 }
                 Ok(())
             }
-            _ => Err(Error::unsupported(format!(
-                "XFS directory {}: changing directories with a B+tree block map is not supported yet",
+            ForkFormat::Dev => Err(Error::corrupt(format!(
+                "XFS directory {}: device fork",
                 d.ino
             ))),
         }
@@ -459,15 +527,5 @@ impl Tx<'_> {
         let bno = byte / u64::from(self.fs.sb.sb_blocksize);
         let agb = u64::from(self.fs.sb.sb_agblocks);
         ((bno / agb) << self.fs.sb.sb_agblklog) | (bno % agb)
-    }
-
-    /// Frees a directory's blocks (going back to short form); returns the count.
-    fn dir_free_blocks(&mut self, ex: &[Extent]) -> u64 {
-        let mut n = 0;
-        for e in ex {
-            self.free_blocks(e.startblock, e.blockcount as u32);
-            n += e.blockcount;
-        }
-        n
     }
 }

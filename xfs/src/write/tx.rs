@@ -42,8 +42,14 @@ pub mod blft {
     pub const DIR_BLOCK: u16 = 10;
     /// `XFS_BLFT_DIR_DATA_BUF`.
     pub const DIR_DATA: u16 = 11;
+    /// `XFS_BLFT_DIR_FREE_BUF`.
+    pub const DIR_FREE: u16 = 12;
     /// `XFS_BLFT_DIR_LEAF1_BUF`.
     pub const DIR_LEAF1: u16 = 13;
+    /// `XFS_BLFT_DIR_LEAFN_BUF`.
+    pub const DIR_LEAFN: u16 = 14;
+    /// `XFS_BLFT_DA_NODE_BUF`.
+    pub const DA_NODE: u16 = 15;
     /// `XFS_BLFT_SB_BUF`.
     pub const SB: u16 = 18;
 }
@@ -71,6 +77,12 @@ pub enum Kind {
     DirData,
     /// A v5 directory leaf block (`xfs_da3_blkinfo` header).
     DirLeaf,
+    /// A v5 leaf block of a node directory.
+    DirLeafN,
+    /// A v5 da B+tree node block.
+    DaNode,
+    /// A v5 directory free index block.
+    DirFree,
     /// A remote symlink block.
     Symlink,
 }
@@ -87,6 +99,9 @@ impl Kind {
             Kind::DirBlock => blft::DIR_BLOCK,
             Kind::DirLeaf => blft::DIR_LEAF1,
             Kind::DirData => blft::DIR_DATA,
+            Kind::DirLeafN => blft::DIR_LEAFN,
+            Kind::DaNode => blft::DA_NODE,
+            Kind::DirFree => blft::DIR_FREE,
             Kind::Symlink => blft::SYMLINK,
         }
     }
@@ -102,7 +117,8 @@ impl Kind {
             Kind::LongBtree => (64, 32),
             Kind::Inodes => (100, 112),
             Kind::DirBlock | Kind::DirData => (4, 16),
-            Kind::DirLeaf => (12, 24),
+            Kind::DirLeaf | Kind::DirLeafN | Kind::DaNode => (12, 24),
+            Kind::DirFree => (4, 16),
             Kind::Symlink => (12, 48),
         }
     }
