@@ -188,7 +188,12 @@ impl<'a> Log<'a> {
         // mkfs.xfs writes its unmount record with h_crc 0 and the kernel accepts it (it checks
         // CRCs only over records it replays); a zero CRC is taken as "not computed".
         if self.geo.v5 && h.h_crc != 0 {
-            let exts: Vec<&[u8]> = ext.chunks(BBSIZE).collect();
+            // xlog_cksum covers the extended headers h_len needs, not all h_size provides.
+            let used = (h.h_len as usize)
+                .div_ceil(record::XLOG_HEADER_CYCLE_SIZE as usize)
+                .max(1)
+                - 1;
+            let exts: Vec<&[u8]> = ext.chunks(BBSIZE).take(used).collect();
             let want = record_crc(&hb, &exts, &data[..h.h_len as usize]);
             if want != h.h_crc {
                 return Err(Error::corrupt_at(

@@ -270,7 +270,10 @@ impl Log<'_> {
             };
             w.copy_from_slice(&next.to_be_bytes());
         }
-        let exts: Vec<&[u8]> = hdrs[1..].iter().map(Vec::as_slice).collect();
+        // The kernel's xlog_cksum covers the extended headers the data needs (by h_len), not
+        // every one h_size provides.
+        let used = h_len.div_ceil(XLOG_HEADER_CYCLE_SIZE as usize).max(1);
+        let exts: Vec<&[u8]> = hdrs[1..used.min(hblks)].iter().map(Vec::as_slice).collect();
         let crc = record_crc(&hdrs[0], &exts, &data[..h_len]);
         hdrs[0][32..36].copy_from_slice(&crc.to_le_bytes());
         let mut image = Vec::with_capacity((hblks + dblks) * BBSIZE);

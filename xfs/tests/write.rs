@@ -1136,3 +1136,99 @@ fn bmbt_files_centos7() {
 fn bmbt_files_current_defaults() {
     bmbt_files(DEFAULTS);
 }
+
+/// One operation whose transaction spans several log records (a 20,000-entry directory
+/// re-laid): cut off after k device writes for k across the log records and the home
+/// writes, the kernel's replay brings it back whole or absent.
+#[test]
+fn crash_in_a_multi_record_transaction() {
+    if !can_loop_mount() {
+        eprintln!("skipped: needs root, mkfs.xfs and loop devices");
+        return;
+    }
+    let dir = scratch();
+    let script = r#"
+os.makedirs('big')
+for i in range(20000):
+    os.close(os.open('big/entry-made-by-the-kernel-%05d' % i, os.O_CREAT | os.O_WRONLY))
+"#;
+    let golden = image(dir.path(), CENTOS7, script);
+    let work = dir.path().join("work.img");
+    let run_op = |budget: i64| -> (i64, bool) {
+        std::fs::copy(&golden, &work).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&work)
+            .unwrap();
+        let n = f.metadata().unwrap().len();
+        let dev = Arc::new(CrashDev {
+            inner: RwDev(f, n),
+            budget: std::sync::atomic::AtomicI64::new(budget),
+        });
+        let ok = {
+            let fs = XfsRw::open(dev.clone()).unwrap();
+            let big = fs.resolve(b"/big", true).unwrap();
+            // The first entry goes: every later entry moves up, every block is rewritten.
+            fs.unlink(big, OsStr::new("entry-made-by-the-kernel-00000"))
+                .is_ok()
+        };
+        (
+            budget - dev.budget.load(std::sync::atomic::Ordering::SeqCst),
+            ok,
+        )
+    };
+    let f = std::fs::File::open(&golden).unwrap();
+    let n = f.metadata().unwrap().len();
+    let gdev = common::FileDev(f, n);
+    let head0 = vdisk_xfs_log::Log::open(&gdev)
+        .unwrap()
+        .state()
+        .unwrap()
+        .head_blk;
+    let (total, ok) = run_op(i64::MAX);
+    assert!(ok);
+    {
+        // The records the operation wrote, up to the unmount record.
+        let f = std::fs::File::open(&work).unwrap();
+        let n = f.metadata().unwrap().len();
+        let d = common::FileDev(f, n);
+        let log = vdisk_xfs_log::Log::open(&d).unwrap();
+        let st = log.state().unwrap();
+        let mut blk = head0;
+        let mut records = 0;
+        while blk != st.last_record_blk {
+            let (h, _) = log.read_record(blk).unwrap();
+            blk = (blk + h.header_blocks() + h.data_blocks()) % log.geometry().log_bbs;
+            records += 1;
+            assert!(records < 100);
+        }
+        assert!(records >= 2, "the transaction fit in {records} record");
+        eprintln!("the transaction took {records} log records");
+    }
+    let after = stable(&kernel_manifest(dir.path(), &work));
+    std::fs::copy(&golden, &work).unwrap();
+    let before = stable(&kernel_manifest(dir.path(), &work));
+    // The log records come first (two writes each), then the home writes.
+    // Inside the first record, between records, right after the last record (the commit is
+    // in the log, nothing home yet), amid the home writes, before the unmount record.
+    let points: Vec<i64> = vec![1, 4, 9, 10, 11, total / 2, total - 2];
+    let mut replayed = 0;
+    for k in points {
+        let (_, ok) = run_op(k);
+        assert!(!ok || k >= total);
+        let f = std::fs::File::open(&work).unwrap();
+        let n = f.metadata().unwrap().len();
+        let d = common::FileDev(f, n);
+        let st = vdisk_xfs_log::Log::open(&d).unwrap().state().unwrap();
+        replayed += usize::from(!st.clean);
+        let m = stable(&kernel_manifest(dir.path(), &work));
+        xfs_repair_clean(&work);
+        assert!(
+            m == before || m == after,
+            "after {k} of {total} writes: neither before nor after"
+        );
+    }
+    eprintln!("{total} writes; {replayed} crash points left the log to the kernel");
+    assert!(replayed > 0);
+}

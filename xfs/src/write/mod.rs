@@ -8,18 +8,21 @@
 //!
 //! ```text
 //!   FileSystemMut op -> Tx { buffers by byte offset, queued file data }
-//!        |  alloc.rs: bnobt/cntbt leaves, AGF, inobt/finobt leaves, AGI, superblock counts
-//!        |  dir.rs: short form <-> block form, re-encoded whole
+//!        |  alloc.rs: bnobt/cntbt leaves, AGF, inobt/finobt, AGI, inode chunks, counters
+//!        |  dir.rs: short form / block / leaf / node, re-encoded whole from the entries
 //!        |  attr.rs: short-form attribute forks
-//!        |  data.rs: file data, extent lists
+//!        |  data.rs: file data, extent lists and block map B+trees (root + leaves)
 //!        v
-//!   commit: data home, LSN + CRC stamped, log record, buffers home, unmount record
+//!   commit: data home, LSN + CRC stamped, log record(s), buffers home, unmount record
 //! ```
 //!
 //! Structures not handled yet are refused by name (EOPNOTSUPP) before anything is written:
-//! v4 filesystems, rmapbt, reflink filesystems holding shared extents, free-space or inode
-//! B+trees deeper than one block or a leaf that would overflow, leaf and node directories,
-//! leaf attribute forks, B+tree data forks that need new blocks, a dirty log.
+//! v4 filesystems, rmapbt, reflink filesystems holding shared extents, nrext64 inodes,
+//! free-space B+trees deeper than one block and leaves that would overflow (an AG in that
+//! state is passed over for allocation), inserts into or deletes from inode B+trees deeper
+//! than one block (in-place updates are fine), block maps and directory B+trees deeper than
+//! one node level, leaf attribute forks and values over 255 bytes, unwritten extents, a dirty
+//! log. Open-but-unlinked inodes are not kept on the AGI unlinked list: the last unlink frees.
 
 pub mod alloc;
 pub mod attr;
