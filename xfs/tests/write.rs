@@ -1232,3 +1232,55 @@ for i in range(20000):
     eprintln!("{total} writes; {replayed} crash points left the log to the kernel");
     assert!(replayed > 0);
 }
+
+/// A log that needs recovery: writes are refused by name, nothing is changed.
+#[test]
+fn dirty_log_refuses_writes() {
+    if !can_loop_mount() {
+        eprintln!("skipped: needs root, mkfs.xfs and loop devices");
+        return;
+    }
+    let dir = scratch();
+    let golden = image(dir.path(), CENTOS7, BASE);
+    let work = dir.path().join("work.img");
+    std::fs::copy(&golden, &work).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&work)
+        .unwrap();
+    let n = f.metadata().unwrap().len();
+    // Cut off after the log record of one operation: the log holds a committed transaction.
+    let dev = Arc::new(CrashDev {
+        inner: RwDev(f, n),
+        budget: std::sync::atomic::AtomicI64::new(2),
+    });
+    {
+        let fs = XfsRw::open(dev.clone()).unwrap();
+        let h = fs.resolve(b"/etc/hostname", true).unwrap();
+        assert!(fs
+            .setattr(
+                h,
+                &SetAttr {
+                    mode: Some(0o600),
+                    ..Default::default()
+                }
+            )
+            .is_err());
+    }
+    let before = std::fs::read(&work).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&work)
+        .unwrap();
+    let e = XfsRw::open(Arc::new(RwDev(f, n)))
+        .err()
+        .expect("a dirty log must refuse");
+    assert_eq!(vdisk_guestfs::fs::errno(&e), errno::EOPNOTSUPP, "{e}");
+    assert!(e.to_string().contains("dirty"), "{e}");
+    assert!(
+        std::fs::read(&work).unwrap() == before,
+        "the refused open changed the image"
+    );
+}

@@ -68,6 +68,16 @@ impl XfsRw {
     /// Opens the filesystem on `dev` (which must be writable) for reading and writing.
     /// Filesystems whose structures this engine does not maintain are refused by name.
     pub fn open(dev: Arc<dyn BlockDevice>) -> Result<XfsRw> {
+        // Writes go to the device itself: a log that needs recovery must be replayed home
+        // first (whatever a read-only open does with it in memory).
+        let clean = vdisk_xfs_log::Log::open(&*dev)
+            .and_then(|l| l.state())
+            .map(|st| st.clean);
+        if let Ok(false) = clean {
+            return Err(Error::unsupported(
+                "XFS log is dirty; writing before its replay is written home is not supported yet",
+            ));
+        }
         let fs = Xfs::open(dev)?;
         check_features(&fs)?;
         Ok(XfsRw {
