@@ -155,10 +155,21 @@ fn open_fat(dev: Arc<dyn BlockDevice>, access: Access) -> Result<Arc<dyn FileSys
     )?))
 }
 
+/// XFS: read through the reader (a dirty log replayed in memory); written by [`XfsRw`]
+/// (v5), after a dirty log has been replayed home as the kernel's mount would.
+///
+/// [`XfsRw`]: vdisk_xfs::XfsRw
 fn open_xfs(dev: Arc<dyn BlockDevice>, access: Access) -> Result<Arc<dyn FileSystem>> {
     match access {
         Access::ReadOnly => Ok(Arc::new(vdisk_xfs::Xfs::open(dev)?)),
-        Access::ReadWrite => Err(Error::unsupported(vdisk_xfs::READ_ONLY)),
+        Access::ReadWrite => {
+            let mut reader = vdisk_xfs::Xfs::open(dev.clone())?;
+            if reader.log_replayed_in_memory() {
+                reader.replay_home()?;
+            }
+            drop(reader);
+            Ok(Arc::new(vdisk_xfs::XfsRw::open(dev)?))
+        }
     }
 }
 

@@ -525,12 +525,12 @@ fn debian_like_guest() {
     assert!(text(&m.join("usr/lib/virt-sysprep/scripts/0001-echo-hello")).contains("echo hello"));
 }
 
-/// A template whose root the engines cannot write (XFS, read-only in this version): the
-/// clone fails with one line naming the reason, leaves no new image, and the template's bytes
-/// are unchanged.
+/// The seed's own template kind: a CentOS 7 disk whose root LV is XFS. The clone sets the
+/// hostname in the overlay; the root LV read from the overlay passes `xfs_repair -n` and the
+/// kernel's mount shows the new hostname; the template's bytes are unchanged.
 #[test]
-fn failed_clone_leaves_nothing() {
-    need(&["mkfs.xfs", "qemu-img"]);
+fn clone_of_an_xfs_template() {
+    need(&["mkfs.xfs", "xfs_repair", "qemu-img"]);
     let d = centos_disk_with(RootFs::Xfs);
     let before = sha256(&d.raw);
     let new = d.tmp.path().join("x.qcow2");
@@ -538,12 +538,72 @@ fn failed_clone_leaves_nothing() {
         .args(["clone", "--format", "raw"])
         .arg(&d.raw)
         .arg(&new)
-        .args(["--hostname", "x"])
+        .args(["--hostname", "xfs-clone.example.com"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256(&d.raw), before);
+    let flat = d.path("x-flat.raw");
+    sh(&format!(
+        "qemu-img convert -O raw {} {}",
+        new.display(),
+        flat.display()
+    ));
+    let lv = d.path("x-root.raw");
+    sh(&format!(
+        "dd if={} of={} bs=1M skip={} count={} iflag=skip_bytes,count_bytes status=none",
+        flat.display(),
+        lv.display(),
+        d.root.0,
+        d.root.1
+    ));
+    let rep = Command::new("timeout")
+        .args(["120", "xfs_repair", "-n"])
+        .arg(&lv)
+        .output()
+        .unwrap();
+    assert!(
+        rep.status.success(),
+        "xfs_repair -n: {}{}",
+        String::from_utf8_lossy(&rep.stdout),
+        String::from_utf8_lossy(&rep.stderr)
+    );
+    let k = d.path("x-kernel");
+    let m = KernelMount::loop_ro(&lv, 0, d.root.1, &k);
+    assert_eq!(
+        fs::read_to_string(m.0.join("etc/hostname")).unwrap(),
+        "xfs-clone.example.com\n"
+    );
+}
+
+/// A clone whose operations fail (an upload from a host file that does not exist) fails
+/// with one line naming the reason, leaves no new image, and the template's bytes are
+/// unchanged.
+#[test]
+fn failed_clone_leaves_nothing() {
+    need(&["qemu-img"]);
+    let d = centos_disk();
+    let before = sha256(&d.raw);
+    let new = d.tmp.path().join("x.qcow2");
+    let out = Command::new(env!("CARGO_BIN_EXE_vdisk"))
+        .args(["clone", "--format", "raw"])
+        .arg(&d.raw)
+        .arg(&new)
+        .args([
+            "--hostname",
+            "x",
+            "--upload",
+            "/nonexistent/vdisk-missing:/etc/x",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("XFS") && err.contains("read-only"), "{err}");
+    assert!(err.contains("/nonexistent/vdisk-missing"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(!new.exists(), "the failed clone left {}", new.display());
     assert_eq!(sha256(&d.raw), before);

@@ -691,3 +691,60 @@ fn sigterm_to_the_server_unmounts_and_flushes() {
     assert_eq!(fs::read(k.join("etc/before-sigterm")).unwrap(), data);
     drop(m);
 }
+
+/// The same random operations through FUSE on XFS (the CentOS 7 feature set and the current
+/// mkfs.xfs defaults), the image made by mkfs.xfs and filled from the model by the kernel;
+/// after the sequences `xfs_repair -n` is clean and the kernel's loop mount shows the model.
+#[test]
+fn random_operations_through_fuse_on_xfs_match_a_host_model() {
+    need(&["mkfs.xfs", "xfs_repair", "mount"]);
+    for (kind, opts) in [
+        (
+            "xfs-centos7",
+            "-m crc=1,finobt=0,reflink=0,rmapbt=0 -i sparse=0",
+        ),
+        ("xfs-defaults", ""),
+    ] {
+        // One seed unless VDISK_SEED names one; in memory when /dev/shm exists (every
+        // operation is a logged transaction with its flushes).
+        for seed in seeds().into_iter().take(1) {
+            let tmp = tempfile::tempdir_in("/dev/shm")
+                .or_else(|_| tempfile::tempdir())
+                .unwrap();
+            let dir = tmp.path();
+            let model = dir.join("model");
+            fs::create_dir_all(model.join("etc")).unwrap();
+            fs::write(model.join("etc/hostname"), "model\n").unwrap();
+            fix_times([&model, &model]);
+            let size = 300 * MIB;
+            sh(&format!(
+                "cd {d} && truncate -s {size} fs.raw && mkfs.xfs -q -f {opts} fs.raw
+                 mkdir -p fill && mount -o loop fs.raw fill && cp -a model/. fill/ && umount fill",
+                d = dir.display()
+            ));
+            let log = random_sequences(
+                seed,
+                dir,
+                &[("fs.raw", &["--format", "raw", "-m", "/dev/sda"])],
+                120,
+                &model,
+            );
+            let what = format!("seed {seed} {kind}: kernel vs model after {log:?}");
+            let out = Command::new("timeout")
+                .args(["120", "xfs_repair", "-n"])
+                .arg(dir.join("fs.raw"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{what}: xfs_repair -n: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let kmnt = dir.join("kernel");
+            let k = KernelMount::loop_ro(&dir.join("fs.raw"), 0, size, &kmnt);
+            assert_same_tree(&snapshot(&kmnt), &snapshot(&model), &what);
+            drop(k);
+        }
+    }
+}

@@ -177,6 +177,13 @@ impl Log<'_> {
         self.state()
     }
 
+    /// The LSN the next record written at the head of `st` will carry (what a writer stamps
+    /// into the metadata the transaction logs).
+    pub fn next_lsn(&self, st: &LogState) -> Result<Lsn> {
+        let (blk, cycle) = self.next_record_at(st)?;
+        Ok(Lsn::new(cycle, blk as u32))
+    }
+
     /// Where the next record goes after the head of `st`, and its cycle: a head that wrapped to
     /// block 0 starts the next cycle.
     pub(crate) fn next_record_at(&self, st: &LogState) -> Result<(u64, u32)> {

@@ -3,9 +3,11 @@
 //! symlinks, and extended attributes (short form, leaf, node, remote values).
 //!
 //! Everything is read through `&self` over a [`vdisk_block::BlockDevice`]; every structure is
-//! hostile input (checked arithmetic, bounded loops, CRC32C on v5 metadata). Writes are
-//! refused ("XFS is read-only in this version"). A dirty log is replayed into memory by the log
-//! crate (`vdisk_xfs_log`) and read through; [`Xfs::replay_home`] writes it home.
+//! hostile input (checked arithmetic, bounded loops, CRC32C on v5 metadata). [`Xfs`] refuses
+//! writes ("XFS is read-only in this version"); [`XfsRw`] (module `write`) writes v5
+//! filesystems, one logged transaction per operation. A dirty log is replayed into memory by
+//! the log crate (`vdisk_xfs_log`) and read through; [`Xfs::replay_home`] writes it home, as
+//! the guest layer does before opening [`XfsRw`].
 //!
 //! ```text
 //!   guestfs FileSystem  <-- fs_impl.rs (the adapter)
@@ -35,6 +37,7 @@ pub mod fs_impl;
 pub mod inode;
 pub mod log;
 pub mod superblock;
+pub mod write;
 
 use std::sync::Arc;
 
@@ -42,6 +45,7 @@ use vdisk_block::{BlockDevice, Error, Result};
 
 pub use inode::Inode;
 pub use superblock::Superblock;
+pub use write::XfsRw;
 
 /// The message every write through the adapter answers.
 pub const READ_ONLY: &str = "XFS is read-only in this version";
