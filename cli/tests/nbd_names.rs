@@ -351,3 +351,73 @@ fn vdisk_reads_its_own_server() {
     run(d, "qemu-img", &["compare", "a.qcow2", "v.qcow2"]);
     assert_eq!(allocation(d, "v.qcow2"), allocation(d, "a.qcow2"));
 }
+
+#[test]
+fn an_overlay_backed_by_an_export_and_measure_and_dd() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    sparse_raw(d);
+    let srv = qemu_nbd(d, "q", "raw", "d.raw", true);
+    // qemu takes an NBD URI backing name as it is (absolute), not next to the overlay.
+    run(
+        d,
+        "qemu-img",
+        &[
+            "create", "-f", "qcow2", "-b", &srv.uri, "-F", "raw", "o.qcow2",
+        ],
+    );
+    run(d, "qemu-io", &["-c", "write -P 0x11 2M 64k", "o.qcow2"]);
+    for a in [
+        &["info", "o.qcow2"][..],
+        &["info", "--backing-chain", "--output=json", "o.qcow2"],
+        &["map", "--output=json", "o.qcow2"],
+        &["measure", "-O", "qcow2", &srv.uri],
+        &["measure", "-O", "qcow2", "o.qcow2"],
+    ] {
+        assert_eq!(run(d, "vdisk", a), run(d, "qemu-img", a), "{a:?}");
+    }
+    run(d, "vdisk", &["convert", "-O", "raw", "o.qcow2", "flat.raw"]);
+    run(d, "qemu-img", &["compare", "o.qcow2", "flat.raw"]);
+    let ifp = format!("if={}", srv.uri);
+    run(
+        d,
+        "vdisk",
+        &["dd", "-O", "raw", &ifp, "of=v.raw", "bs=1M", "count=5"],
+    );
+    run(
+        d,
+        "qemu-img",
+        &["dd", "-O", "raw", &ifp, "of=q.raw", "bs=1M", "count=5"],
+    );
+    assert_eq!(
+        std::fs::read(d.join("v.raw")).unwrap(),
+        std::fs::read(d.join("q.raw")).unwrap()
+    );
+}
+
+#[test]
+fn guest_files_are_read_and_written_through_an_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("root")).unwrap();
+    std::fs::write(d.join("root/hello.txt"), "hi from nbd\n").unwrap();
+    run(d, "truncate", &["-s", "64M", "fs.raw"]);
+    run(d, "mkfs.ext4", &["-q", "-F", "-d", "root", "fs.raw"]);
+    let srv = qemu_nbd(d, "q", "raw", "fs.raw", false);
+    let a = ["-a", &srv.uri, "-m", "/dev/sda"];
+    let cat = |p: &str| {
+        let mut v = vec!["cat"];
+        v.extend_from_slice(&a);
+        v.push(p);
+        run(d, "vdisk", &v)
+    };
+    assert_eq!(cat("/hello.txt"), "hi from nbd\n");
+    let mut w = vec!["write", "--from", "root/hello.txt"];
+    w.extend_from_slice(&a);
+    w.push("/copy.txt");
+    run(d, "vdisk", &w);
+    assert_eq!(cat("/copy.txt"), "hi from nbd\n");
+    drop(srv);
+    run(d, "e2fsck", &["-fn", "fs.raw"]);
+    assert!(run(d, "debugfs", &["-R", "cat /copy.txt", "fs.raw"]).contains("hi from nbd"));
+}
