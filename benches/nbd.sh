@@ -9,7 +9,7 @@
 #
 # Then vdisk as the client: `vdisk convert` and `qemu-img convert` of a mostly-sparse raw
 # export (qemu-nbd serving SIZE_MIB with 2 MiB of random data every 32 MiB) into a qcow2,
-# ratio qemu-img / vdisk the same way.
+# ratio qemu-img / vdisk the same way (and of the half-data src.raw when it exists).
 #
 #   benches/nbd.sh                    # uses target/release/vdisk (built if missing)
 #   RUNS=7 SIZE_MIB=4096 BUSY=1 benches/nbd.sh
@@ -95,10 +95,10 @@ if [ ! -f sparse.raw ] || [ "$(stat -c %s sparse.raw)" != $((SIZE_MIB << 20)) ];
   done
 fi
 
-client_case() { # name
+client_case() { # name file
   local q=() v=()
   rm -f "$WORK/c.sock"
-  qemu-nbd -t -r -e 8 -f raw -k "$WORK/c.sock" sparse.raw &
+  qemu-nbd -t -r -e 8 -f raw -k "$WORK/c.sock" "$2" &
   server=$!
   for _ in $(seq 500); do [ -S "$WORK/c.sock" ] && break; sleep 0.01; done
   uri="nbd+unix:///?socket=$WORK/c.sock"
@@ -107,9 +107,9 @@ client_case() { # name
       rm -f out.qcow2
       start=$(date +%s.%N)
       if [ "$tool" = qemu ]; then
-        qemu-img convert -O qcow2 "$uri" out.qcow2
+        qemu-img convert -f raw -O qcow2 "$uri" out.qcow2
       else
-        "$VDISK" convert -O qcow2 "$uri" out.qcow2
+        "$VDISK" convert -f raw -O qcow2 "$uri" out.qcow2
       fi
       end=$(date +%s.%N)
       t=$(echo "$end - $start" | bc)
@@ -125,4 +125,5 @@ client_case() { # name
 echo
 echo "| client: convert export -> qcow2, ${SIZE_MIB} MiB$([ -n "$busy_pid" ] && echo ', 1 core busy') | qemu-img s | vdisk s | ratio |"
 echo "|---|---:|---:|---:|"
-client_case "mostly-sparse raw export"
+client_case "mostly-sparse raw export" sparse.raw
+if [ -f src.raw ]; then client_case "half-data raw export" src.raw; fi
