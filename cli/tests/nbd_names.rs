@@ -421,3 +421,62 @@ fn guest_files_are_read_and_written_through_an_export() {
     run(d, "e2fsck", &["-fn", "fs.raw"]);
     assert!(run(d, "debugfs", &["-R", "cat /copy.txt", "fs.raw"]).contains("hi from nbd"));
 }
+
+#[test]
+fn a_tcp_export_is_named_and_read_as_qemu_img_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    sparse_raw(d);
+    // A free port: bound and released (another process could take it in between; the
+    // server then fails to start and the test says so).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let mut child = Server {
+        child: Command::new("timeout")
+            .args([
+                "300",
+                "qemu-nbd",
+                "-t",
+                "-r",
+                "-f",
+                "raw",
+                "-b",
+                "127.0.0.1",
+            ])
+            .args(["-p", &port, "-x", "exp", "d.raw"])
+            .current_dir(d)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+        uri: format!("nbd://127.0.0.1:{port}/exp"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_err() {
+        assert!(Instant::now() < deadline, "qemu-nbd never came up");
+        assert!(child.child.try_wait().unwrap().is_none(), "qemu-nbd exited");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let uri = child.uri.clone();
+    for a in [
+        &["info", "--output=json", &uri][..],
+        &["info", &uri],
+        &["map", "--output=json", &uri],
+    ] {
+        assert_eq!(run(d, "vdisk", a), run(d, "qemu-img", a), "{a:?}");
+    }
+    run(d, "vdisk", &["convert", "-O", "qcow2", &uri, "v.qcow2"]);
+    run(d, "qemu-img", &["compare", "d.raw", "v.qcow2"]);
+    let bad = format!("nbd://127.0.0.1:{port}/nope");
+    let e = out(d, "vdisk", &["info", &bad]);
+    assert_eq!(e.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&e.stderr);
+    assert!(
+        e.contains(&bad) && e.contains("no export named 'nope'"),
+        "{e}"
+    );
+    drop(child);
+}
