@@ -31,6 +31,8 @@ use vdisk_qcow2::header::incompatible;
 use vdisk_qcow2::Qcow2;
 use vdisk_raw::RawFile;
 
+use crate::protocol::Protocol;
+
 use crate::create::{create_image_with, remove_image, CacheMode, CreateRequest, CreatedImage};
 use crate::engine::chain_status;
 use crate::open::{BackingPolicy, Driver, Format, OpenOptions, OpenedImage};
@@ -135,6 +137,18 @@ pub struct Target<'a> {
 impl<'a> Target<'a> {
     /// A raw file target, which can punch holes.
     pub fn raw(file: &'a RawFile) -> Self {
+        Target {
+            dev: file,
+            zeroes: Some(file),
+            compressed: None,
+            granularity: 1,
+            holds_metadata: false,
+        }
+    }
+
+    /// A protocol node target (a host file or an NBD export): zero runs go to its
+    /// write-zeroes (a punched hole, or `NBD_CMD_WRITE_ZEROES`).
+    pub fn protocol(file: &'a Protocol) -> Self {
         Target {
             dev: file,
             zeroes: Some(file),
@@ -613,6 +627,9 @@ pub fn convert(
         .try_fold(0u64, |acc, s| acc.checked_add(s.image().size()))
         .ok_or_else(|| Error::invalid("the sources together are too large"))?;
     match target {
+        ConvertTarget::New(req) if crate::protocol::is_nbd_name(dst) => {
+            convert_to_export(sources, dst, &req, total, opts, progress)
+        }
         ConvertTarget::New(mut req) => {
             if opts.compress {
                 check_compressible(&req)?;
@@ -671,7 +688,7 @@ pub fn convert(
                 return Err(Error::invalid("output file is smaller than input file"));
             }
             let result = match &img.driver {
-                Driver::Raw(f) => copy_all(sources, Target::raw(f), total, opts, progress),
+                Driver::Raw(f) => copy_all(sources, Target::protocol(f), total, opts, progress),
                 Driver::Qcow2(q) => copy_all(
                     sources,
                     Target::qcow2(q, opts.compress),
@@ -687,6 +704,45 @@ pub fn convert(
             result.map_err(|e| e.with_path(dst))
         }
     }
+}
+
+/// Converts into an NBD export without `-n`: as qemu's "simple" create for protocols that
+/// cannot create (an export exists already), the export is opened and must be large enough;
+/// its old content is unknown, so zero runs are written (as write-zeroes) rather than skipped.
+/// Only a raw image is "created" this way; a new qcow2 inside an export is refused.
+fn convert_to_export(
+    sources: &[OpenedImage],
+    dst: &Path,
+    req: &CreateRequest,
+    total: u64,
+    mut opts: ConvertOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    if req.format != Format::Raw {
+        return Err(Error::unsupported(format!(
+            "creating a {} image on an NBD export is not supported (convert -n into an \
+             export that already holds one)",
+            req.format
+        ))
+        .with_path(dst));
+    }
+    if opts.compress {
+        check_compressible(req)?;
+    }
+    let img = crate::open(
+        dst,
+        &OpenOptions {
+            format: Some(Format::Raw),
+            read_only: false,
+            ..OpenOptions::default()
+        },
+    )?;
+    if img.image().size() < total {
+        return Err(Error::unsupported("Cannot grow NBD nodes").with_path(dst));
+    }
+    opts.target_is_zero = false;
+    copy_all(sources, Target::protocol(&img.file), total, opts, progress)
+        .map_err(|e| e.with_path(dst))
 }
 
 /// Refuses `-c` where qemu-img does, before anything is created.

@@ -92,6 +92,7 @@ pub fn chain_status(top: &OpenedImage, offset: u64, max_len: u64) -> Result<Opti
                 let mut ext = here(true, false, true, false, Some(host_offset));
                 let recurse = if let crate::open::Driver::Other(o) = &layer.driver {
                     o.recurse_file(offset)
+                        .map(|f| std::sync::Arc::new(crate::protocol::Protocol::File(f)))
                 } else if layer.backing.is_none()
                     && !has_backing_name(layer)
                     && layer.metadata_preallocated()

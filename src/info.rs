@@ -7,15 +7,24 @@
 use serde_json::{json, Map, Value};
 
 use crate::open::{Driver, OpenedImage};
+use crate::protocol::Protocol;
 use crate::qapi::{dump_human, size_to_str};
 use vdisk_block::{BlockDevice, Result};
-use vdisk_raw::RawFile;
 
 /// The host file's node (qemu's `file` child): name, length rounded up to whole sectors as
 /// qemu's block layer sees it, and the storage it occupies.
-fn file_node(file: &RawFile, filename: &str) -> Result<Value> {
+fn file_node(file: &Protocol, filename: &str) -> Result<Value> {
     let mut m = Map::new();
     m.insert("filename".into(), json!(filename));
+    if let Protocol::Nbd { .. } = file {
+        // qemu's nbd node: no get-info (so no dirty flag), no allocated size, no
+        // format-specific data.
+        m.insert("format".into(), json!("nbd"));
+        m.insert("virtual-size".into(), json!(file.size()));
+        m.insert("children".into(), json!([]));
+        return Ok(Value::Object(m));
+    }
+    let actual = file.allocated_size()?.unwrap_or(0);
     m.insert(
         "format".into(),
         json!(if file.is_block_device() {
@@ -25,7 +34,7 @@ fn file_node(file: &RawFile, filename: &str) -> Result<Value> {
         }),
     );
     m.insert("dirty-flag".into(), json!(false));
-    m.insert("actual-size".into(), json!(file.allocated_size()?));
+    m.insert("actual-size".into(), json!(actual));
     m.insert("virtual-size".into(), json!(file.size()));
     m.insert(
         "format-specific".into(),
@@ -46,10 +55,12 @@ pub fn image_info(img: &OpenedImage) -> Result<Value> {
         Driver::Other(o) => {
             let mut actual = actual;
             for (_, f) in o.extra_files() {
-                actual = actual.saturating_add(f.allocated_size()?);
+                actual = actual.map(|a| a.saturating_add(f.allocated_size().unwrap_or(0)));
             }
             m.insert("dirty-flag".into(), json!(false));
-            m.insert("actual-size".into(), json!(actual));
+            if let Some(a) = actual {
+                m.insert("actual-size".into(), json!(a));
+            }
             m.insert("virtual-size".into(), json!(o.size()));
             if let Some(cs) = o.cluster_size() {
                 m.insert("cluster-size".into(), json!(cs));
@@ -70,14 +81,19 @@ pub fn image_info(img: &OpenedImage) -> Result<Value> {
             }
         }
         Driver::Raw(raw) => {
-            m.insert("dirty-flag".into(), json!(false));
-            m.insert("actual-size".into(), json!(actual));
+            // Over NBD qemu has neither (the export answers no get-info, no allocated size).
+            if let Some(a) = actual {
+                m.insert("dirty-flag".into(), json!(false));
+                m.insert("actual-size".into(), json!(a));
+            }
             m.insert("virtual-size".into(), json!(raw.size()));
         }
         Driver::Qcow2(q) => {
             let qi = q.info();
             m.insert("dirty-flag".into(), json!(qi.dirty));
-            m.insert("actual-size".into(), json!(actual));
+            if let Some(a) = actual {
+                m.insert("actual-size".into(), json!(a));
+            }
             m.insert("virtual-size".into(), json!(q.size()));
             m.insert("cluster-size".into(), json!(qi.cluster_size));
             if let Some(name) = q.backing_file_name() {
@@ -166,7 +182,8 @@ pub fn image_info(img: &OpenedImage) -> Result<Value> {
         // extent first, then the file.
         for (name, f) in o.extra_files().iter().rev() {
             let fname = f.path().to_string_lossy().into_owned();
-            children.push(json!({"name": name, "info": file_node(f, &fname)?}));
+            let f = Protocol::File(f.clone());
+            children.push(json!({"name": name, "info": file_node(&f, &fname)?}));
         }
     }
     children.push(json!({"name": "file", "info": file_node(&img.file, &filename)?}));

@@ -28,6 +28,7 @@ pub mod info;
 mod localtime;
 pub mod open;
 pub mod options;
+pub mod protocol;
 pub mod qapi;
 
 pub use open::{open, BackingPolicy, Driver, Format, OpenOptions, OpenedImage, MAX_BACKING_DEPTH};

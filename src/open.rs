@@ -25,6 +25,7 @@ use vdisk_block::{BlockDevice, Error, Image, Result};
 use vdisk_qcow2::Qcow2;
 use vdisk_raw::RawFile;
 
+use crate::protocol::{self, Protocol};
 use crate::registry::{self, FormatImage};
 
 /// The longest backing chain we follow. Real chains (snapshots stacked by libvirt, build
@@ -124,8 +125,8 @@ impl Default for OpenOptions {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Driver {
-    /// A raw image: the protocol file itself.
-    Raw(Arc<RawFile>),
+    /// A raw image: the protocol node itself (a host file or an NBD export).
+    Raw(Arc<Protocol>),
     /// A qcow2 image over the protocol file.
     Qcow2(Arc<Qcow2>),
     /// An image of another registered format, opened through the registry.
@@ -162,14 +163,14 @@ pub struct OpenedImage {
     pub format: Format,
     /// True when the format was guessed rather than given or recorded.
     pub probed: bool,
-    /// The host file holding the image (qemu's "file" child node).
-    pub file: Arc<RawFile>,
+    /// What holds the image (qemu's "file" child node): a host file or an NBD export.
+    pub file: Arc<Protocol>,
     /// The format driver.
     pub driver: Driver,
     /// The opened backing image, when there is one and the policy followed it.
     pub backing: Option<Box<OpenedImage>>,
     /// The external data file, for a qcow2 image that has one.
-    pub data_file: Option<Arc<RawFile>>,
+    pub data_file: Option<Arc<Protocol>>,
     /// Whether qemu would treat this image as preallocated with metadata only; computed on
     /// first use (see [`OpenedImage::metadata_preallocated`]).
     metadata_prealloc: OnceLock<bool>,
@@ -190,7 +191,7 @@ impl OpenedImage {
     }
 
     /// The file guest data offsets refer to: the external data file, else the image file.
-    pub fn data_file(&self) -> &Arc<RawFile> {
+    pub fn data_file(&self) -> &Arc<Protocol> {
         self.data_file.as_ref().unwrap_or(&self.file)
     }
 
@@ -204,7 +205,7 @@ impl OpenedImage {
                 return false;
             };
             let cluster_size = q.header().cluster_size();
-            let (Ok(allocated), file_length) = (self.file.allocated_size(), self.file.size())
+            let (Ok(Some(allocated)), file_length) = (self.file.allocated_size(), self.file.size())
             else {
                 return false;
             };
@@ -334,10 +335,23 @@ fn open_at_depth(
         read_only,
         force_share: opts.force_share,
     };
-    let file = Arc::new(RawFile::open(path, &raw_opts)?);
+    let file = Arc::new(Protocol::open(path, &raw_opts)?);
 
-    let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", None, e).with_path(path))?;
-    let id = (meta.dev(), meta.ino());
+    // A host file is known by device and inode; an export by its name (device 0 is no host
+    // file's, and the hash keeps one export apart from another).
+    let id = match &*file {
+        Protocol::File(_) => {
+            let meta =
+                std::fs::metadata(path).map_err(|e| Error::io("stat", None, e).with_path(path))?;
+            (meta.dev(), meta.ino())
+        }
+        Protocol::Nbd { name, .. } => {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            name.hash(&mut h);
+            (0, h.finish())
+        }
+    };
     if seen.contains(&id) {
         return Err(Error::corrupt(format!(
             "backing chain loops back to '{}'",
@@ -385,7 +399,7 @@ fn open_at_depth(
                 }
                 // qemu resolves a relative data file name against the current directory,
                 // not the image's (unlike backing files); we open the same file it would.
-                let data = Arc::new(RawFile::open(&name, &raw_opts)?);
+                let data = Arc::new(Protocol::open(Path::new(&name), &raw_opts)?);
                 if read_only {
                     q.set_data_file(data.clone());
                 } else {
@@ -408,7 +422,15 @@ fn open_at_depth(
             }
             (Driver::Qcow2(Arc::new(q)), backing)
         }
-        _ => open_registered(path, opts, format, &file, read_only, seen)?,
+        _ => {
+            let Protocol::File(host) = &*file else {
+                return Err(Error::unsupported(format!(
+                    "the {format} format cannot be opened over NBD"
+                ))
+                .with_path(path));
+            };
+            open_registered(path, opts, format, host, read_only, seen)?
+        }
     };
     if opts.snapshot.is_some() && format != Format::Qcow2 {
         return Err(Error::unsupported(format!(
@@ -417,8 +439,13 @@ fn open_at_depth(
         .with_path(path));
     }
     seen.pop();
+    // qemu names an export by its normalized URI.
+    let filename = match &*file {
+        Protocol::Nbd { name, .. } => name.clone(),
+        Protocol::File(_) => path.to_path_buf(),
+    };
     Ok(OpenedImage {
-        filename: path.to_path_buf(),
+        filename,
         format,
         probed,
         file,
@@ -477,6 +504,13 @@ fn open_backing(
         }
         (Some(name), BackingPolicy::Follow) => name,
     };
+    if protocol::is_nbd_name(path) && !protocol::is_nbd_name(Path::new(name)) {
+        return Err(Error::unsupported(format!(
+            "the backing file '{name}' of an NBD export is not an NBD URI: \
+             resolving it is not supported"
+        ))
+        .with_path(path));
+    }
     let bpath = resolve_backing(path, name);
     let bfmt = match fmt {
         Some(f) => Some(f.parse::<Format>().map_err(|e| e.with_path(path))?),
@@ -490,6 +524,9 @@ fn open_backing(
 /// Where qemu looks for a backing file: an absolute name as is, a relative name next to the
 /// image that names it.
 pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
+    if protocol::is_nbd_name(Path::new(name)) {
+        return PathBuf::from(name);
+    }
     let name = Path::new(name);
     if name.is_absolute() {
         return name.to_path_buf();
