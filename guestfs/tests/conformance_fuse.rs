@@ -139,3 +139,55 @@ fn fat_through_fuse_all_types() {
         fat_through_fuse(12, 4, 51 + seed, 200);
     }
 }
+
+/// XFS (v5, written by XfsRw) through FUSE: `xfs_repair -n` clean, and the kernel's mount and
+/// our reader, reopened, see the model.
+fn xfs_through_fuse(name: &str, opts: &[&str], seed: u64, ops: u32) {
+    let dir = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
+    let img = dir.path().join(format!("{name}.img"));
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
+    let mut a = vec!["-q", "-f"];
+    a.extend_from_slice(opts);
+    a.push(img.to_str().unwrap());
+    run("mkfs.xfs", &a);
+    let fs = Arc::new(vdisk_xfs::XfsRw::open(RwDev::open(&img)).unwrap());
+    let bs = u64::from(fs.statfs().unwrap().block_size);
+    let mut m = conf::model_from_fs(&*fs, &[]);
+    let log = ops_through_fuse(fs.clone(), &mut m, bs, seed, ops);
+    drop(fs);
+    let what = describe(&format!("{name} through FUSE"), &log);
+    let (code, out) = run_status("xfs_repair", &["-n", img.to_str().unwrap()]);
+    assert!(code == 0, "xfs_repair -n exited {code}:\n{out}\n{what}");
+    let mnt = tempfile::tempdir().unwrap().keep();
+    run(
+        "mount",
+        &[
+            "-o",
+            "loop,ro",
+            img.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+        ],
+    );
+    let guard = Mount { dir: mnt.clone() };
+    let k = conf::kernel_tree(&mnt, &[]);
+    drop(guard);
+    conf::check_kernel(&k, &m, &Capabilities::POSIX, &what);
+    let ours = vdisk_xfs::Xfs::open(RwDev::open(&img)).unwrap();
+    conf::check_reader(&ours, &m, &[], &what);
+}
+
+#[test]
+fn xfs_through_fuse_centos7_and_defaults() {
+    xfs_through_fuse(
+        "conf-fuse-xfs-c7",
+        &["-m", "crc=1,finobt=0,reflink=0,rmapbt=0", "-i", "sparse=0"],
+        81,
+        300,
+    );
+    xfs_through_fuse("conf-fuse-xfs-def", &[], 91, 300);
+}

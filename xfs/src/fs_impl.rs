@@ -5,9 +5,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use vdisk_block::{Error, Result};
-use vdisk_guestfs::fs::{
-    errno, errno_error, Attr, DirEntry, FileKind, FileSystem, Ino, StatFs, Timestamp,
-};
+use vdisk_fs::{errno, errno_error, Attr, DirEntry, FileKind, FileSystem, Ino, StatFs, Timestamp};
 
 use crate::inode::{Inode, XfsTime};
 use crate::Xfs;

@@ -18,7 +18,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use vdisk_guestfs::fs::FileSystem;
+//! use vdisk_fs::FileSystem;
 //! # fn dev() -> Arc<dyn vdisk_block::BlockDevice> { unimplemented!() }
 //! let fs = vdisk_xfs::Xfs::open(dev()).unwrap();
 //! let ino = fs.resolve(b"/etc/os-release", true).unwrap();

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-use vdisk_guestfs::fs::FileSystem as _;
+use vdisk_fs::FileSystem as _;
 use vdisk_xfs::Xfs;
 
 const CENTOS7: &[&str] = &[
@@ -285,7 +285,7 @@ fn open_unlinked_inodes_at_the_crash() {
 
 /// Reads the whole tree, tolerating errors (each must be one line), within a budget.
 fn walk_tolerant(fs: &Xfs, ino: u64, depth: u32, budget: &mut u32) {
-    use vdisk_guestfs::fs::{FileKind, FileSystem};
+    use vdisk_fs::{FileKind, FileSystem};
     let one_line = |e: vdisk_block::Error| {
         let t = e.to_string();
         assert!(!t.is_empty() && !t.contains('\n'), "{t:?}");

@@ -42,7 +42,7 @@ fn small_blocks_big_dir_blocks() {
 /// The image really holds every form the reader must handle.
 #[test]
 fn forms_are_covered() {
-    use vdisk_guestfs::fs::FileSystem;
+    use vdisk_fs::FileSystem;
     use vdisk_xfs::fork::Fork;
     use vdisk_xfs::inode::ForkFormat;
     if !can_loop_mount() {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use vdisk_block::{BlockDevice, Result};
-use vdisk_guestfs::fs::{FileKind, FileSystem};
+use vdisk_fs::{FileKind, FileSystem};
 use vdisk_xfs::Xfs;
 
 /// Makes a 64 MiB image from proto.py's protofile with `opts` (mkfs.xfs takes sizes under

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use common::*;
 use vdisk_block::{BlockDevice, Result};
-use vdisk_guestfs::fs::{
+use vdisk_fs::{
     errno, FileKind, FileSystem, FileSystemMut, Ino, SetAttr, TimeSet, Timestamp, RENAME_NOREPLACE,
     XATTR_CREATE,
 };
@@ -366,13 +366,13 @@ fn every_op(opts: &[&str]) {
                 RENAME_NOREPLACE,
             )
             .unwrap_err();
-        assert_eq!(vdisk_guestfs::fs::errno(&e), errno::EEXIST);
+        assert_eq!(vdisk_fs::errno(&e), errno::EEXIST);
         fs.rename(sub.ino, OsStr::new("f"), root, OsStr::new("moved"), 0)
             .unwrap();
         fs.rename(d.ino, OsStr::new("sub"), root, OsStr::new("sub2"), 0)
             .unwrap();
         let e = fs.rmdir(root, OsStr::new("newdir")).unwrap_err();
-        assert_eq!(vdisk_guestfs::fs::errno(&e), errno::ENOTEMPTY);
+        assert_eq!(vdisk_fs::errno(&e), errno::ENOTEMPTY);
         fs.rmdir(root, OsStr::new("sub2")).unwrap();
         fs.removexattr(
             lookup(&fs, "/etc/sysconfig/network-scripts/ifup"),
@@ -622,11 +622,7 @@ fn random_ops(opts: &[&str], seed: u64, n: usize) {
                                     m.remove(&p);
                                     Ok(())
                                 }
-                                (Err(e), false)
-                                    if vdisk_guestfs::fs::errno(e) == errno::ENOTEMPTY =>
-                                {
-                                    Ok(())
-                                }
+                                (Err(e), false) if vdisk_fs::errno(e) == errno::ENOTEMPTY => Ok(()),
                                 _ => r,
                             }
                         } else {
@@ -665,7 +661,7 @@ fn random_ops(opts: &[&str], seed: u64, n: usize) {
                                 m.get_mut(&f).unwrap().xattrs.remove(&k);
                                 Ok(())
                             }
-                            Err(e) if vdisk_guestfs::fs::errno(&e) == errno::ENODATA => {
+                            Err(e) if vdisk_fs::errno(&e) == errno::ENODATA => {
                                 assert!(!m[&f].xattrs.contains_key(&k));
                                 Ok(())
                             }
@@ -682,7 +678,7 @@ fn random_ops(opts: &[&str], seed: u64, n: usize) {
             };
             if let Err(e) = r {
                 assert_eq!(
-                    vdisk_guestfs::fs::errno(&e),
+                    vdisk_fs::errno(&e),
                     errno::EOPNOTSUPP,
                     "op {op} on {path}: {e}"
                 );
@@ -1277,7 +1273,7 @@ fn dirty_log_refuses_writes() {
     let e = XfsRw::open(Arc::new(RwDev(f, n)))
         .err()
         .expect("a dirty log must refuse");
-    assert_eq!(vdisk_guestfs::fs::errno(&e), errno::EOPNOTSUPP, "{e}");
+    assert_eq!(vdisk_fs::errno(&e), errno::EOPNOTSUPP, "{e}");
     assert!(e.to_string().contains("dirty"), "{e}");
     assert!(
         std::fs::read(&work).unwrap() == before,

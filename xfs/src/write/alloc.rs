@@ -276,9 +276,7 @@ impl Tx<'_> {
                 Err(e) => return Err(e),
             }
         }
-        Err(refused.unwrap_or_else(|| {
-            vdisk_guestfs::fs::errno_error("alloc", vdisk_guestfs::fs::errno::ENOSPC)
-        }))
+        Err(refused.unwrap_or_else(|| vdisk_fs::errno_error("alloc", vdisk_fs::errno::ENOSPC)))
     }
 
     /// Allocates in AG `agno` only: (agbno, count), or None when it has no room. An
@@ -608,9 +606,7 @@ impl Tx<'_> {
                 return Ok((u64::from(agno) << bits) | agino);
             }
         }
-        Err(refused.unwrap_or_else(|| {
-            vdisk_guestfs::fs::errno_error("create", vdisk_guestfs::fs::errno::ENOSPC)
-        }))
+        Err(refused.unwrap_or_else(|| vdisk_fs::errno_error("create", vdisk_fs::errno::ENOSPC)))
     }
 
     /// Allocates a new chunk of 64 inodes in `agno` (false when it has no room).

@@ -4,7 +4,7 @@
 //! the short form, are refused by name.
 
 use vdisk_block::{Error, Result};
-use vdisk_guestfs::fs::{errno, errno_error, XATTR_CREATE, XATTR_REPLACE};
+use vdisk_fs::{errno, errno_error, XATTR_CREATE, XATTR_REPLACE};
 
 use super::inode::{check_writable, put16, CORE, FMT_EXTENTS, FMT_LOCAL};
 use super::tx::Tx;

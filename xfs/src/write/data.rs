@@ -7,7 +7,7 @@
 //! new or freed blocks, are refused by name.
 
 use vdisk_block::{Error, Result};
-use vdisk_guestfs::fs::{errno, errno_error};
+use vdisk_fs::{errno, errno_error};
 
 use super::inode::{check_writable, put16, put32, put64, CORE, FMT_BTREE, FMT_EXTENTS};
 use super::tx::{Kind, Tx};

@@ -116,10 +116,7 @@ impl Tx<'_> {
     /// transaction). Leaf and node directories are refused.
     pub fn dir_read(&mut self, d: &Inode) -> Result<DirList> {
         if !d.is_dir() {
-            return Err(vdisk_guestfs::fs::errno_error(
-                "dir",
-                vdisk_guestfs::fs::errno::ENOTDIR,
-            ));
+            return Err(vdisk_fs::errno_error("dir", vdisk_fs::errno::ENOTDIR));
         }
         self.dir_form(d)?;
         let parent = self.fs.dir_parent(d)?;

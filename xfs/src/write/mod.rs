@@ -37,7 +37,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use vdisk_block::{BlockDevice, Error, Result};
-use vdisk_guestfs::fs::{
+use vdisk_fs::{
     errno, errno_error, Attr, DirEntry, FileSystem, FileSystemMut, Ino, SetAttr, StatFs, TimeSet,
 };
 
@@ -300,7 +300,7 @@ impl FileSystemMut for XfsRw {
     ) -> Result<()> {
         let a = name_ok(name)?;
         let b = name_ok(newname)?;
-        if flags & vdisk_guestfs::fs::RENAME_EXCHANGE != 0 {
+        if flags & vdisk_fs::RENAME_EXCHANGE != 0 {
             return Err(errno_error("rename", errno::EINVAL));
         }
         self.op(|tx| {
@@ -309,7 +309,7 @@ impl FileSystemMut for XfsRw {
                 a,
                 newparent,
                 b,
-                flags & vdisk_guestfs::fs::RENAME_NOREPLACE != 0,
+                flags & vdisk_fs::RENAME_NOREPLACE != 0,
             )
         })
     }

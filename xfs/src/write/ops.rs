@@ -2,7 +2,7 @@
 //! links, unlink/rmdir with the inode freed at its last link, and rename.
 
 use vdisk_block::{Error, Result};
-use vdisk_guestfs::fs::{errno, errno_error};
+use vdisk_fs::{errno, errno_error};
 
 use super::alloc::{inode_gen, meta_uuid};
 use super::dir::{ftype_of, DEnt, DirList};

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use vdisk_block::{BlockDevice, Result};
-use vdisk_guestfs::fs::{FileKind, FileSystem};
+use vdisk_fs::{FileKind, FileSystem};
 use vdisk_xfs::Xfs;
 
 /// A read-only file as a device.
