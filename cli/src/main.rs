@@ -28,6 +28,11 @@ impl Failure {
         }
     }
 
+    /// The message, as printed after the program's name.
+    pub fn message(&self) -> &str {
+        &self.msg
+    }
+
     /// A failure with a specific exit code (compare uses 2 for errors, check 1..3).
     pub fn with_code(msg: impl Into<String>, code: u8) -> Self {
         Failure {

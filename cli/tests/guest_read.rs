@@ -461,3 +461,68 @@ fn errors_are_one_line_and_a_closed_pipe_is_not_one() {
     ));
     assert_eq!(r, "0\n", "exit status and stderr: {r}");
 }
+
+/// One damaged inode does not stop a whole listing or copy: `ls -lR` and `copy-out` name the
+/// bad entry on stderr, carry on with the rest (as `ls -R` and `cp -r` do) and exit non-zero.
+#[test]
+fn a_bad_inode_is_named_and_the_rest_still_listed_and_copied() {
+    need(&["mkfs.ext4", "debugfs"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let tree = d.join("tree");
+    fs::create_dir_all(tree.join("dir/sub")).unwrap();
+    for n in ["a", "b", "c"] {
+        fs::write(tree.join("dir").join(n), format!("file {n}\n")).unwrap();
+    }
+    fs::write(tree.join("dir/sub/z"), "deep\n").unwrap();
+    let img = d.join("bad.img");
+    sh(&format!(
+        "truncate -s 16M {i} && mkfs.ext4 -q -F -d {t} {i} && debugfs -w -R 'clri /dir/b' {i} >/dev/null 2>&1",
+        i = img.display(),
+        t = tree.display()
+    ));
+    let i = img.to_str().unwrap();
+    let ls = vdisk(&[
+        "ls", "-a", i, "--format", "raw", "-m", "/dev/sda", "-l", "-R", "/dir",
+    ]);
+    let out = String::from_utf8_lossy(&ls.stdout);
+    let err = String::from_utf8_lossy(&ls.stderr);
+    assert!(!ls.status.success(), "{out}{err}");
+    for want in ["/dir/a", "/dir/c", "/dir/sub/z"] {
+        assert!(
+            out.lines().any(|l| l.ends_with(want)),
+            "{want} missing:\n{out}"
+        );
+    }
+    assert!(!out.contains("/dir/b"), "{out}");
+    assert!(
+        err.lines().any(|l| l.starts_with("vdisk: /dir/b: ")),
+        "{err}"
+    );
+    assert!(err.contains("1 entry could not be listed"), "{err}");
+
+    let host = d.join("out");
+    fs::create_dir(&host).unwrap();
+    let cp = vdisk(&[
+        "copy-out",
+        "-a",
+        i,
+        "--format",
+        "raw",
+        "-m",
+        "/dev/sda",
+        "/dir",
+        host.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&cp.stderr);
+    assert!(!cp.status.success(), "{err}");
+    assert_eq!(fs::read_to_string(host.join("dir/a")).unwrap(), "file a\n");
+    assert_eq!(fs::read_to_string(host.join("dir/c")).unwrap(), "file c\n");
+    assert_eq!(
+        fs::read_to_string(host.join("dir/sub/z")).unwrap(),
+        "deep\n"
+    );
+    assert!(!host.join("dir/b").exists());
+    assert!(err.contains("/dir/b: "), "{err}");
+    assert!(err.contains("1 guest file could not be copied"), "{err}");
+}

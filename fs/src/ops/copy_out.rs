@@ -26,7 +26,9 @@ const CHUNK: usize = 1 << 20;
 /// Copies each guest path (the last component not followed: a symlink is copied as a link)
 /// into host directory `host`, keeping modes, times, symlink targets and (as root) owners.
 /// A path naming the root directory (`/`) copies its contents into `host` itself. Files
-/// left out (device files when not root) are told to `warn`, one line each.
+/// left out (device files when not root, guest entries that cannot be read) are told to
+/// `warn`, one line each, and the copy carries on; unreadable entries make the result an
+/// error at the end, as `cp -r` exits non-zero.
 pub fn copy_out(
     fs: &dyn FileSystem,
     paths: &[&[u8]],
@@ -43,6 +45,7 @@ pub fn copy_out(
         fs,
         as_root: is_root(),
         warn,
+        bad: 0,
     };
     for &path in paths {
         let ino = fs
@@ -63,6 +66,13 @@ pub fn copy_out(
             (Some(n), _) => c.copy(ino, &attr, path, &host.join(OsStr::from_bytes(n)), 0)?,
         }
     }
+    if c.bad > 0 {
+        return Err(OpError::Other(format!(
+            "{} guest {} could not be copied (named above); the rest was",
+            c.bad,
+            if c.bad == 1 { "file" } else { "files" }
+        )));
+    }
     Ok(())
 }
 
@@ -70,6 +80,8 @@ struct Copier<'a> {
     fs: &'a dyn FileSystem,
     as_root: bool,
     warn: &'a mut dyn FnMut(String),
+    /// Guest entries that could not be read (told to `warn`, the copy carried on).
+    bad: usize,
 }
 
 impl Copier<'_> {
@@ -169,17 +181,28 @@ impl Copier<'_> {
                     String::from_utf8_lossy(gpath)
                 )));
             }
-            let attr = self
+            // A guest entry that cannot be read (a damaged inode) is named and skipped, as
+            // `cp -r` carries on; host errors and the depth bound still stop the copy.
+            let r = self
                 .fs
                 .getattr(e.ino)
-                .map_err(|x| OpError::guest(&child, x))?;
-            self.copy(
-                e.ino,
-                &attr,
-                &child,
-                &dest.join(OsStr::from_bytes(name)),
-                depth,
-            )?;
+                .map_err(|x| OpError::guest(&child, x))
+                .and_then(|attr| {
+                    self.copy(
+                        e.ino,
+                        &attr,
+                        &child,
+                        &dest.join(OsStr::from_bytes(name)),
+                        depth,
+                    )
+                });
+            match r {
+                Err(x @ OpError::Guest { .. }) => {
+                    (self.warn)(x.to_string());
+                    self.bad += 1;
+                }
+                other => other?,
+            }
         }
         Ok(())
     }

@@ -48,6 +48,9 @@ pub fn run(a: LsArgs) -> CmdResult {
     let ino = fs.resolve(&path, true).map_err(|e| path_error(&path, e))?;
     let attr = fs.getattr(ino).map_err(|e| path_error(&path, e))?;
     let mut out = stdout();
+    // Entries that could not be read: named on stderr as they are met, the listing goes on
+    // (as `ls -R` does), and the exit status says so at the end.
+    let mut bad = 0usize;
     let r = if attr.kind != FileKind::Dir {
         let mut lines = Vec::new();
         line(&*fs, &a, &path, &attr, &mut lines)?;
@@ -58,18 +61,27 @@ pub fn run(a: LsArgs) -> CmdResult {
         while base.len() > 1 && base.ends_with(b"/") {
             base.pop();
         }
-        list(&*fs, &a, &base, ino, 0, &mut out)
+        list(&*fs, &a, &base, ino, 0, &mut out, &mut bad)
     };
     match r {
+        Ok(()) if bad > 0 => {
+            output_result(out.flush())?;
+            Err(Failure::new(format!(
+                "{bad} {} could not be listed (named above); the rest was",
+                if bad == 1 { "entry" } else { "entries" }
+            )))
+        }
         Ok(()) => output_result(out.flush()),
         Err(Halt::Out(e)) => output_result(Err(e)),
-        Err(Halt::Fail(f)) => Err(f),
+        Err(Halt::Fail(f) | Halt::Deep(f)) => Err(f),
     }
 }
 
-/// Why a listing stopped: a guest error, or stdout went away or failed.
+/// Why a listing stopped: a guest error, a tree nested too deep (a hostile directory loop:
+/// the whole listing stops), or stdout went away or failed.
 enum Halt {
     Fail(Failure),
+    Deep(Failure),
     Out(std::io::Error),
 }
 
@@ -93,13 +105,13 @@ fn list(
     ino: Ino,
     depth: usize,
     out: &mut impl Write,
+    bad: &mut usize,
 ) -> Result<(), Halt> {
     if depth > MAX_DEPTH {
-        return Err(Failure::new(format!(
+        return Err(Halt::Deep(Failure::new(format!(
             "{}: directories nested deeper than {MAX_DEPTH}",
             String::from_utf8_lossy(dir)
-        ))
-        .into());
+        ))));
     }
     let mut lines = Vec::new();
     let mut entries = fs.readdir_all(ino).map_err(|e| path_error(dir, e))?;
@@ -117,8 +129,16 @@ fn list(
             e.name.as_bytes().to_vec()
         };
         if a.long {
-            let attr = fs.getattr(e.ino).map_err(|x| path_error(&full, x))?;
-            line(fs, a, &shown, &attr, &mut lines)?;
+            let r = fs
+                .getattr(e.ino)
+                .map_err(|x| path_error(&full, x))
+                .and_then(|attr| line(fs, a, &shown, &attr, &mut lines));
+            if let Err(f) = r {
+                emit(out, &mut lines)?;
+                super::warn_error(&f);
+                *bad += 1;
+                continue;
+            }
         } else {
             let mut l = shown;
             l.push(b'\n');
@@ -126,7 +146,15 @@ fn list(
         }
         emit(out, &mut lines)?;
         if a.recursive && e.kind == FileKind::Dir {
-            list(fs, a, &full, e.ino, depth + 1, out)?;
+            match list(fs, a, &full, e.ino, depth + 1, out, bad) {
+                // A directory that cannot be read is named; its siblings are still listed.
+                Err(Halt::Fail(f)) => {
+                    out.flush().map_err(Halt::Out)?;
+                    super::warn_error(&f);
+                    *bad += 1;
+                }
+                other => other?,
+            }
         }
     }
     Ok(())

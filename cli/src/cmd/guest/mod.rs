@@ -134,6 +134,12 @@ pub fn warn(msg: &str) {
     eprintln!("vdisk: warning: {msg}");
 }
 
+/// Prints an error that does not stop the command (a damaged entry met in `ls -R` or
+/// `copy-out`), as `cp -r` names each file it could not copy and goes on.
+pub fn warn_error(f: &Failure) {
+    eprintln!("vdisk: {}", f.message());
+}
+
 /// Turns an output error into the command's result: a reader that went away (`| head`) is
 /// not a failure.
 pub fn output_result(r: io::Result<()>) -> Result<u8, Failure> {
