@@ -76,6 +76,8 @@ pub enum Command {
     Rm(crate::cmd::guest::files::RmArgs),
     /// Make guest directories, without FUSE.
     Mkdir(crate::cmd::guest::files::MkdirArgs),
+    /// Set (or clear, with "") a guest filesystem's label, as e2label, xfs_admin -L and fatlabel.
+    SetLabel(crate::cmd::guest::files::SetLabelArgs),
     /// Change the permission bits of guest files, without FUSE.
     Chmod(crate::cmd::guest::files::ChmodArgs),
     /// Change the owner and group of guest files, without FUSE.

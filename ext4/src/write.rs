@@ -1018,4 +1018,25 @@ impl FileSystemMut for Ext4Rw {
         }
         g.fs.dev.flush()
     }
+
+    fn set_label(&self, label: &str) -> Result<()> {
+        let b = label.as_bytes();
+        if b.len() > 16 {
+            return Err(Error::invalid(format!(
+                "ext4 label {label:?} is {} bytes; an ext2/3/4 label holds at most 16",
+                b.len()
+            )));
+        }
+        if b.contains(&0) {
+            return Err(Error::invalid("an ext4 label cannot contain a NUL byte"));
+        }
+        let mut v = [0u8; 16];
+        v[..b.len()].copy_from_slice(b);
+        // The primary superblock, journaled with the operation, as every other change is.
+        self.op(|fs| {
+            fs.sb.s_volume_name = v;
+            fs.sb.raw[0x78..0x88].copy_from_slice(&v);
+            Ok(())
+        })
+    }
 }

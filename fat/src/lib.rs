@@ -186,7 +186,8 @@ pub struct Fat {
     /// Cluster runs of files read lately, by first cluster and cluster count (two damaged
     /// entries may share a first cluster); emptied by every write.
     runs: Mutex<RunCache>,
-    label: Option<String>,
+    /// The label as last read or set.
+    label: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Fat {
@@ -256,9 +257,9 @@ impl Fat {
             }),
             inos: Mutex::new(Inodes::default()),
             runs: Mutex::new(HashMap::new()),
-            label: None,
+            label: Mutex::new(None),
         };
-        fs.label = fs.read_label()?;
+        fs.label = Mutex::new(fs.read_label()?);
         Ok(fs)
     }
 
@@ -274,8 +275,8 @@ impl Fat {
 
     /// The volume label: the root directory's label entry, else the boot sector's, as blkid
     /// reads it (trailing spaces dropped; "NO NAME" is no label).
-    pub fn label(&self) -> Option<&str> {
-        self.label.as_deref()
+    pub fn label(&self) -> Option<String> {
+        lock(&self.label).clone()
     }
 
     /// The volume serial number (BS_VolID), as blkid prints it ("ABCD-1234").

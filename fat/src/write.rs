@@ -19,8 +19,8 @@ use vdisk_fs::{
 
 use crate::dirent::{
     lfn_checksum, lfn_entries, long_name_units, make_short_name, strip_tail, unix_to_fat,
-    NameError, ShortEntry, ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_LONG_NAME, ATTR_READ_ONLY, DELETED,
-    DIR_ENTRY_SIZE,
+    NameError, ShortEntry, ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_LONG_NAME, ATTR_READ_ONLY,
+    ATTR_VOLUME_ID, DELETED, DIR_ENTRY_SIZE,
 };
 use crate::{lock, DirData, DirLoc, Entry, Fat, State, DEFAULT_UMASK, MAX_DIR_BYTES, ROOT_INO};
 
@@ -70,6 +70,39 @@ fn new_entry(name: [u8; 11], attr: u8, t: Timestamp) -> ShortEntry {
         mdate: d,
         size: 0,
     }
+}
+
+/// The 11 bytes a FAT label is stored as, by fatlabel's rules: at most 11 bytes of printable
+/// ASCII, none of `*?.,;:/\|+=<>[]"`, no leading space; lower case is kept as given (as
+/// fatlabel keeps it). `None` for the empty label, which clears it.
+pub fn label_bytes(label: &str) -> Result<Option<[u8; 11]>> {
+    if label.is_empty() {
+        return Ok(None);
+    }
+    let b = label.as_bytes();
+    if b.len() > 11 {
+        return Err(Error::invalid(format!(
+            "FAT label {label:?} is {} bytes; a FAT label holds at most 11",
+            b.len()
+        )));
+    }
+    if b[0] == b' ' {
+        return Err(Error::invalid(format!(
+            "FAT label {label:?} starts with a space"
+        )));
+    }
+    if let Some(&c) = b
+        .iter()
+        .find(|&&c| !(0x20..0x7F).contains(&c) || b"*?.,;:/\\|+=<>[]\"".contains(&c))
+    {
+        return Err(Error::invalid(format!(
+            "FAT label {label:?} contains {:?}, which a FAT label cannot hold",
+            char::from(c)
+        )));
+    }
+    let mut out = [b' '; 11];
+    out[..b.len()].copy_from_slice(b);
+    Ok(Some(out))
 }
 
 impl Fat {
@@ -634,6 +667,70 @@ impl Fat {
     }
 }
 
+impl Fat {
+    /// Sets or clears (empty `label`) the volume label, as fatlabel does: the root
+    /// directory's label entry is renamed, created or deleted, and BS_VolLab in the boot
+    /// sector (and the FAT32 backup boot sector) follows, "NO NAME" when cleared.
+    pub fn set_label(&self, label: &str) -> Result<()> {
+        let bytes = label_bytes(label)?;
+        self.op("set_label", |st| {
+            let loc = self.root_loc();
+            let d = self.read_dir(st, loc)?;
+            let mut found = None;
+            for i in 0..d.slots() {
+                let s = d.slot(i);
+                if s[0] == 0 {
+                    break;
+                }
+                if s[0] != DELETED && s[11] & 0x3F != ATTR_LONG_NAME && s[11] & ATTR_VOLUME_ID != 0
+                {
+                    found = Some(i);
+                    break;
+                }
+            }
+            let t = now();
+            match (found, bytes) {
+                (Some(i), Some(name)) => {
+                    let mut e = ShortEntry::parse(d.slot(i), self.fat32());
+                    e.name = name;
+                    set_mtime(&mut e, t);
+                    self.put_entry(self.slot_pos(&d, i), &e)?;
+                }
+                (Some(i), None) => {
+                    // Deleted, and no longer a label (as fatlabel -r leaves it).
+                    let pos = self.slot_pos(&d, i);
+                    self.dev.write_at(&[DELETED], pos)?;
+                    self.dev.write_at(&[0], pos + 11)?;
+                }
+                (None, Some(name)) => {
+                    let mut e = new_entry(name, ATTR_VOLUME_ID, t);
+                    // Whole seconds, as fatlabel and mkfs.fat stamp a label.
+                    e.ctime_cs = 0;
+                    self.insert(st, loc, &[e.to_bytes()])?;
+                }
+                (None, None) => {}
+            }
+            if self.geo.volume_id.is_some() {
+                let at = if self.fat32() { 0x47 } else { 0x2B };
+                let v = bytes.unwrap_or(*b"NO NAME    ");
+                let bps = u64::from(self.geo.bytes_per_sector);
+                self.dev.write_at(&v, at)?;
+                if self.fat32() && self.geo.backup_boot_sector != 0 {
+                    self.dev
+                        .write_at(&v, u64::from(self.geo.backup_boot_sector) * bps + at)?;
+                }
+            }
+            Ok(())
+        })?;
+        *lock(&self.label) = bytes.map(|b| {
+            String::from_utf8_lossy(&b)
+                .trim_end_matches(' ')
+                .to_string()
+        });
+        Ok(())
+    }
+}
+
 impl FileSystemMut for Fat {
     fn create(&self, parent: Ino, name: &OsStr, _mode: u32, _uid: u32, _gid: u32) -> Result<Attr> {
         let ino = self.make("create", parent, name, false)?;
@@ -818,6 +915,10 @@ impl FileSystemMut for Fat {
     fn flush(&self) -> Result<()> {
         let _st = self.write_state();
         self.dev.flush()
+    }
+
+    fn set_label(&self, label: &str) -> Result<()> {
+        Fat::set_label(self, label)
     }
 }
 

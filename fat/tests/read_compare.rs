@@ -73,7 +73,7 @@ fn compare(bits: u32, mb: u64) {
     populate(&img, dir.path(), u64::from(bits) * 7919);
     let fs = open_fat(&img, false);
     assert_eq!(fs.fat_type().name(), format!("FAT{bits}"));
-    assert_eq!(fs.label(), Some(format!("LABEL{bits}").as_str()));
+    assert_eq!(fs.label().as_deref(), Some(format!("LABEL{bits}").as_str()));
     let ours = our_tree(&fs);
     let theirs = mtools_tree(&img, dir.path());
     assert!(ours.len() > 90, "{}", ours.len());

@@ -556,4 +556,13 @@ pub trait FileSystemMut: FileSystem {
     /// Makes every change so far durable: the superblock's clean state and write time, then
     /// the device's flush. Called by fsync, FUSE's destroy and umount.
     fn flush(&self) -> Result<()>;
+
+    /// Sets the volume label to `label` (empty clears it), as `e2label`, `xfs_admin -L` and
+    /// `fatlabel` would, with the same limits: a label the filesystem cannot hold is refused
+    /// with InvalidArgument naming the rule, never truncated. Engines that cannot set one
+    /// answer Unsupported.
+    fn set_label(&self, label: &str) -> Result<()> {
+        let _ = label;
+        Err(Error::unsupported("setting the volume label"))
+    }
 }

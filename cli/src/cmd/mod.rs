@@ -56,6 +56,7 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Rm(a) => guest::files::rm(a),
         Command::Mkdir(a) => guest::files::mkdir(a),
         Command::Chmod(a) => guest::files::chmod(a),
+        Command::SetLabel(a) => guest::files::set_label(a),
         Command::Chown(a) => guest::files::chown(a),
         Command::Ln(a) => guest::files::ln(a),
         Command::Customize(a) => customize::run(a),

@@ -7,8 +7,10 @@ use std::ffi::OsString;
 use vdisk_guestfs::fs::SetAttr;
 use vdisk_guestfs::ops::{self, absolute, Remove};
 
+use vdisk::guest::{self, Access};
+
 use super::rw::Edit;
-use super::{DiskArgs, MountSelect};
+use super::{open_disks, warn_scan, DiskArgs, MountSelect};
 use crate::{CmdResult, Failure};
 
 /// `vdisk rm -a IMAGE… (-m DEV… | -i) [-r] [-f] PATH…`.
@@ -200,4 +202,39 @@ pub fn ln(a: LnArgs) -> CmdResult {
     let edit = Edit::open(&a.disks, &a.select)?;
     let r = ops::ln(&*edit.tree, &a.target, &absolute(&a.link), a.symbolic).map_err(Failure::from);
     edit.close(r).map(|()| 0)
+}
+
+/// `vdisk set-label -a IMAGE… DEVICE LABEL`: guestfish's `set-label`.
+#[derive(Debug, clap::Args)]
+pub struct SetLabelArgs {
+    #[command(flatten)]
+    disks: DiskArgs,
+    /// The guest device holding the filesystem (/dev/sda1, /dev/VG/LV).
+    #[arg(value_name = "DEVICE")]
+    device: String,
+    /// The new label; an empty string clears it. Refused, not truncated, when the
+    /// filesystem cannot hold it (16 bytes on ext2/3/4, 12 on XFS, 11 on FAT).
+    #[arg(value_name = "LABEL")]
+    label: String,
+}
+
+/// Sets the filesystem label on one device, then flushes and closes the images.
+pub fn set_label(a: SetLabelArgs) -> CmdResult {
+    let disks = open_disks(&a.disks, Access::ReadWrite)?;
+    warn_scan(&disks, &[a.device.as_str()]);
+    let fs = guest::open_filesystem(&disks.guest, &a.device, None, Access::ReadWrite)?;
+    let r = match fs.writable() {
+        Some(w) => w
+            .set_label(&a.label)
+            .and_then(|()| w.flush())
+            .map_err(|e| Failure::from(e.with_path(&a.device))),
+        None => Err(Failure::new(format!(
+            "{}: this filesystem is opened read-only",
+            a.device
+        ))),
+    };
+    drop(fs);
+    let flushed = disks.flush().map_err(Failure::from);
+    r?;
+    flushed.map(|()| 0)
 }
