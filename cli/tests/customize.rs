@@ -608,3 +608,168 @@ fn failed_clone_leaves_nothing() {
     assert!(!new.exists(), "the failed clone left {}", new.display());
     assert_eq!(sha256(&d.raw), before);
 }
+
+/// A Debian-like UEFI guest on GPT: sda1 a FAT32 EFI system partition mounted at /boot/efi
+/// by UUID, sda2 the ext4 root. `vdisk clone` (inspection finds the root and mounts the ESP
+/// from fstab) sets hostname, static address, root password, an SSH key and a first-boot
+/// command, and writes a file on the ESP; the kernel's loop mount of each partition of the
+/// overlay, read by qemu-img, sees it all; e2fsck, fsck.fat and qemu-img check are clean;
+/// the template's bytes are unchanged.
+#[test]
+fn debian_gpt_guest_with_an_esp() {
+    need(&[
+        "sfdisk",
+        "mkfs.fat",
+        "mmd",
+        "mcopy",
+        "mtype",
+        "fsck.fat",
+        "mkfs.ext4",
+        "qemu-img",
+        "openssl",
+        "mount",
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let t = d.join("tree");
+    let w = |p: &str, c: &str| {
+        let f = t.join(p.trim_start_matches('/'));
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(f, c).unwrap();
+    };
+    w("/etc/debian_version", "12.5\n");
+    w(
+        "/etc/os-release",
+        "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nID=debian\nVERSION_ID=\"12\"\n",
+    );
+    w("/etc/hostname", "tmpl\n");
+    w("/etc/hosts", "127.0.0.1\tlocalhost\n127.0.1.1\ttmpl\n");
+    w(
+        "/etc/network/interfaces",
+        "auto lo\niface lo inet loopback\n\nallow-hotplug enp1s0\niface enp1s0 inet dhcp\n",
+    );
+    w(
+        "/etc/fstab",
+        "/dev/sda2 / ext4 errors=remount-ro 0 1\nUUID=CAFE-F00D /boot/efi vfat umask=0077 0 1\n",
+    );
+    w(
+        "/etc/passwd",
+        "root:x:0:0:root:/root:/bin/bash\ndebian:x:1000:1000::/home/debian:/bin/bash\n",
+    );
+    w(
+        "/etc/shadow",
+        "root:*:19000:0:99999:7:::\ndebian:!:19000:0:99999:7:::\n",
+    );
+    fs::set_permissions(t.join("etc/shadow"), fs::Permissions::from_mode(0o640)).unwrap();
+    w("/etc/group", "root:x:0:\ndebian:x:1000:\n");
+    w("/etc/machine-id", "0123456789abcdef0123456789abcdef\n");
+    fs::create_dir_all(t.join("root")).unwrap();
+    fs::create_dir_all(t.join("boot/efi")).unwrap();
+    fs::create_dir_all(t.join("etc/systemd/system/multi-user.target.wants")).unwrap();
+    fs::create_dir_all(t.join("usr/lib/systemd/system")).unwrap();
+    sh(&format!(
+        "cd {d}
+         truncate -s 128M disk.raw
+         printf 'label: gpt\\nstart=2048, size=81920, type=U\\nstart=83968, type=L\\n' | sfdisk -q disk.raw
+         truncate -s 40M esp.img
+         mkfs.fat -F 32 -i CAFEF00D -n EFI esp.img >/dev/null
+         mmd -i esp.img ::/EFI ::/EFI/debian
+         printf 'set timeout=5\\n' > grub.cfg
+         mcopy -i esp.img grub.cfg ::/EFI/debian/grub.cfg
+         dd if=esp.img of=disk.raw bs=1M seek=1 conv=notrunc status=none
+         truncate -s 80M root.img
+         mkfs.ext4 -q -F -d {t} root.img
+         dd if=root.img of=disk.raw bs=512 seek=83968 conv=notrunc status=none",
+        d = d.display(),
+        t = t.display()
+    ));
+    let raw = d.join("disk.raw");
+    let before = sha256(&raw);
+    let new = d.join("web2.qcow2");
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0vdiskgpttestkey op@host";
+    let out = ok(
+        Command::new(env!("CARGO_BIN_EXE_vdisk"))
+            .args(["clone", "--format", "raw"])
+            .arg(&raw)
+            .arg(&new)
+            .args([
+                "--hostname",
+                "web2.example.org",
+                "--network-static",
+                "enp1s0=10.20.0.7/24,gw=10.20.0.1,dns=10.20.0.53",
+                "--root-password",
+                "password:gpt-Pass 1",
+                "--ssh-inject",
+                &format!("root:string:{key}"),
+                "--firstboot-command",
+                "echo first boot on gpt",
+                "--write",
+                "/boot/efi/EFI/debian/grub.cfg:set timeout=1\n",
+            ])
+            .output()
+            .unwrap(),
+        "clone",
+    );
+    assert!(out.contains("ifupdown"), "{out}");
+    assert_eq!(sha256(&raw), before, "the template was written");
+    let flat = d.join("flat.raw");
+    to_raw(&new, &flat);
+    // The ESP: fsck.fat clean, the new grub.cfg in place, the rest as it was.
+    sh(&format!(
+        "dd if={} of={d}/esp-out.img bs=1M skip=1 count=40 status=none; fsck.fat -n {d}/esp-out.img",
+        flat.display(),
+        d = d.display()
+    ));
+    let cfg = sh(&format!(
+        "MTOOLS_SKIP_CHECK=1 mtype -i {}/esp-out.img ::/EFI/debian/grub.cfg",
+        d.display()
+    ));
+    assert_eq!(cfg, "set timeout=1\n");
+    // The root: e2fsck clean, and the kernel sees every change.
+    let (off, len) = (83968 * 512, 128 * MIB - 83968 * 512 - 33 * 512);
+    assert_fsck_clean(&flat, (off, len), &d.join("check.fs"));
+    let m = d.join("mnt");
+    let _k = KernelMount::loop_ro(&flat, off, len, &m);
+    assert_eq!(text(&m.join("etc/hostname")), "web2.example.org\n");
+    assert!(
+        text(&m.join("etc/hosts")).contains("127.0.1.1\tweb2\n"),
+        "{}",
+        text(&m.join("etc/hosts"))
+    );
+    let ifaces = text(&m.join("etc/network/interfaces"));
+    assert!(
+        ifaces.contains(
+            "iface enp1s0 inet static\n    address 10.20.0.7/24\n    gateway 10.20.0.1\n"
+        ),
+        "{ifaces}"
+    );
+    let shadow = text(&m.join("etc/shadow"));
+    let root = shadow.lines().find(|l| l.starts_with("root:")).unwrap();
+    assert_hash(root.split(':').nth(1).unwrap(), "gpt-Pass 1");
+    assert_eq!(
+        meta(&m.join("etc/shadow")).0,
+        0o640,
+        "shadow keeps its mode"
+    );
+    let keys = m.join("root/.ssh/authorized_keys");
+    assert!(text(&keys).contains(key));
+    assert_eq!(meta(&keys), (0o600, 0, 0));
+    assert_eq!(meta(&m.join("root/.ssh")), (0o700, 0, 0));
+    let unit = text(&m.join("usr/lib/systemd/system/guestfs-firstboot.service"));
+    assert!(unit.contains("ExecStart"), "{unit}");
+    let scripts: Vec<_> = fs::read_dir(m.join("usr/lib/virt-sysprep/scripts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        scripts
+            .iter()
+            .any(|p| text(p).contains("echo first boot on gpt")),
+        "{scripts:?}"
+    );
+    // sysprep's defaults ran on the clone: a new machine identity.
+    assert_ne!(
+        text(&m.join("etc/machine-id")),
+        "0123456789abcdef0123456789abcdef\n"
+    );
+}
