@@ -38,6 +38,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bytes;
+pub mod cache;
 mod error;
 mod mapping;
 mod mem;

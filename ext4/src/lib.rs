@@ -41,9 +41,9 @@ mod xattr_write;
 
 pub use write::Ext4Rw;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use vdisk_block::cache::Lru;
 use vdisk_block::{BlockDevice, Error, Result};
 
 use dir_entry::DirEntry2;
@@ -97,53 +97,10 @@ impl Default for OpenOptions {
     }
 }
 
-/// A bounded FIFO cache of metadata blocks.
-struct BlockCache {
-    inner: Mutex<CacheInner>,
-    max_entries: usize,
-}
-
-#[derive(Default)]
-struct CacheInner {
-    map: HashMap<u64, Arc<[u8]>>,
-    order: VecDeque<u64>,
-}
-
-impl BlockCache {
-    fn new(block_size: u32) -> Self {
-        BlockCache {
-            inner: Mutex::new(CacheInner::default()),
-            max_entries: (MAX_CACHE_BYTES / block_size as usize).max(16),
-        }
-    }
-
-    fn get(&self, nr: u64) -> Option<Arc<[u8]>> {
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.map.get(&nr).cloned()
-    }
-
-    fn remove(&self, nr: u64) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.map.remove(&nr);
-    }
-
-    fn clear(&self) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.map.clear();
-        g.order.clear();
-    }
-
-    fn insert(&self, nr: u64, data: Arc<[u8]>) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if g.map.insert(nr, data).is_none() {
-            g.order.push_back(nr);
-            while g.order.len() > self.max_entries {
-                if let Some(old) = g.order.pop_front() {
-                    g.map.remove(&old);
-                }
-            }
-        }
-    }
+/// The metadata block cache: CLOCK-evicted, shared with qcow2's table caches, holding
+/// [`MAX_CACHE_BYTES`] of blocks (at least 16).
+fn block_cache(block_size: u32) -> Lru<[u8]> {
+    Lru::new((MAX_CACHE_BYTES / block_size as usize).max(16))
 }
 
 /// An open ext2/3/4 filesystem.
@@ -153,7 +110,7 @@ pub struct Ext4 {
     overlay: journal::Overlay,
     replayed_transactions: u32,
     journal_next_sequence: u32,
-    cache: BlockCache,
+    cache: Lru<[u8]>,
     /// The write side's journal and open transaction (empty when reading only).
     journal_state: journal_write::JournalState,
     /// What the validation before the first write proved (see `validate`).
@@ -216,7 +173,7 @@ impl Ext4 {
     pub fn open_with(dev: Arc<dyn BlockDevice>, opts: OpenOptions) -> Result<Ext4> {
         let sb = read_superblock(&*dev, &journal::Overlay::new())?;
         let mut fs = Ext4 {
-            cache: BlockCache::new(sb.block_size),
+            cache: block_cache(sb.block_size),
             dev,
             sb,
             overlay: journal::Overlay::new(),
@@ -260,7 +217,7 @@ impl Ext4 {
                 ));
             }
             fs.sb = sb;
-            fs.cache = BlockCache::new(fs.sb.block_size);
+            fs.cache = block_cache(fs.sb.block_size);
         }
         Ok(fs)
     }

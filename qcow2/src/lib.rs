@@ -77,7 +77,6 @@
 mod alloc;
 pub mod amend;
 pub mod bitmap;
-mod cache;
 pub mod check;
 mod compressed;
 mod create;
@@ -109,10 +108,10 @@ pub use info::{BitmapInfo, Qcow2Info};
 pub use snapshot::Snapshot;
 pub use snapshot_write::SnapshotInfo;
 
-use cache::Lru;
 use header::{autoclear, compatible, incompatible, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
 use l2::{decode_table, Geometry, Run, L1E_OFFSET_MASK};
 use util::{read_vec, read_zero_padded};
+use vdisk_block::cache::Lru;
 
 /// Memory the L2 cache may hold per open image.
 pub const L2_CACHE_BYTES: u64 = 8 << 20;

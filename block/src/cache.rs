@@ -1,4 +1,5 @@
-//! Bounded caches shared by all threads reading one image.
+//! A bounded cache shared by all threads reading one image or filesystem: qcow2's L2 tables
+//! and refcount blocks, ext4's metadata blocks.
 //!
 //! Reads that hit take only a *sharded* read lock ([`ShardedLock`]: each thread locks its
 //! own shard, so readers on different cores never write to a shared cache line) and mark the
@@ -28,7 +29,7 @@ use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteG
 
 /// A map from a host offset to a shared value, holding at most `capacity` unpinned values.
 #[derive(Debug)]
-pub(crate) struct Lru<V: ?Sized> {
+pub struct Lru<V: ?Sized> {
     inner: ShardedLock<Inner<V>>,
     capacity: usize,
 }
@@ -136,6 +137,7 @@ impl<V: ?Sized> Inner<V> {
 }
 
 impl<V: ?Sized> Lru<V> {
+    /// An empty cache holding at most `capacity` unpinned values (at least one).
     pub fn new(capacity: usize) -> Self {
         Lru {
             inner: ShardedLock::new(Inner {
@@ -159,6 +161,7 @@ impl<V: ?Sized> Lru<V> {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The cached value of `key`, marked used.
     pub fn get(&self, key: u64) -> Option<Arc<V>> {
         self.read().map.get(&key).map(|s| Arc::clone(s.touch()))
     }
@@ -170,6 +173,7 @@ impl<V: ?Sized> Lru<V> {
         g.map.get(&key).map(|s| f(s.touch()))
     }
 
+    /// Inserts or replaces `key`, evicting unused entries beyond the capacity.
     pub fn insert(&self, key: u64, value: Arc<V>) {
         let mut g = self.write();
         g.put(key, value, false);
