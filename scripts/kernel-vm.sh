@@ -85,14 +85,14 @@ cmd_fetch() {
     mkdir -p "$kdir"
     # Only the modules asked for and what they depend on (a few hundred kB, not the 400 MB
     # of the whole tree): unpack by name, read their depends=, repeat until closed.
-    dpkg-deb -c "$deb" | awk '{print $NF}' | grep '\.ko$' >"$tmp/list"
+    dpkg-deb -c "$deb" | awk '{print $NF}' | grep -E '\.ko(\.xz|\.zst)?$' >"$tmp/list"
     local want=("$@") have=" " paths=("./boot/vmlinuz-$ver") n f
     while :; do
       for n in "${want[@]}"; do
         n=${n//-/_}
         case $have in *" $n "*) continue ;; esac
         have+="$n "
-        f=$(awk -v n="$n" '{b=$0; sub(/.*\//, "", b); sub(/\.ko$/, "", b); gsub(/-/, "_", b); if (b == n) {print; exit}}' "$tmp/list")
+        f=$(awk -v n="$n" '{b=$0; sub(/.*\//, "", b); sub(/\.ko(\.xz|\.zst)?$/, "", b); gsub(/-/, "_", b); if (b == n) {print; exit}}' "$tmp/list")
         [ -n "$f" ] || die "$pkg has no module $n"
         paths+=("$f")
       done
@@ -101,6 +101,12 @@ cmd_fetch() {
       # Each pass unpacks the whole archive: the kernel comes along with the first one.
       dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$kdir" "${paths[@]}"
       for f in "${paths[@]}"; do
+        # Newer Debian kernels compress their modules; busybox's insmod wants them plain.
+        case $f in
+        *.ko.xz) xz -d -f "$kdir/$f" && f=${f%.xz} ;;
+        *.ko.zst) zstd -q -d --rm -f "$kdir/$f" && f=${f%.zst} ;;
+        esac
+        # shellcheck disable=SC2207
         case $f in *.ko) want+=($(mod_deps "$kdir/$f")) ;; esac
       done
       paths=()

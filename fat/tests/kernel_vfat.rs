@@ -14,7 +14,11 @@
 //!   mkfs.fat images, remounts them read-only and lists them the same way; our reader must
 //!   show exactly that.
 //!
-//! Afterwards `fsck.fat -n` is clean on all six images.
+//! - The kernel extends what our writer made: on copies of our three images it adds files
+//!   (with 8.3 names that collide with ours) and directories everywhere, appends, removes
+//!   and sets times; our reader must show exactly what the kernel then lists.
+//!
+//! Afterwards `fsck.fat -n` is clean on all nine images.
 
 mod common;
 
@@ -65,6 +69,7 @@ const GUEST: &str = r#"
 dump() {
   echo "DISK $1"
   cd /mnt
+  stat -f -c 'STATFS %S %b %f %a %c %d %l' .
   echo STAT
   find . -exec stat -c '%f	%u	%g	%s	%b	%X	%Y	%Z	%h	%n' {} +
   echo SUM
@@ -78,6 +83,7 @@ for d in vda vdb vdc; do
   umount /mnt
 done
 write_tree() {
+  local i n s
   mkdir -p "EFI/debian" "deep/a/b/c/d/e/f/g/h/i/j/k/l" "Mixed Case Dir/Sub"
   echo 'set timeout=5' > EFI/debian/grub.cfg
   head -c 100000 /dev/urandom > EFI/debian/shimx64.efi
@@ -105,6 +111,39 @@ write_tree() {
   truncate -s 1000 EFI/debian/shimx64.efi
   mkdir gone; rmdir gone
 }
+# The kernel adds to what our writer made: files in every directory (long names, names
+# whose 8.3 forms collide with ours), appends, removals, a new directory.
+extend() {
+  local n d f
+  find . -type d | sort > /tmp/dirs
+  n=0
+  while IFS= read -r d; do
+    n=$((n + 1))
+    echo "k$n" > "$d/Long File Name added by the kernel $n.txt"
+    echo "k$n" > "$d/Long File Name $n.txt.kernel"
+    [ $((n % 3)) = 0 ] && mkdir "$d/kernel dir $n"
+  done < /tmp/dirs
+  find . -type f | sort > /tmp/files
+  n=0
+  while IFS= read -r f; do
+    n=$((n + 1))
+    case $((n % 5)) in
+    0) rm "$f" ;;
+    1) echo appended >> "$f" ;;
+    2) touch -d '2010-06-07 08:09:10' "$f" ;;
+    esac
+  done < /tmp/files
+}
+for d in vdg vdh vdi; do
+  mount -t vfat /dev/$d /mnt || exit 15
+  cd /mnt
+  extend || exit 16
+  cd /
+  umount /mnt || exit 17
+  mount -t vfat -o ro /dev/$d /mnt || exit 18
+  dump $d
+  umount /mnt
+done
 for d in vdd vde vdf; do
   mount -t vfat /dev/$d /mnt || exit 11
   cd /mnt
@@ -132,8 +171,11 @@ fn parse(out: &str) -> BTreeMap<String, Tree> {
         let Some(disk) = l.strip_prefix("DISK ") else {
             continue;
         };
+        let statfs = lines.next().and_then(|l| l.strip_prefix("STATFS "));
+        let statfs = statfs.unwrap_or_else(|| panic!("guest output for {disk}: no STATFS"));
         assert_eq!(lines.next(), Some("STAT"), "guest output for {disk}");
         let mut tree = Tree::new();
+        tree.insert(STATFS.into(), statfs_line(statfs));
         let mut l = lines.next().expect("guest output ends early");
         while l != "SUM" {
             let f: Vec<&str> = l.splitn(10, '\t').collect();
@@ -171,9 +213,48 @@ fn parse(out: &str) -> BTreeMap<String, Tree> {
     disks
 }
 
+/// The tree's key for the filesystem's statfs, held in a [`Stat`]'s fields.
+const STATFS: &str = "(statfs)";
+
+/// `stat -f -c '%S %b %f %a %c %d %l'`: block size, blocks, free, available, inodes, free
+/// inodes, the longest name.
+fn statfs_line(l: &str) -> Stat {
+    let f: Vec<u64> = l
+        .split(' ')
+        .map(|x| x.parse().unwrap_or_else(|_| panic!("statfs line {l:?}")))
+        .collect();
+    assert_eq!(f.len(), 7, "statfs line {l:?}");
+    Stat {
+        mode: format!("statfs bsize {}", f[0]),
+        uid: 0,
+        gid: 0,
+        size: f[1],
+        blocks: f[2],
+        atime: f[3] as i64,
+        mtime: f[4] as i64,
+        ctime: f[5] as i64,
+        nlink: f[6] as u32,
+        sha256: None,
+    }
+}
+
 /// Our reader's view in the same form.
 fn our_view(fs: &dyn FileSystem) -> Tree {
     let mut t = Tree::new();
+    let s = fs.statfs().unwrap();
+    t.insert(
+        STATFS.into(),
+        statfs_line(&format!(
+            "{} {} {} {} {} {} {}",
+            s.block_size,
+            s.blocks,
+            s.blocks_free,
+            s.blocks_available,
+            s.files,
+            s.files_free,
+            s.name_max
+        )),
+    );
     let mut todo: Vec<(String, Ino)> = vec![(".".into(), fs.root_ino())];
     while let Some((p, ino)) = todo.pop() {
         let a = fs.getattr(ino).unwrap();
@@ -395,7 +476,7 @@ fn kernel_vfat_both_ways() {
         let sub = dir.path().join(format!("ours{bits}"));
         std::fs::create_dir(&sub).unwrap();
         let img = mkfs(&sub, *bits, *mb);
-        let (m, what) = write_ours(&img, *bits, 700 + i as u64);
+        let (m, what) = write_ours(&img, *bits, 700 + 2 * i as u64);
         fsck_clean(&img, &what);
         let fs = open_fat(&img, false);
         conf::check_reader(&fs, &m, &[], &what);
@@ -436,6 +517,16 @@ fn kernel_vfat_both_ways() {
     for (_, img) in &fresh {
         c.arg("--disk").arg(img);
     }
+    let mut copies = Vec::new();
+    for (img, _, _) in &ours {
+        let copy = img.with_extension("extended.img");
+        run(Command::new("cp")
+            .arg("--sparse=always")
+            .arg(img)
+            .arg(&copy));
+        c.arg("--disk").arg(&copy);
+        copies.push(copy);
+    }
     let booted = std::time::Instant::now();
     let st = c.status().unwrap();
     let boot = booted.elapsed();
@@ -474,10 +565,30 @@ fn kernel_vfat_both_ways() {
             })
             .collect();
         want.sort();
-        let got: Vec<String> = k.keys().cloned().collect();
+        let got: Vec<String> = k.keys().filter(|p| *p != STATFS).cloned().collect();
         assert_eq!(got, want, "{what}: the kernel's listing is not the model's");
         let fs = open_fat(img, false);
         assert_trees(k, &our_view(&fs), &format!("our writer, {what}"));
+    }
+    // The kernel's additions to our images, as our reader reads them.
+    for (((copy, _, what), disk), orig) in copies
+        .iter()
+        .zip(&ours)
+        .map(|(c, (_, m, w))| (c, m, w))
+        .zip(["vdg", "vdh", "vdi"])
+        .zip(["vda", "vdb", "vdc"])
+    {
+        let k = &disks[disk];
+        assert!(
+            k.len() > disks[orig].len() + 10,
+            "{what}: the kernel added little ({} paths, {} before)",
+            k.len(),
+            disks[orig].len()
+        );
+        let what = format!("extended by the kernel, {what}");
+        fsck_clean(copy, &what);
+        let fs = open_fat(copy, false);
+        assert_trees(k, &our_view(&fs), &what);
     }
     // The kernel's writes, as our reader reads them.
     for ((bits, img), disk) in fresh.iter().zip(["vdd", "vde", "vdf"]) {
