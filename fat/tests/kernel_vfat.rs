@@ -109,6 +109,7 @@ write_tree() {
   mv "Mixed Case Dir/lower.txt" "Mixed Case Dir/tmp"
   mv "Mixed Case Dir/tmp" "Mixed Case Dir/LOWER.txt"
   truncate -s 1000 EFI/debian/shimx64.efi
+  chmod 555 "Mixed Case Dir/UPPER.TXT"
   mkdir gone; rmdir gone
 }
 # The kernel adds to what our writer made: files in every directory (long names, names
@@ -131,8 +132,23 @@ extend() {
     0) rm "$f" ;;
     1) echo appended >> "$f" ;;
     2) touch -d '2010-06-07 08:09:10' "$f" ;;
+    3) mv "$f" "$(dirname "$f")/RENAMED.$n" ;;
+    4) chmod 555 "$f" ;;
     esac
   done < /tmp/files
+  # Directories: some of ours moved into a new one (the kernel rewrites their ".."), the
+  # empty ones among others removed (the kernel judges our directories empty or not).
+  mkdir "moved here"
+  n=0
+  sort -r /tmp/dirs | while IFS= read -r d; do
+    n=$((n + 1))
+    [ "$d" = . ] && continue
+    case $((n % 4)) in
+    0) mv "$d" "moved here/" 2>/dev/null ;;
+    1) rmdir "$d" 2>/dev/null ;;
+    esac
+  done
+  return 0
 }
 for d in vdg vdh vdi; do
   mount -t vfat /dev/$d /mnt || exit 15
@@ -441,7 +457,16 @@ fn write_ours(img: &Path, bits: u32, seed: u64) -> (Model, String) {
     let mut m = conf::model_from_fs(&fs, &[]);
     let t = conf::Lib(&fs);
     fixed_sequence(&t, &mut m, cs);
-    let log = conf::run_ops(&t, &mut m, &caps, bs, seed, 150);
+    // KERNEL_VFAT_OPS raises the number of random operations for long local runs.
+    let ops = std::env::var("KERNEL_VFAT_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(150);
+    let log = conf::run_ops(&t, &mut m, &caps, bs, seed, ops);
+    // Write bits taken away (after the random operations, which might remove it): the
+    // read-only attribute, which vfat shows as r-x.
+    put(&t, &mut m, "Read Only.txt", b"read only\n");
+    t.set_owner_mode("Read Only.txt", 0o555, 0, 0).unwrap();
     fs.flush().unwrap();
     drop(fs);
     (m, describe(&format!("FAT{bits} seed {seed}"), &log))
@@ -567,6 +592,10 @@ fn kernel_vfat_both_ways() {
         want.sort();
         let got: Vec<String> = k.keys().filter(|p| *p != STATFS).cloned().collect();
         assert_eq!(got, want, "{what}: the kernel's listing is not the model's");
+        assert_eq!(
+            k["./Read Only.txt"].mode, "816d",
+            "{what}: our chmod 555 as the kernel shows it"
+        );
         let fs = open_fat(img, false);
         assert_trees(k, &our_view(&fs), &format!("our writer, {what}"));
     }
@@ -601,9 +630,14 @@ fn kernel_vfat_both_ways() {
             "./deep/a/b/Renamed File.TXT",
             "./Long File Name 12.txt",
             "./big/entry with a long name 149",
+            "./Mixed Case Dir/UPPER.TXT",
         ] {
             assert!(k.contains_key(p), "FAT{bits}: the kernel did not write {p}");
         }
+        assert_eq!(
+            k["./Mixed Case Dir/UPPER.TXT"].mode, "816d",
+            "FAT{bits}: chmod 555"
+        );
         let what = format!("FAT{bits} written by the kernel");
         fsck_clean(img, &what);
         let fs = open_fat(img, false);
