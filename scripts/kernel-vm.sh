@@ -18,7 +18,10 @@
 #       Boots; the disks are virtio (/dev/vda, vdb, ... in order). The kernel console goes to
 #       FILE.console; what SCRIPT printed (between the markers) to FILE. Exits with SCRIPT's
 #       code, or 124 when the guest did not finish within S seconds (default 120; qemu is
-#       killed), or 125 when it stopped without the end marker.
+#       killed), or 125 when it stopped without the end marker. Any guest works that writes the
+#       markers to its second serial port (e.g. a Debian guest booted with its own kernel, initrd
+#       and --append 'root=/dev/vda1'). Software emulation unless KERNEL_VM_ACCEL says otherwise
+#       (KERNEL_VM_ACCEL=kvm: this machine has a /dev/kvm, but a guest on it hung at boot).
 set -euo pipefail
 
 die() {
