@@ -68,8 +68,10 @@ pub const MAX_DIR_BYTES: u32 = 65536 * 32;
 const SYNTHETIC_INO_BASE: Ino = 1 << 56;
 /// The mask vfat's default fmask and dmask apply (the mounting process's umask, 022).
 pub const DEFAULT_UMASK: u32 = 0o022;
-/// The longest name statfs reports (FAT_LFN_LEN).
-pub const NAME_MAX: u32 = 255;
+/// The longest name statfs reports, as Linux's vfat reports it: FAT_LFN_LEN (255 UTF-16
+/// units) times NLS_MAX_CHARSET_SIZE (6 bytes a character at most), in bytes. Names are
+/// still limited to 255 UTF-16 units (the capabilities' `name_max`).
+pub const NAME_MAX: u32 = 255 * 6;
 
 /// Where a live object's short entry is, and its parent directory.
 #[derive(Debug, Clone, Copy)]

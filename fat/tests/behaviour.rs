@@ -29,6 +29,8 @@ fn short_name_tails_and_case() {
     let img = mkfs(dir.path(), 16, 16);
     {
         let fs = open_fat(&img, true);
+        // statfs's name length as Linux's vfat reports it (255 UTF-16 units, 6 bytes each).
+        assert_eq!(fs.statfs().unwrap().name_max, 1530);
         for i in 0..14 {
             fs.create(
                 1,

@@ -2,7 +2,7 @@
 //! FAT32 through the library: what FAT cannot hold (symlinks, hard links, owners, xattrs)
 //! is skipped as the engine's capabilities say. Afterwards `fsck.fat -n` is clean, mtools
 //! sees the same tree as our engine, and our engine reopened sees exactly the model.
-//! (This machine's kernel has no vfat driver, so no kernel mount is compared here.)
+//! (The host's kernel may have no vfat driver: kernel_vfat.rs boots one under qemu.)
 
 mod common;
 
