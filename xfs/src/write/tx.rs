@@ -145,6 +145,8 @@ pub struct Tx<'a> {
     data: Vec<(u64, Vec<u8>)>,
     /// Extents to free when the transaction finishes: (filesystem block, count).
     pub(crate) frees: Vec<(u64, u32)>,
+    /// Each AG's records as this transaction changes them.
+    pub(crate) ags: BTreeMap<u32, super::alloc::AgMem>,
     /// Changes to the superblock's free block count.
     pub(crate) fdblocks_delta: i64,
     /// Changes to the superblock's inode count.
@@ -161,6 +163,7 @@ impl<'a> Tx<'a> {
             bufs: BTreeMap::new(),
             data: Vec::new(),
             frees: Vec::new(),
+            ags: BTreeMap::new(),
             fdblocks_delta: 0,
             icount_delta: 0,
             ifree_delta: 0,

@@ -1,0 +1,492 @@
+//! The writer on aged filesystems: free space fragmented (by the kernel and by us) until the
+//! free-space B+trees have several levels, thousands of inodes (multi-level inobt and
+//! finobt), and a file of thousands of extents (a block map B+tree of three levels with 1 KiB
+//! blocks). After each phase `xfs_repair -n` is clean, a kernel loop mount reads exactly the
+//! model (names and bytes), our reader agrees, and `xfs_db` shows the trees really grew (and
+//! shrank) to the heights the phase is meant to reach.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use common::*;
+use vdisk_fs::{FileSystem, FileSystemMut, SetAttr};
+use vdisk_xfs::XfsRw;
+
+const CENTOS7: &[&str] = &["-m", "crc=1,finobt=0,reflink=0,rmapbt=0", "-i", "sparse=0"];
+const DEFAULTS: &[&str] = &[];
+const SMALL: &[&str] = &["-b", "size=1024"];
+const SMALL_CENTOS7: &[&str] = &[
+    "-b",
+    "size=1024",
+    "-m",
+    "crc=1,finobt=0,reflink=0,rmapbt=0",
+    "-i",
+    "sparse=0",
+];
+
+/// A scratch directory in memory when possible (the engine flushes after every operation).
+fn scratch() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = tempfile::tempdir_in(shm) {
+            return d;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
+fn skip() -> bool {
+    if !can_loop_mount() {
+        eprintln!("skipped: needs root, mkfs.xfs and loop devices");
+        return true;
+    }
+    false
+}
+
+/// A 300 MiB image (mkfs.xfs's minimum) made with `opts`, then `script` (python, cwd = the
+/// root) run on it through a kernel loop mount.
+fn image(dir: &Path, opts: &[&str], script: &str) -> PathBuf {
+    let img = dir.join("xfs.img");
+    let f = std::fs::File::create(&img).unwrap();
+    f.set_len(300 << 20).unwrap();
+    drop(f);
+    run(Command::new("timeout")
+        .args(["60", "mkfs.xfs", "-q", "-f"])
+        .args(opts)
+        .arg(&img));
+    if !script.is_empty() {
+        let mnt = dir.join("mnt");
+        mount(&img, &mnt);
+        let pop = Command::new("python3")
+            .arg("-c")
+            .arg(format!(
+                "import os\nos.chdir({:?})\n{script}",
+                mnt.to_str().unwrap()
+            ))
+            .output();
+        umount(&mnt);
+        let pop = pop.unwrap();
+        assert!(
+            pop.status.success(),
+            "populate: {}",
+            String::from_utf8_lossy(&pop.stderr)
+        );
+    }
+    img
+}
+
+fn open(img: &Path) -> XfsRw {
+    XfsRw::open(Arc::new(open_rw(img))).unwrap()
+}
+
+/// `xfs_db -r -c <cmd> -c "p <fields>"`, parsed as `name = number`.
+fn db(img: &Path, cmd: &str, fields: &str) -> BTreeMap<String, u64> {
+    let out = run(Command::new("xfs_db")
+        .args(["-r", "-c", cmd, "-c", &format!("p {fields}")])
+        .arg(img));
+    out.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(" = ")?;
+            Some((k.trim().to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The heights of AG `ag`'s trees: (bnobt, cntbt, inobt, finobt or 0).
+fn levels(img: &Path, ag: u32) -> (u64, u64, u64, u64) {
+    let f = db(img, &format!("agf {ag}"), "bnolevel cntlevel");
+    let i = db(img, &format!("agi {ag}"), "level free_level");
+    (
+        f["bnolevel"],
+        f["cntlevel"],
+        i["level"],
+        i.get("free_level").copied().unwrap_or(0),
+    )
+}
+
+/// The files of the model: path (from the root, no leading slash) -> contents.
+type Model = BTreeMap<String, Vec<u8>>;
+
+/// xfs_repair -n clean; the kernel and our reader both see exactly `model` (every regular
+/// file, with its bytes; directories as the paths imply).
+fn check(dir: &Path, img: &Path, model: &Model) {
+    xfs_repair_clean(img);
+    let mnt = dir.join("mnt");
+    mount(img, &mnt);
+    let mut seen = Model::new();
+    let mut stack = vec![mnt.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(&mnt).unwrap().to_str().unwrap().to_string();
+                seen.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    umount(&mnt);
+    let diff: Vec<_> = model
+        .keys()
+        .filter(|k| seen.get(*k) != model.get(*k))
+        .chain(seen.keys().filter(|k| !model.contains_key(*k)))
+        .take(5)
+        .collect();
+    assert!(diff.is_empty(), "the kernel sees otherwise: {diff:?}");
+    // Our reader, reopened on the image, agrees line for line with the kernel.
+    let ours = our_manifest(&vdisk_xfs::Xfs::open(open_dev(img)).unwrap());
+    let kernel = kernel_manifest(img, &mnt);
+    assert_same_manifest(&kernel, &ours, "kernel vs our reader");
+}
+
+fn read_all(fs: &XfsRw, ino: u64) -> Vec<u8> {
+    let size = fs.getattr(ino).unwrap().size as usize;
+    let mut v = vec![0u8; size];
+    let mut off = 0;
+    while off < size {
+        let n = fs.read(ino, off as u64, &mut v[off..]).unwrap();
+        assert!(n > 0);
+        off += n;
+    }
+    v
+}
+
+fn content(k: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + k * 13) as u8).collect()
+}
+
+/// Python for the kernel: `n` one-block files in the root, then every other one removed.
+fn kernel_fragments(n: usize, bs: usize) -> String {
+    format!(
+        "for k in range({n}):\n    open('k%05d' % k, 'wb').write(bytes([k % 256]) * {bs})\n\
+         os.sync()\n\
+         for k in range(0, {n}, 2):\n    os.unlink('k%05d' % k)\n"
+    )
+}
+
+/// Free space fragmented by the kernel into a multi-level bnobt/cntbt; then we fill holes,
+/// fragment it further ourselves (the trees grow), and free everything (they shrink).
+fn free_space_trees(opts: &[&str], bs: usize) {
+    if skip() {
+        return;
+    }
+    let dir = scratch();
+    // Records per free-space leaf: (bs - 56) / 8; three times that many holes need two levels.
+    let per_leaf = (bs - 56) / 8;
+    let n = 3 * per_leaf;
+    let img = image(dir.path(), opts, &kernel_fragments(2 * n, bs));
+    let (b0, c0, _, _) = levels(&img, 0);
+    assert!(b0 >= 2 && c0 >= 2, "the kernel left levels {b0}/{c0}");
+    let mut model = Model::new();
+    for k in (1..2 * n).step_by(2) {
+        model.insert(format!("k{k:05}"), vec![(k % 256) as u8; bs]);
+    }
+    // Phase 1: our files of one and three blocks into the kernel's holes and beyond.
+    {
+        let fs = open(&img);
+        let root = fs.root_ino();
+        for k in 0..2 * n {
+            let name = format!("w{k:05}");
+            let a = fs.create(root, OsStr::new(&name), 0o644, 0, 0).unwrap();
+            let len = if k % 5 == 0 { 3 * bs - 100 } else { bs };
+            let c = content(k, len);
+            fs.write(a.ino, 0, &c).unwrap();
+            model.insert(name, c);
+        }
+        // Every other of ours removed: new holes everywhere.
+        for k in (0..2 * n).step_by(2) {
+            let name = format!("w{k:05}");
+            fs.unlink(root, OsStr::new(&name)).unwrap();
+            model.remove(&name);
+        }
+        // Read back through the writer itself.
+        for k in (1..2 * n).step_by(97) {
+            let name = format!("w{k:05}");
+            let ino = fs.lookup(root, OsStr::new(&name)).unwrap().unwrap();
+            assert_eq!(read_all(&fs, ino), model[&name], "{name}");
+        }
+        fs.flush().unwrap();
+    }
+    check(dir.path(), &img, &model);
+    let (b1, c1, _, _) = levels(&img, 0);
+    assert!(
+        b1 >= 2 && c1 >= 2,
+        "after our fragmenting: levels {b1}/{c1}"
+    );
+    // The AGFL was refilled to the kernel's minimum for two-level trees: 2 * 3 - 2 each.
+    let f = db(&img, "agf 0", "flcount btreeblks");
+    assert!(f["flcount"] >= 8, "{f:?}");
+    assert!(f["btreeblks"] >= 2, "{f:?}");
+    // Phase 2: everything removed: free space coalesces, the trees shrink to one block.
+    {
+        let fs = open(&img);
+        let root = fs.root_ino();
+        for name in std::mem::take(&mut model).keys() {
+            fs.unlink(root, OsStr::new(name)).unwrap();
+        }
+        fs.flush().unwrap();
+    }
+    check(dir.path(), &img, &model);
+    let (b2, c2, _, _) = levels(&img, 0);
+    assert_eq!((b2, c2), (1, 1), "after freeing everything");
+    // The AGFL holds at least the kernel's minimum for one-level trees.
+    let f = db(&img, "agf 0", "flcount btreeblks");
+    assert!(f["flcount"] >= 4, "{f:?}");
+    assert_eq!(f["btreeblks"], 0, "{f:?}");
+}
+
+/// Free space fragmented by us alone, from a fresh filesystem: the trees grow from one level.
+fn free_space_grows_from_one_level(opts: &[&str], bs: usize) {
+    if skip() {
+        return;
+    }
+    let dir = scratch();
+    let img = image(dir.path(), opts, "");
+    assert_eq!(levels(&img, 0).0, 1);
+    let per_leaf = (bs - 56) / 8;
+    let n = 2 * per_leaf + 10;
+    let mut model = Model::new();
+    {
+        let fs = open(&img);
+        let root = fs.root_ino();
+        for k in 0..2 * n {
+            let name = format!("f{k:05}");
+            let a = fs.create(root, OsStr::new(&name), 0o600, 0, 0).unwrap();
+            let c = content(k, bs / 2);
+            fs.write(a.ino, 0, &c).unwrap();
+            model.insert(name, c);
+        }
+        for k in (0..2 * n).step_by(2) {
+            let name = format!("f{k:05}");
+            fs.unlink(root, OsStr::new(&name)).unwrap();
+            model.remove(&name);
+        }
+        fs.flush().unwrap();
+    }
+    check(dir.path(), &img, &model);
+    let (b, c, _, _) = levels(&img, 0);
+    assert!(b >= 2 && c >= 2, "levels {b}/{c}");
+    {
+        let fs = open(&img);
+        let root = fs.root_ino();
+        for name in std::mem::take(&mut model).keys() {
+            fs.unlink(root, OsStr::new(name)).unwrap();
+        }
+    }
+    check(dir.path(), &img, &model);
+    assert_eq!(levels(&img, 0).0, 1);
+}
+
+#[test]
+fn free_space_trees_centos7() {
+    free_space_trees(CENTOS7, 4096);
+}
+
+#[test]
+fn free_space_trees_current_defaults() {
+    free_space_trees(DEFAULTS, 4096);
+}
+
+#[test]
+fn free_space_trees_1k_blocks() {
+    free_space_trees(SMALL, 1024);
+}
+
+#[test]
+fn free_space_grows_from_one_level_1k_centos7() {
+    free_space_grows_from_one_level(SMALL_CENTOS7, 1024);
+}
+
+/// Thousands of inodes in one AG: the inobt (and the finobt, when there is one) grow past one
+/// block; removing every other file fills the finobt.
+fn inode_trees(opts: &[&str], finobt: bool) {
+    if skip() {
+        return;
+    }
+    let dir = scratch();
+    let img = image(dir.path(), opts, "");
+    let bs = 1024;
+    // inobt leaf: (1024 - 56) / 16 = 60 records of 64 inodes.
+    let files = 64 * 70;
+    let mut model = Model::new();
+    {
+        let fs = open(&img);
+        let root = fs.root_ino();
+        let mut dirs = Vec::new();
+        for d in 0..40 {
+            let a = fs
+                .mkdir(root, OsStr::new(&format!("d{d:02}")), 0o755, 0, 0)
+                .unwrap();
+            dirs.push(a.ino);
+        }
+        for k in 0..files {
+            let d = k % dirs.len();
+            let name = format!("i{k:05}");
+            let a = fs.create(dirs[d], OsStr::new(&name), 0o644, 0, 0).unwrap();
+            let c = if k % 10 == 0 {
+                content(k, 100 + k % bs)
+            } else {
+                Vec::new()
+            };
+            if !c.is_empty() {
+                fs.write(a.ino, 0, &c).unwrap();
+            }
+            model.insert(format!("d{d:02}/{name}"), c);
+        }
+        fs.flush().unwrap();
+    }
+    check(dir.path(), &img, &model);
+    let (_, _, il, _) = levels(&img, 0);
+    assert!(il >= 2, "inobt levels {il}");
+    {
+        let fs = open(&img);
+        let root = fs.root_ino();
+        for k in (0..files).step_by(2) {
+            let d = k % 40;
+            let name = format!("i{k:05}");
+            let dir = fs
+                .lookup(root, OsStr::new(&format!("d{d:02}")))
+                .unwrap()
+                .unwrap();
+            fs.unlink(dir, OsStr::new(&name)).unwrap();
+            model.remove(&format!("d{d:02}/{name}"));
+        }
+        // New files take the freed inodes (found through the finobt, when there is one).
+        for k in 0..200 {
+            let name = format!("again{k:03}");
+            let a = fs.create(root, OsStr::new(&name), 0o644, 0, 0).unwrap();
+            let c = content(k, 10);
+            fs.write(a.ino, 0, &c).unwrap();
+            model.insert(name, c);
+        }
+        fs.flush().unwrap();
+    }
+    check(dir.path(), &img, &model);
+    let (_, _, il, fl) = levels(&img, 0);
+    assert!(il >= 2, "inobt levels {il}");
+    if finobt {
+        assert!(fl >= 2, "finobt levels {fl}");
+    }
+}
+
+#[test]
+fn inode_trees_1k_centos7() {
+    inode_trees(SMALL_CENTOS7, false);
+}
+
+#[test]
+fn inode_trees_1k_current_defaults() {
+    inode_trees(SMALL, true);
+}
+
+/// The inode's root level of its data fork B+tree (0 when the fork is an extent list).
+fn bmbt_root_level(img: &Path, ino: u64) -> u64 {
+    let f = db(img, &format!("inode {ino}"), "core.format");
+    if f.get("core.format") != Some(&3) {
+        let out = run(Command::new("xfs_db")
+            .args(["-r", "-c", &format!("inode {ino}"), "-c", "p core.format"])
+            .arg(img));
+        assert!(out.contains("extents"), "{out}");
+        return 0;
+    }
+    db(img, &format!("inode {ino}"), "u3.bmbt.level")["u3.bmbt.level"]
+}
+
+/// A file of ~3000 extents (every other block written): with 1 KiB blocks its block map
+/// needs a B+tree of three levels; holes filled in the middle merge records, truncation
+/// shrinks the tree back to one level and then to an extent list.
+fn many_extents(opts: &[&str]) {
+    if skip() {
+        return;
+    }
+    let dir = scratch();
+    let img = image(dir.path(), opts, "");
+    let bs = 1024u64;
+    let n = 3000u64;
+    let mut want = Vec::new();
+    let ino;
+    {
+        let fs = open(&img);
+        let root = fs.root_ino();
+        let a = fs.create(root, OsStr::new("frag"), 0o644, 0, 0).unwrap();
+        ino = a.ino;
+        for k in 0..n {
+            let c = content(k as usize, 700);
+            fs.write(ino, 2 * k * bs, &c).unwrap();
+            let end = (2 * k * bs) as usize;
+            want.resize(end, 0);
+            want.extend_from_slice(&c);
+        }
+        assert_eq!(read_all(&fs, ino), want);
+        fs.flush().unwrap();
+    }
+    let model = |w: &Vec<u8>| Model::from([("frag".to_string(), w.clone())]);
+    check(dir.path(), &img, &model(&want));
+    let l = bmbt_root_level(&img, ino);
+    assert!(l >= 2, "bmbt root level {l}");
+    let nex = db(&img, &format!("inode {ino}"), "core.nextents")["core.nextents"];
+    assert_eq!(nex, n);
+    // Holes filled here and there: neighbouring extents merge (records deleted across
+    // leaves), or stay apart where the blocks are not contiguous.
+    {
+        let fs = open(&img);
+        for k in (0..n - 1).filter(|k| k % 3 == 0 || (1000..1400).contains(k)) {
+            let off = (2 * k + 1) * bs;
+            let c = content(k as usize + 5, bs as usize);
+            fs.write(ino, off, &c).unwrap();
+            want[off as usize..(off + bs) as usize].copy_from_slice(&c);
+        }
+        assert_eq!(read_all(&fs, ino), want);
+    }
+    check(dir.path(), &img, &model(&want));
+    // Truncated to a tenth: fewer leaves, the root comes down a level.
+    let keep = 2 * (n / 10) * bs;
+    {
+        let fs = open(&img);
+        fs.setattr(
+            ino,
+            &SetAttr {
+                size: Some(keep),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        want.truncate(keep as usize);
+        assert_eq!(read_all(&fs, ino), want);
+    }
+    check(dir.path(), &img, &model(&want));
+    let l2 = bmbt_root_level(&img, ino);
+    assert_eq!(l2, 1, "bmbt root level after truncation");
+    // Down to a few extents: back to an extent list in the inode.
+    {
+        let fs = open(&img);
+        fs.setattr(
+            ino,
+            &SetAttr {
+                size: Some(9 * bs),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        want.truncate(9 * bs as usize);
+    }
+    check(dir.path(), &img, &model(&want));
+    assert_eq!(bmbt_root_level(&img, ino), 0);
+}
+
+#[test]
+fn many_extents_1k_current_defaults() {
+    many_extents(SMALL);
+}
+
+#[test]
+fn many_extents_1k_centos7() {
+    many_extents(SMALL_CENTOS7);
+}
