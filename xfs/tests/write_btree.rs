@@ -92,7 +92,8 @@ fn db(img: &Path, cmd: &str, fields: &str) -> BTreeMap<String, u64> {
     out.lines()
         .filter_map(|l| {
             let (k, v) = l.split_once(" = ")?;
-            Some((k.trim().to_string(), v.trim().parse().ok()?))
+            let v = v.split_whitespace().next()?;
+            Some((k.trim().to_string(), v.parse().ok()?))
         })
         .collect()
 }
@@ -158,6 +159,34 @@ fn read_all(fs: &XfsRw, ino: u64) -> Vec<u8> {
     v
 }
 
+/// Creates `path` (its directory made if missing) holding `data`.
+fn create_at(fs: &XfsRw, path: &str, data: &[u8]) {
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let mut parent = fs.root_ino();
+    if !dir.is_empty() {
+        parent = match fs.lookup(parent, OsStr::new(dir)).unwrap() {
+            Some(i) => i,
+            None => fs.mkdir(parent, OsStr::new(dir), 0o755, 0, 0).unwrap().ino,
+        };
+    }
+    let a = fs.create(parent, OsStr::new(name), 0o644, 0, 0).unwrap();
+    if !data.is_empty() {
+        assert_eq!(fs.write(a.ino, 0, data).unwrap(), data.len());
+    }
+}
+
+fn unlink_at(fs: &XfsRw, path: &str) {
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let parent = fs.resolve(format!("/{dir}").as_bytes(), false).unwrap();
+    fs.unlink(parent, OsStr::new(name)).unwrap();
+}
+
+/// Our files are spread over directories (all in AG 0, with the root): a directory is
+/// re-encoded whole when it changes, and thousands of entries in one would dominate the run.
+fn ours(k: usize) -> String {
+    format!("w{:02}/w{k:05}", k % 32)
+}
+
 fn content(k: usize, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + k * 13) as u8).collect()
 }
@@ -178,9 +207,9 @@ fn free_space_trees(opts: &[&str], bs: usize) {
         return;
     }
     let dir = scratch();
-    // Records per free-space leaf: (bs - 56) / 8; three times that many holes need two levels.
+    // Records per free-space leaf: (bs - 56) / 8; more holes than that need two levels.
     let per_leaf = (bs - 56) / 8;
-    let n = 3 * per_leaf;
+    let n = per_leaf + per_leaf / 4;
     let img = image(dir.path(), opts, &kernel_fragments(2 * n, bs));
     let (b0, c0, _, _) = levels(&img, 0);
     assert!(b0 >= 2 && c0 >= 2, "the kernel left levels {b0}/{c0}");
@@ -191,26 +220,23 @@ fn free_space_trees(opts: &[&str], bs: usize) {
     // Phase 1: our files of one and three blocks into the kernel's holes and beyond.
     {
         let fs = open(&img);
-        let root = fs.root_ino();
         for k in 0..2 * n {
-            let name = format!("w{k:05}");
-            let a = fs.create(root, OsStr::new(&name), 0o644, 0, 0).unwrap();
             let len = if k % 5 == 0 { 3 * bs - 100 } else { bs };
             let c = content(k, len);
-            fs.write(a.ino, 0, &c).unwrap();
-            model.insert(name, c);
+            create_at(&fs, &ours(k), &c);
+            model.insert(ours(k), c);
         }
         // Every other of ours removed: new holes everywhere.
         for k in (0..2 * n).step_by(2) {
-            let name = format!("w{k:05}");
-            fs.unlink(root, OsStr::new(&name)).unwrap();
-            model.remove(&name);
+            unlink_at(&fs, &ours(k));
+            model.remove(&ours(k));
         }
         // Read back through the writer itself.
-        for k in (1..2 * n).step_by(97) {
-            let name = format!("w{k:05}");
-            let ino = fs.lookup(root, OsStr::new(&name)).unwrap().unwrap();
-            assert_eq!(read_all(&fs, ino), model[&name], "{name}");
+        for k in (1..2 * n).step_by(74) {
+            let ino = fs
+                .resolve(format!("/{}", ours(k)).as_bytes(), false)
+                .unwrap();
+            assert_eq!(read_all(&fs, ino), model[&ours(k)], "{}", ours(k));
         }
         fs.flush().unwrap();
     }
@@ -220,16 +246,25 @@ fn free_space_trees(opts: &[&str], bs: usize) {
         b1 >= 2 && c1 >= 2,
         "after our fragmenting: levels {b1}/{c1}"
     );
-    // The AGFL was refilled to the kernel's minimum for two-level trees: 2 * 3 - 2 each.
+    // The AGFL was refilled to the kernel's minimum for the trees' heights
+    // (xfs_alloc_min_freelist: 2 * min(height + 1, maxlevels) - 2 for each).
+    let agblocks = db(&img, "sb 0", "agblocks")["agblocks"];
+    let (leaf_min, node_min) = ((bs as u64 - 56) / 8 / 2, (bs as u64 - 56) / 12 / 2);
+    let mut maxlevels = 1;
+    let mut blocks = agblocks.div_ceil(2).div_ceil(leaf_min);
+    while blocks > 1 {
+        blocks = blocks.div_ceil(node_min);
+        maxlevels += 1;
+    }
+    let need = (b1 + 1).min(maxlevels) * 2 - 2 + (c1 + 1).min(maxlevels) * 2 - 2;
     let f = db(&img, "agf 0", "flcount btreeblks");
-    assert!(f["flcount"] >= 8, "{f:?}");
+    assert!(f["flcount"] >= need, "{f:?}, want {need}");
     assert!(f["btreeblks"] >= 2, "{f:?}");
     // Phase 2: everything removed: free space coalesces, the trees shrink to one block.
     {
         let fs = open(&img);
-        let root = fs.root_ino();
         for name in std::mem::take(&mut model).keys() {
-            fs.unlink(root, OsStr::new(name)).unwrap();
+            unlink_at(&fs, name);
         }
         fs.flush().unwrap();
     }
@@ -255,18 +290,14 @@ fn free_space_grows_from_one_level(opts: &[&str], bs: usize) {
     let mut model = Model::new();
     {
         let fs = open(&img);
-        let root = fs.root_ino();
         for k in 0..2 * n {
-            let name = format!("f{k:05}");
-            let a = fs.create(root, OsStr::new(&name), 0o600, 0, 0).unwrap();
             let c = content(k, bs / 2);
-            fs.write(a.ino, 0, &c).unwrap();
-            model.insert(name, c);
+            create_at(&fs, &ours(k), &c);
+            model.insert(ours(k), c);
         }
         for k in (0..2 * n).step_by(2) {
-            let name = format!("f{k:05}");
-            fs.unlink(root, OsStr::new(&name)).unwrap();
-            model.remove(&name);
+            unlink_at(&fs, &ours(k));
+            model.remove(&ours(k));
         }
         fs.flush().unwrap();
     }
@@ -275,9 +306,8 @@ fn free_space_grows_from_one_level(opts: &[&str], bs: usize) {
     assert!(b >= 2 && c >= 2, "levels {b}/{c}");
     {
         let fs = open(&img);
-        let root = fs.root_ino();
         for name in std::mem::take(&mut model).keys() {
-            fs.unlink(root, OsStr::new(name)).unwrap();
+            unlink_at(&fs, name);
         }
     }
     check(dir.path(), &img, &model);

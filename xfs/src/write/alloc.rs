@@ -184,7 +184,7 @@ struct AgSrc {
 
 impl Source for AgSrc {
     fn alloc(&mut self, tx: &mut Tx<'_>) -> Result<u64> {
-        match tx.alloc_in_ag(self.agno, 1, Some(self.hint), 1, 0)? {
+        match tx.alloc_in_ag(self.agno, 1, Some(self.hint), 1, false, 0)? {
             Some((b, _)) => Ok(u64::from(b)),
             None => Err(vdisk_fs::errno_error(
                 "XFS inode B+tree block",
@@ -392,6 +392,21 @@ impl Tx<'_> {
     /// block: the block right after it, then its AG); `align` > 1 asks for a start aligned to
     /// it and exactly `want` blocks. Returns (first filesystem block, count).
     pub fn alloc_blocks(&mut self, want: u32, near: Option<u64>, align: u32) -> Result<(u64, u32)> {
+        self.alloc_some(want, near, align, false)
+    }
+
+    /// Allocates exactly `want` contiguous blocks, preferring `near`; returns the first.
+    pub fn alloc_exact(&mut self, want: u32, near: Option<u64>) -> Result<u64> {
+        Ok(self.alloc_some(want, near, 1, true)?.0)
+    }
+
+    fn alloc_some(
+        &mut self,
+        want: u32,
+        near: Option<u64>,
+        align: u32,
+        exact: bool,
+    ) -> Result<(u64, u32)> {
         let agcount = self.fs.sb.sb_agcount;
         let (near_ag, near_bno) = near.map_or((0, None), |f| {
             let (a, b) = fsb_split(self.fs, f);
@@ -400,7 +415,9 @@ impl Tx<'_> {
         for k in 0..agcount {
             let agno = (near_ag + k) % agcount;
             let hint = if k == 0 { near_bno } else { None };
-            if let Some((start, len)) = self.alloc_in_ag(agno, want, hint, align, AG_RESERVE)? {
+            if let Some((start, len)) =
+                self.alloc_in_ag(agno, want, hint, align, exact, AG_RESERVE)?
+            {
                 return Ok((fsb_join(self.fs, agno, start), len));
             }
         }
@@ -415,15 +432,17 @@ impl Tx<'_> {
         want: u32,
         near_bno: Option<u32>,
         align: u32,
+        exact: bool,
         reserve: u64,
     ) -> Result<Option<(u32, u32)>> {
+        let exact = exact || align > 1;
         let mut frees = self.take_frees(agno)?;
         let total: u64 = frees.iter().map(|&(_, c)| u64::from(c)).sum();
         let room = total.saturating_sub(reserve);
-        let pick = pick_extent(&frees, want, near_bno, align).and_then(|(i, s, l)| {
+        let pick = pick_extent(&frees, want, near_bno, align, exact).and_then(|(i, s, l)| {
             if u64::from(l) <= room {
                 Some((i, s, l))
-            } else if align <= 1 && room > 0 {
+            } else if !exact && room > 0 {
                 Some((i, s, room as u32))
             } else {
                 None
@@ -881,7 +900,8 @@ impl Tx<'_> {
         let mut raw = vec![0u8; 512];
         self.fs.read_bytes(&mut raw, 0)?;
         let align = be32(&raw, 180).max(1);
-        let Some((agbno, n)) = self.alloc_in_ag(agno, blocks, None, align, AG_RESERVE)? else {
+        let Some((agbno, n)) = self.alloc_in_ag(agno, blocks, None, align, true, AG_RESERVE)?
+        else {
             return Ok(false);
         };
         if n != blocks {
@@ -1000,6 +1020,7 @@ fn pick_extent(
     want: u32,
     near: Option<u32>,
     align: u32,
+    exact: bool,
 ) -> Option<(usize, u32, u32)> {
     if align > 1 {
         for (i, &(s, c)) in frees.iter().enumerate() {
@@ -1011,7 +1032,10 @@ fn pick_extent(
         return None;
     }
     if let Some(n) = near {
-        if let Some(i) = frees.iter().position(|&(s, _)| s == n.wrapping_add(1)) {
+        if let Some(i) = frees
+            .iter()
+            .position(|&(s, c)| s == n.wrapping_add(1) && (!exact || c >= want))
+        {
             return Some((i, frees[i].0, frees[i].1.min(want)));
         }
         if let Some(i) = frees.iter().position(|&(s, c)| s > n && c >= want) {
@@ -1020,6 +1044,9 @@ fn pick_extent(
     }
     if let Some(i) = frees.iter().position(|&(_, c)| c >= want) {
         return Some((i, frees[i].0, want));
+    }
+    if exact {
+        return None;
     }
     let (i, &(s, c)) = frees.iter().enumerate().max_by_key(|(_, &(_, c))| c)?;
     (c > 0).then_some((i, s, c.min(want)))

@@ -293,12 +293,7 @@ impl Tx<'_> {
                 Some(p) => p,
                 None => {
                     let hint = map.last().map_or(near, |e| e.startblock + e.blockcount - 1);
-                    let (p, got) = self.alloc_blocks(fsbs as u32, Some(hint), 1)?;
-                    if u64::from(got) != fsbs {
-                        return Err(Error::unsupported(
-                            "XFS: no contiguous free space for a directory block",
-                        ));
-                    }
+                    let p = self.alloc_exact(fsbs as u32, Some(hint))?;
                     allocated += fsbs;
                     p
                 }
