@@ -114,9 +114,27 @@ fn levels(img: &Path, ag: u32) -> (u64, u64, u64, u64) {
 type Model = BTreeMap<String, Vec<u8>>;
 
 /// xfs_repair -n clean; the kernel and our reader both see exactly `model` (every regular
-/// file, with its bytes; directories as the paths imply).
+/// file, with its bytes; directories as the paths imply); every tree's shape right.
 fn check(dir: &Path, img: &Path, model: &Model) {
+    check_with(dir, img, model, &[]);
+}
+
+/// [`check`], and the block map B+trees of `inodes` checked as well.
+fn check_with(dir: &Path, img: &Path, model: &Model, inodes: &[u64]) {
     xfs_repair_clean(img);
+    // The shapes xfs_repair does not look at: sibling chains, fill, keys, header fields.
+    let out = Command::new("python3")
+        .arg(tests_dir().join("btcheck.py"))
+        .arg(img)
+        .args(inodes.iter().map(|i| i.to_string()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mnt = dir.join("mnt");
     mount(img, &mnt);
     let mut seen = Model::new();
@@ -458,7 +476,7 @@ fn many_extents(opts: &[&str]) {
         fs.flush().unwrap();
     }
     let model = |w: &Vec<u8>| Model::from([("frag".to_string(), w.clone())]);
-    check(dir.path(), &img, &model(&want));
+    check_with(dir.path(), &img, &model(&want), &[ino]);
     let l = bmbt_root_level(&img, ino);
     assert!(l >= 2, "bmbt root level {l}");
     let nex = db(&img, &format!("inode {ino}"), "core.nextents")["core.nextents"];
@@ -475,7 +493,7 @@ fn many_extents(opts: &[&str]) {
         }
         assert_eq!(read_all(&fs, ino), want);
     }
-    check(dir.path(), &img, &model(&want));
+    check_with(dir.path(), &img, &model(&want), &[ino]);
     // Truncated to a tenth: fewer leaves, the root comes down a level.
     let keep = 2 * (n / 10) * bs;
     {
@@ -491,7 +509,7 @@ fn many_extents(opts: &[&str]) {
         want.truncate(keep as usize);
         assert_eq!(read_all(&fs, ino), want);
     }
-    check(dir.path(), &img, &model(&want));
+    check_with(dir.path(), &img, &model(&want), &[ino]);
     let l2 = bmbt_root_level(&img, ino);
     assert_eq!(l2, 1, "bmbt root level after truncation");
     // Down to a few extents: back to an extent list in the inode.
@@ -507,7 +525,7 @@ fn many_extents(opts: &[&str]) {
         .unwrap();
         want.truncate(9 * bs as usize);
     }
-    check(dir.path(), &img, &model(&want));
+    check_with(dir.path(), &img, &model(&want), &[ino]);
     assert_eq!(bmbt_root_level(&img, ino), 0);
 }
 
@@ -684,9 +702,9 @@ for k in range(4000):
     for k in 0..4000 {
         model.insert(format!("r{k:04}"), Vec::new());
     }
+    let ia = open(&img).resolve(b"/a", false).unwrap();
     {
         let fs = open(&img);
-        let ia = fs.resolve(b"/a", false).unwrap();
         // Appends far apart (new extents in the kernel's tree), a truncation into it.
         for k in 0..100u64 {
             let off = 300 * 1024 + k * 4096;
@@ -722,7 +740,7 @@ for k in range(4000):
         fs.flush().unwrap();
     }
     model.insert("a".to_string(), a);
-    check(dir.path(), &img, &model);
+    check_with(dir.path(), &img, &model, &[ia]);
     let (_, _, i1, f1) = levels(&img, 0);
     assert!(i1 >= 2, "inobt levels {i1}");
     if finobt {
