@@ -126,6 +126,8 @@ impl Kind {
 
 struct Buf {
     data: Vec<u8>,
+    /// The bytes on disk when the buffer was read (None: a new block, not read).
+    orig: Option<Vec<u8>>,
     kind: Kind,
     /// Byte offsets (inside `data`) of inodes changed, for [`Kind::Inodes`].
     inodes: Vec<usize>,
@@ -187,6 +189,7 @@ impl<'a> Tx<'a> {
             self.bufs.insert(
                 off,
                 Buf {
+                    orig: Some(data.clone()),
                     data,
                     kind,
                     inodes: Vec::new(),
@@ -209,6 +212,7 @@ impl<'a> Tx<'a> {
     pub fn new_buf(&mut self, off: u64, len: usize, kind: Kind) -> &mut Vec<u8> {
         let b = self.bufs.entry(off).or_insert(Buf {
             data: Vec::new(),
+            orig: None,
             kind,
             inodes: Vec::new(),
         });
@@ -276,10 +280,17 @@ impl<'a> Tx<'a> {
         let mut ups = Vec::with_capacity(self.bufs.len());
         // Buffers read but left as they were are neither logged nor written.
         let mut unchanged = Vec::new();
+        // (Nothing writes metadata before this point, so what was read is what is on disk.)
         for (off, b) in &self.bufs {
-            let mut disk = vec![0u8; b.data.len()];
-            dev.read_at(&mut disk, *off)?;
-            if disk == b.data {
+            let same = match &b.orig {
+                Some(o) => *o == b.data,
+                None => {
+                    let mut disk = vec![0u8; b.data.len()];
+                    dev.read_at(&mut disk, *off)?;
+                    disk == b.data
+                }
+            };
+            if same {
                 unchanged.push(*off);
             }
         }
