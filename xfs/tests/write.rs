@@ -110,6 +110,17 @@ fn kernel_manifest(dir: &Path, img: &Path) -> String {
 /// xfs_repair -n clean, and the kernel sees what our reader sees.
 fn check(dir: &Path, img: &Path) -> String {
     xfs_repair_clean(img);
+    // The B+tree shapes xfs_repair does not look at (sibling chains, fill, keys, headers).
+    let bt = Command::new("python3")
+        .arg(tests_dir().join("btcheck.py"))
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(
+        bt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bt.stdout)
+    );
     let ours = our_manifest(&vdisk_xfs::Xfs::open(open_dev(img)).unwrap());
     let kernel = kernel_manifest(dir, img);
     let k: Vec<_> = kernel.lines().collect();

@@ -2,16 +2,20 @@
 //! complements of used space), the inode B+trees (inobt, and finobt when the filesystem has
 //! one), the AGF/AGI counters and the superblock's.
 //!
-//! Trees are edited as whole leaves: a tree whose root is a leaf (`level` 1 in the AG
-//! header) is read into memory, its records changed, and the leaf written back. Deeper trees,
-//! and a leaf that would overflow, are refused by name (splits are not written yet). The AGFL
-//! is therefore never needed (no tree changes shape) and left as it is.
+//! A transaction loads an AG's records on first use (free extents by block, inode chunk
+//! records), changes them in memory, and [`Tx::finish`] writes them back as B+trees of any
+//! depth (`btree.rs`: blocks split, merged, roots grown and shrunk). The inode trees take their
+//! blocks from free space; the free-space trees take theirs from the AGFL, which is refilled
+//! from free space or drained back into it to the kernel's minimum for the new heights
+//! ([`min_freelist`]). Free-space and AGFL blocks are both counted free in the superblock
+//! (as the kernel counts them), tree blocks past the roots in `agf_btreeblks`.
 
 use vdisk_block::{Error, Result};
 
+use super::btree::{self, Dry, Geo, Shape, Source, Top};
 use super::inode::{put16, put32, put64, CORE, FMT_EXTENTS, NULLAGINO};
 use super::tx::{set_crc, Kind, Tx};
-use super::RO_COMPAT_FINOBT;
+use super::{RO_COMPAT_FINOBT, RO_COMPAT_INOBTCNT};
 use crate::superblock::XFS_SB_FEAT_INCOMPAT_SPINODES;
 use crate::{be16, be32, be64, Xfs};
 
@@ -136,6 +140,88 @@ pub struct InoRec {
     pub free: u64,
 }
 
+/// Blocks an AG keeps back from ordinary allocations so that its AGFL can always be refilled
+/// (the kernel withholds `XFS_ALLOCBT_AGFL_RESERVE` plus 4 for a block map split per AG).
+const AG_RESERVE: u64 = 8;
+
+/// One AG's records as this transaction has them, loaded on first use and written back (as
+/// B+trees of whatever shape they need) by [`Tx::finish`].
+#[derive(Debug, Default)]
+pub struct AgMem {
+    free: Option<Vec<Free>>,
+    free_dirty: bool,
+    ino: Option<Vec<InoRec>>,
+    ino_dirty: bool,
+    fino: Option<Vec<InoRec>>,
+    fino_dirty: bool,
+}
+
+/// The AGFL as the block source of the free-space trees (as the kernel's
+/// `xfs_allocbt_alloc_block` and `xfs_allocbt_free_block` use it).
+struct AgflSrc {
+    pool: Vec<u32>,
+    freed: Vec<u32>,
+}
+
+impl Source for AgflSrc {
+    fn alloc(&mut self, _tx: &mut Tx<'_>) -> Result<u64> {
+        self.pool
+            .pop()
+            .map(u64::from)
+            .ok_or_else(|| Error::invalid("XFS: the AGFL ran out under a free-space B+tree"))
+    }
+    fn free(&mut self, _tx: &mut Tx<'_>, ptr: u64) -> Result<()> {
+        self.freed.push(ptr as u32);
+        Ok(())
+    }
+}
+
+/// The AG's free space as the block source of the inode B+trees.
+struct AgSrc {
+    agno: u32,
+    hint: u32,
+}
+
+impl Source for AgSrc {
+    fn alloc(&mut self, tx: &mut Tx<'_>) -> Result<u64> {
+        match tx.alloc_in_ag(self.agno, 1, Some(self.hint), 1, false, 0)? {
+            Some((b, _)) => Ok(u64::from(b)),
+            None => Err(vdisk_fs::errno_error(
+                "XFS inode B+tree block",
+                vdisk_fs::errno::ENOSPC,
+            )),
+        }
+    }
+    fn free(&mut self, tx: &mut Tx<'_>, ptr: u64) -> Result<()> {
+        let fsb = fsb_join(tx.fs, self.agno, ptr as u32);
+        tx.free_blocks(fsb, 1);
+        Ok(())
+    }
+}
+
+fn enc_free(&(s, c): &Free) -> Vec<u8> {
+    let mut r = vec![0u8; 8];
+    put32(&mut r, 0, s);
+    put32(&mut r, 4, c);
+    r
+}
+
+fn key_whole(r: &[u8]) -> Vec<u8> {
+    r.to_vec()
+}
+
+fn key_ino(r: &[u8]) -> Vec<u8> {
+    r[..4].to_vec()
+}
+
+/// The kernel's `xfs_alloc_min_freelist` (current kernels): for each free-space tree, room
+/// for a split of every level plus a new root, and for the splits of the AGFL refill itself:
+/// `2 * min(height + 1, maxlevels) - 2`.
+pub fn min_freelist(bno_height: usize, cnt_height: usize, maxlevels: u32) -> usize {
+    let one = |h: usize| (h as u32 + 1).min(maxlevels) as usize * 2 - 2;
+    one(bno_height) + one(cnt_height)
+}
+
 impl Tx<'_> {
     fn hdr_buf(&mut self, agno: u32, n: u64) -> Result<&mut Vec<u8>> {
         let kind = match n {
@@ -169,8 +255,24 @@ impl Tx<'_> {
         Ok(b)
     }
 
-    /// The byte offset of the root leaf of `t` in `agno`, and its records.
-    fn leaf(&mut self, agno: u32, t: Tree) -> Result<(u64, Vec<Vec<u8>>)> {
+    fn geo(&self, agno: u32, t: Tree) -> Geo {
+        let rs = t.recsize();
+        Geo {
+            magic: t.magic(),
+            long: false,
+            recsize: rs,
+            keysize: if rs == 16 { 4 } else { 8 },
+            bs: self.fs.sb.sb_blocksize as usize,
+            owner: u64::from(agno),
+            uuid: meta_uuid(self.fs),
+            agno,
+            key_of: if rs == 16 { key_ino } else { key_whole },
+            what: format!("AG {agno} {} B+tree", t.name()),
+        }
+    }
+
+    /// Tree `t` of `agno` as it stands (any depth).
+    fn read_tree(&mut self, agno: u32, t: Tree) -> Result<Shape> {
         let (n, ro, lo) = t.root_at();
         let h = if n == 1 {
             self.agf(agno)?
@@ -178,134 +280,180 @@ impl Tx<'_> {
             self.agi(agno)?
         };
         let root = be32(h, ro);
-        let level = be32(h, lo);
-        if level != 1 {
-            return Err(Error::unsupported(format!(
-                "XFS AG {agno}: editing a {} B+tree of {level} levels is not supported yet (only single-block trees)",
-                t.name()
-            )));
-        }
-        if root == 0 || root >= self.fs.sb.sb_agblocks {
+        let levels = be32(h, lo);
+        if levels == 0 || levels > 9 {
             return Err(Error::corrupt(format!(
-                "XFS AG {agno}: {} B+tree root {root} is out of range",
+                "XFS AG {agno}: {} B+tree has {levels} levels",
                 t.name()
             )));
         }
-        let off = agb_byte(self.fs, agno, root);
-        let bs = self.fs.sb.sb_blocksize as usize;
-        let b = self.buf(off, bs, Kind::ShortBtree)?;
-        let numrecs = usize::from(be16(b, 6));
-        let rs = t.recsize();
-        if be32(b, 0) != t.magic() || be16(b, 4) != 0 || SBLOCK_HDR + numrecs * rs > bs {
-            return Err(Error::corrupt(format!(
-                "XFS AG {agno}: {} B+tree root block {root} is not a valid leaf",
-                t.name()
-            )));
-        }
-        let recs = (0..numrecs)
-            .map(|k| b[SBLOCK_HDR + k * rs..SBLOCK_HDR + (k + 1) * rs].to_vec())
-            .collect();
-        Ok((off, recs))
+        let g = self.geo(agno, t);
+        btree::walk(self, &g, &[u64::from(root)], levels as usize - 1)
     }
 
-    fn put_leaf(&mut self, agno: u32, t: Tree, off: u64, recs: &[Vec<u8>]) -> Result<()> {
-        let bs = self.fs.sb.sb_blocksize as usize;
-        let rs = t.recsize();
-        if SBLOCK_HDR + recs.len() * rs > bs {
-            return Err(Error::unsupported(format!(
-                "XFS AG {agno}: the {} B+tree leaf is full; splitting B+tree blocks is not supported yet",
-                t.name()
-            )));
+    /// The blocks of AG `agno` (the last AG may be short).
+    fn ag_len(&mut self, agno: u32) -> Result<u32> {
+        let len = be32(self.agf(agno)?, 12);
+        if len == 0 || len > self.fs.sb.sb_agblocks {
+            return Err(Error::corrupt(format!("XFS AGF {agno}: length {len}")));
         }
-        let b = self.buf(off, bs, Kind::ShortBtree)?;
-        put16(b, 6, recs.len() as u16);
-        b[SBLOCK_HDR..].fill(0);
-        for (k, r) in recs.iter().enumerate() {
-            b[SBLOCK_HDR + k * rs..SBLOCK_HDR + (k + 1) * rs].copy_from_slice(r);
-        }
-        Ok(())
+        Ok(len)
     }
 
-    fn free_list(&mut self, agno: u32) -> Result<(u64, Vec<Free>)> {
-        let (off, recs) = self.leaf(agno, Tree::Bno)?;
-        Ok((off, recs.iter().map(|r| (be32(r, 0), be32(r, 4))).collect()))
+    fn mem(&mut self, agno: u32) -> &mut AgMem {
+        self.ags.entry(agno).or_default()
     }
 
-    /// Writes `frees` (sorted by block) as both free-space trees of `agno`, and the AGF.
-    fn put_free(&mut self, agno: u32, bno_off: u64, frees: &[Free]) -> Result<()> {
-        let enc = |&(s, c): &Free| {
-            let mut r = vec![0u8; 8];
-            put32(&mut r, 0, s);
-            put32(&mut r, 4, c);
-            r
+    /// The free extents of `agno`, by block, taken out of the transaction's state (put back
+    /// with [`Tx::put_frees`]).
+    fn take_frees(&mut self, agno: u32) -> Result<Vec<Free>> {
+        if let Some(v) = self.mem(agno).free.take() {
+            return Ok(v);
+        }
+        let agblocks = self.ag_len(agno)?;
+        let bno = self.read_tree(agno, Tree::Bno)?.records();
+        let cnt = self.read_tree(agno, Tree::Cnt)?.records();
+        let mut v: Vec<Free> = Vec::with_capacity(bno.len());
+        let mut next = 0u32;
+        for r in &bno {
+            let (s, c) = (be32(r, 0), be32(r, 4));
+            let end = s.checked_add(c).filter(|&e| e <= agblocks && c > 0);
+            match end {
+                Some(e) if s >= next => {
+                    v.push((s, c));
+                    next = e;
+                }
+                _ => {
+                    return Err(Error::corrupt(format!(
+                        "XFS AG {agno}: free-space record {s}+{c} overlaps, is out of order or past the AG"
+                    )))
+                }
+            }
+        }
+        let by_cnt: Vec<Vec<u8>> = {
+            let mut c = v.clone();
+            c.sort_by_key(|&(s, c)| (c, s));
+            c.iter().map(enc_free).collect()
         };
-        let by_bno: Vec<Vec<u8>> = frees.iter().map(enc).collect();
-        let mut by_cnt = frees.to_vec();
-        by_cnt.sort_by_key(|&(s, c)| (c, s));
-        let by_cnt: Vec<Vec<u8>> = by_cnt.iter().map(enc).collect();
-        let (cnt_off, _) = self.leaf(agno, Tree::Cnt)?;
-        self.put_leaf(agno, Tree::Bno, bno_off, &by_bno)?;
-        self.put_leaf(agno, Tree::Cnt, cnt_off, &by_cnt)?;
-        let total: u64 = frees.iter().map(|&(_, c)| u64::from(c)).sum();
-        let longest = frees.iter().map(|&(_, c)| c).max().unwrap_or(0);
-        let agf = self.agf(agno)?;
-        put32(agf, 52, total as u32);
-        put32(agf, 56, longest);
-        Ok(())
+        if by_cnt != cnt {
+            return Err(Error::corrupt(format!(
+                "XFS AG {agno}: the free-space B+trees by block and by size disagree"
+            )));
+        }
+        Ok(v)
+    }
+
+    fn put_frees(&mut self, agno: u32, v: Vec<Free>, dirty: bool) {
+        let m = self.mem(agno);
+        m.free = Some(v);
+        m.free_dirty |= dirty;
+    }
+
+    fn inos_of(&mut self, agno: u32, t: Tree) -> Result<&mut Vec<InoRec>> {
+        let loaded = match t {
+            Tree::Fino => self.mem(agno).fino.is_some(),
+            _ => self.mem(agno).ino.is_some(),
+        };
+        if !loaded {
+            let recs = self.read_tree(agno, t)?.records();
+            let mut v: Vec<InoRec> = Vec::with_capacity(recs.len());
+            for r in &recs {
+                let rec = self.decode_irec(r);
+                if v.last().is_some_and(|p| p.startino + 64 > rec.startino) {
+                    return Err(Error::corrupt(format!(
+                        "XFS AG {agno}: {} B+tree record {} overlaps or is out of order",
+                        t.name(),
+                        rec.startino
+                    )));
+                }
+                v.push(rec);
+            }
+            let m = self.mem(agno);
+            match t {
+                Tree::Fino => m.fino = Some(v),
+                _ => m.ino = Some(v),
+            }
+        }
+        let m = self.mem(agno);
+        let v = match t {
+            Tree::Fino => {
+                m.fino_dirty = true;
+                m.fino.as_mut()
+            }
+            _ => {
+                m.ino_dirty = true;
+                m.ino.as_mut()
+            }
+        };
+        v.ok_or_else(|| Error::invalid("XFS: inode records not loaded"))
     }
 
     /// Allocates up to `want` contiguous blocks (at least 1), preferring `near` (a filesystem
     /// block: the block right after it, then its AG); `align` > 1 asks for a start aligned to
     /// it and exactly `want` blocks. Returns (first filesystem block, count).
     pub fn alloc_blocks(&mut self, want: u32, near: Option<u64>, align: u32) -> Result<(u64, u32)> {
+        self.alloc_some(want, near, align, false)
+    }
+
+    /// Allocates exactly `want` contiguous blocks, preferring `near`; returns the first.
+    pub fn alloc_exact(&mut self, want: u32, near: Option<u64>) -> Result<u64> {
+        Ok(self.alloc_some(want, near, 1, true)?.0)
+    }
+
+    fn alloc_some(
+        &mut self,
+        want: u32,
+        near: Option<u64>,
+        align: u32,
+        exact: bool,
+    ) -> Result<(u64, u32)> {
         let agcount = self.fs.sb.sb_agcount;
         let (near_ag, near_bno) = near.map_or((0, None), |f| {
             let (a, b) = fsb_split(self.fs, f);
             (a, Some(b))
         });
-        let mut refused = None;
         for k in 0..agcount {
             let agno = (near_ag + k) % agcount;
             let hint = if k == 0 { near_bno } else { None };
-            match self.alloc_in_ag(agno, want, hint, align) {
-                Ok(Some((start, len))) => return Ok((fsb_join(self.fs, agno, start), len)),
-                Ok(None) => {}
-                // An AG whose trees this writer cannot edit (found before anything changed)
-                // is passed over for the others.
-                Err(e @ Error::Unsupported { .. }) => refused = Some(e),
-                Err(e) => return Err(e),
+            if let Some((start, len)) =
+                self.alloc_in_ag(agno, want, hint, align, exact, AG_RESERVE)?
+            {
+                return Ok((fsb_join(self.fs, agno, start), len));
             }
         }
-        Err(refused.unwrap_or_else(|| vdisk_fs::errno_error("alloc", vdisk_fs::errno::ENOSPC)))
+        Err(vdisk_fs::errno_error("alloc", vdisk_fs::errno::ENOSPC))
     }
 
-    /// Allocates in AG `agno` only: (agbno, count), or None when it has no room. An
-    /// Unsupported error means nothing was changed.
+    /// Allocates in AG `agno` only, leaving at least `reserve` blocks free: (agbno, count), or
+    /// None when it has no room.
     fn alloc_in_ag(
         &mut self,
         agno: u32,
         want: u32,
         near_bno: Option<u32>,
         align: u32,
+        exact: bool,
+        reserve: u64,
     ) -> Result<Option<(u32, u32)>> {
-        let (off, mut frees) = self.free_list(agno)?;
-        self.leaf(agno, Tree::Cnt)?;
-        let Some((idx, start, len)) = pick_extent(&frees, want, near_bno, align) else {
+        let exact = exact || align > 1;
+        let mut frees = self.take_frees(agno)?;
+        let total: u64 = frees.iter().map(|&(_, c)| u64::from(c)).sum();
+        let room = total.saturating_sub(reserve);
+        let pick = pick_extent(&frees, want, near_bno, align, exact).and_then(|(i, s, l)| {
+            if u64::from(l) <= room {
+                Some((i, s, l))
+            } else if !exact && room > 0 {
+                Some((i, s, room as u32))
+            } else {
+                None
+            }
+        });
+        let Some((idx, start, len)) = pick else {
+            self.put_frees(agno, frees, false);
             return Ok(None);
         };
-        let (s, c) = frees[idx];
-        // Carve [start, start + len) out of (s, c).
-        let mut repl = Vec::new();
-        if start > s {
-            repl.push((s, start - s));
-        }
-        if start + len < s + c {
-            repl.push((start + len, s + c - start - len));
-        }
-        frees.splice(idx..=idx, repl);
-        // A leaf that would overflow is refused before either tree is changed (both have
-        // as many records).
-        self.put_free(agno, off, &frees)?;
+        carve(&mut frees, idx, start, len);
+        self.put_frees(agno, frees, true);
         self.fdblocks_delta -= i64::from(len);
         Ok(Some((start, len)))
     }
@@ -316,17 +464,19 @@ impl Tx<'_> {
         self.frees.push((fsb, len));
     }
 
-    fn free_now(&mut self, fsb: u64, len: u32) -> Result<()> {
-        let (agno, bno) = fsb_split(self.fs, fsb);
-        let (off, mut frees) = self.free_list(agno)?;
+    /// Puts blocks `bno..bno+len` of `agno` back into its free extents.
+    fn give_back(&mut self, agno: u32, bno: u32, len: u32) -> Result<()> {
+        let agblocks = self.ag_len(agno)?;
+        let mut frees = self.take_frees(agno)?;
         let end = bno
             .checked_add(len)
-            .filter(|&e| e <= self.fs.sb.sb_agblocks)
+            .filter(|&e| e <= agblocks && len > 0)
             .ok_or_else(|| Error::corrupt(format!("XFS: freeing blocks past AG {agno}")))?;
         let pos = frees.partition_point(|&(s, _)| s < bno);
         if pos > 0 && frees[pos - 1].0 + frees[pos - 1].1 > bno
             || pos < frees.len() && frees[pos].0 < end
         {
+            self.put_frees(agno, frees, false);
             return Err(Error::corrupt(format!(
                 "XFS AG {agno}: blocks {bno}+{len} freed twice (already in the free-space tree)"
             )));
@@ -343,16 +493,275 @@ impl Tx<'_> {
             hi = pos + 1;
         }
         frees.splice(lo..hi, [new]);
-        self.put_free(agno, off, &frees)?;
+        self.put_frees(agno, frees, true);
+        Ok(())
+    }
+
+    fn free_now(&mut self, fsb: u64, len: u32) -> Result<()> {
+        let (agno, bno) = fsb_split(self.fs, fsb);
+        if agno >= self.fs.sb.sb_agcount {
+            return Err(Error::corrupt(format!(
+                "XFS: freeing block {fsb:#x} past the last AG"
+            )));
+        }
+        self.give_back(agno, bno, len)?;
         self.fdblocks_delta += i64::from(len);
         Ok(())
     }
 
-    /// Applies deferred frees and writes the superblock counters; returns the new
-    /// (icount, ifree, fdblocks) when they changed.
+    /// Takes `n` blocks of `agno` out of its free extents for the AGFL (from the smallest
+    /// extent that holds them all, else the largest, as the kernel's refill does).
+    fn take_for_agfl(&mut self, agno: u32, mut n: usize) -> Result<Vec<u32>> {
+        let mut frees = self.take_frees(agno)?;
+        let mut got = Vec::new();
+        while n > 0 {
+            let pick = frees
+                .iter()
+                .enumerate()
+                .filter(|(_, &(_, c))| c as usize >= n)
+                .min_by_key(|(_, &(s, c))| (c, s))
+                .or_else(|| frees.iter().enumerate().max_by_key(|(_, &(s, c))| (c, s)))
+                .map(|(i, &(s, c))| (i, s, c));
+            let Some((i, s, c)) = pick else {
+                self.put_frees(agno, frees, true);
+                return Err(vdisk_fs::errno_error(
+                    "XFS AGFL refill",
+                    vdisk_fs::errno::ENOSPC,
+                ));
+            };
+            let k = (c as usize).min(n) as u32;
+            carve(&mut frees, i, s, k);
+            got.extend(s..s + k);
+            n -= k as usize;
+        }
+        self.put_frees(agno, frees, true);
+        Ok(got)
+    }
+
+    /// The AGFL of `agno`, first to last.
+    fn read_agfl(&mut self, agno: u32) -> Result<Vec<u32>> {
+        let size = agfl_size(self.fs);
+        let agblocks = self.ag_len(agno)?;
+        let agf = self.agf(agno)?;
+        let (first, last, count) = (be32(agf, 40), be32(agf, 44), be32(agf, 48));
+        let _ = last;
+        if first as usize >= size || count as usize > size {
+            return Err(Error::corrupt(format!(
+                "XFS AGF {agno}: free list {first}/{last}/{count} does not fit an AGFL of {size}"
+            )));
+        }
+        let b = self.hdr_buf(agno, 3)?;
+        if be32(b, 0) != 0x5841_464c || be32(b, 4) != agno {
+            return Err(Error::corrupt(format!(
+                "XFS AGFL {agno}: bad magic or number"
+            )));
+        }
+        let mut v = Vec::with_capacity(count as usize);
+        for k in 0..count as usize {
+            let slot = (first as usize + k) % size;
+            let bno = be32(b, 36 + 4 * slot);
+            if bno == 0 || bno >= agblocks {
+                return Err(Error::corrupt(format!(
+                    "XFS AGFL {agno}: entry {bno} is outside the AG"
+                )));
+            }
+            v.push(bno);
+        }
+        Ok(v)
+    }
+
+    /// Writes `list` as the AGFL of `agno`, from slot 0 (as mkfs and the kernel's reset lay
+    /// it out), and its first/last/count in the AGF.
+    fn write_agfl(&mut self, agno: u32, list: &[u32]) -> Result<()> {
+        let size = agfl_size(self.fs);
+        if list.len() > size {
+            return Err(Error::unsupported(format!(
+                "XFS AG {agno}: {} blocks do not fit the AGFL ({size})",
+                list.len()
+            )));
+        }
+        let b = self.hdr_buf(agno, 3)?;
+        for k in 0..size {
+            put32(b, 36 + 4 * k, list.get(k).copied().unwrap_or(u32::MAX));
+        }
+        let agf = self.agf(agno)?;
+        put32(agf, 40, 0);
+        put32(
+            agf,
+            44,
+            if list.is_empty() {
+                size as u32 - 1
+            } else {
+                list.len() as u32 - 1
+            },
+        );
+        put32(agf, 48, list.len() as u32);
+        Ok(())
+    }
+
+    fn alloc_maxlevels(&self) -> u32 {
+        let g = self.geo(0, Tree::Bno);
+        btree::max_levels(
+            g.leaf_max() / 2,
+            g.node_max() / 2,
+            u64::from(self.fs.sb.sb_agblocks).div_ceil(2),
+        )
+    }
+
+    /// Writes the inode B+tree `t` of `agno` from the transaction's records.
+    fn flush_ino(&mut self, agno: u32, t: Tree) -> Result<()> {
+        let recs: Vec<Vec<u8>> = {
+            let v = self.inos_of(agno, t)?.clone();
+            v.iter().map(|r| self.encode_irec(r)).collect()
+        };
+        let m = self.mem(agno);
+        match t {
+            Tree::Fino => m.fino_dirty = false,
+            _ => m.ino_dirty = false,
+        }
+        let shape = self.read_tree(agno, t)?;
+        let g = self.geo(agno, t);
+        let hint = shape
+            .levels
+            .last()
+            .and_then(|l| l.first())
+            .map_or(0, |(p, _)| *p as u32);
+        let mut src = AgSrc { agno, hint };
+        let out = btree::relayout(self, &g, &shape, recs, Top::Block, &mut src, true)?;
+        let (_, ro, lo) = t.root_at();
+        let inobtcnt = self.fs.sb.sb_features_ro_compat & RO_COMPAT_INOBTCNT != 0;
+        let agi = self.agi(agno)?;
+        put32(agi, ro, out.root as u32);
+        put32(agi, lo, out.height as u32);
+        if inobtcnt {
+            put32(
+                agi,
+                if t == Tree::Fino { 340 } else { 336 },
+                out.blocks as u32,
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes both free-space trees of `agno` from the transaction's free extents, with the
+    /// AGFL refilled or drained to the kernel's minimum for the trees' new heights, and the
+    /// AGF's counters.
+    fn flush_free(&mut self, agno: u32) -> Result<()> {
+        let mut agfl = self.read_agfl(agno)?;
+        let bno_shape = self.read_tree(agno, Tree::Bno)?;
+        let cnt_shape = self.read_tree(agno, Tree::Cnt)?;
+        let gb = self.geo(agno, Tree::Bno);
+        let gc = self.geo(agno, Tree::Cnt);
+        let maxlev = self.alloc_maxlevels();
+        let size = agfl_size(self.fs);
+        let recs = |v: &[Free]| -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+            let b = v.iter().map(enc_free).collect();
+            let mut c = v.to_vec();
+            c.sort_by_key(|&(s, c)| (c, s));
+            (b, c.iter().map(enc_free).collect())
+        };
+        let mut settled = false;
+        for iter in 0..48 {
+            let frees = self.take_frees(agno)?;
+            let (rb, rc) = recs(&frees);
+            self.put_frees(agno, frees, false);
+            let mut d1 = Dry::default();
+            let o1 = btree::relayout(self, &gb, &bno_shape, rb, Top::Block, &mut d1, false)?;
+            let mut d2 = Dry::default();
+            let o2 = btree::relayout(self, &gc, &cnt_shape, rc, Top::Block, &mut d2, false)?;
+            let allocs = d1.allocs + d2.allocs;
+            let after = (agfl.len() + d1.frees + d2.frees) as i64 - allocs as i64;
+            let minfl = min_freelist(o1.height, o2.height, maxlev) as i64;
+            let short = (allocs as i64 - agfl.len() as i64).max(minfl - after);
+            if short > 0 {
+                let got = self.take_for_agfl(agno, short as usize)?;
+                // Refilled at the front: the trees take blocks from the back.
+                agfl.splice(0..0, got);
+                continue;
+            }
+            let drainable = agfl.len() - allocs;
+            let over_cap = after - size as i64;
+            let surplus = if iter < 32 { after - minfl } else { over_cap };
+            if surplus > 0 && drainable > 0 {
+                let n = (surplus as usize).min(drainable);
+                for b in agfl.drain(..n).collect::<Vec<_>>() {
+                    self.give_back(agno, b, 1)?;
+                }
+                continue;
+            }
+            settled = over_cap <= 0;
+            break;
+        }
+        if !settled {
+            return Err(Error::unsupported(format!(
+                "XFS AG {agno}: the free list and free-space B+trees did not settle"
+            )));
+        }
+        let frees = self.take_frees(agno)?;
+        let (rb, rc) = recs(&frees);
+        let total: u64 = frees.iter().map(|&(_, c)| u64::from(c)).sum();
+        let longest = frees.iter().map(|&(_, c)| c).max().unwrap_or(0);
+        self.put_frees(agno, frees, false);
+        self.mem(agno).free_dirty = false;
+        let mut src = AgflSrc {
+            pool: agfl,
+            freed: Vec::new(),
+        };
+        let o1 = btree::relayout(self, &gb, &bno_shape, rb, Top::Block, &mut src, true)?;
+        let o2 = btree::relayout(self, &gc, &cnt_shape, rc, Top::Block, &mut src, true)?;
+        let mut agfl = src.pool;
+        agfl.extend(src.freed);
+        self.write_agfl(agno, &agfl)?;
+        let agf = self.agf(agno)?;
+        put32(agf, 16, o1.root as u32);
+        put32(agf, 20, o2.root as u32);
+        put32(agf, 28, o1.height as u32);
+        put32(agf, 32, o2.height as u32);
+        put32(agf, 52, total as u32);
+        put32(agf, 56, longest);
+        put32(agf, 60, (o1.blocks - 1 + o2.blocks - 1) as u32);
+        Ok(())
+    }
+
+    /// Applies deferred frees, writes every tree the transaction changed and the superblock
+    /// counters; returns the new (icount, ifree, fdblocks) when they changed.
     pub fn finish(&mut self) -> Result<Option<(u64, u64, u64)>> {
-        for (fsb, len) in std::mem::take(&mut self.frees) {
-            self.free_now(fsb, len)?;
+        for _ in 0..64 {
+            for (fsb, len) in std::mem::take(&mut self.frees) {
+                self.free_now(fsb, len)?;
+            }
+            let dirty: Vec<(u32, Tree)> = self
+                .ags
+                .iter()
+                .flat_map(|(&a, m)| {
+                    let mut v = Vec::new();
+                    if m.ino_dirty {
+                        v.push((a, Tree::Ino));
+                    }
+                    if m.fino_dirty {
+                        v.push((a, Tree::Fino));
+                    }
+                    v
+                })
+                .collect();
+            if dirty.is_empty() && self.frees.is_empty() {
+                break;
+            }
+            for (a, t) in dirty {
+                self.flush_ino(a, t)?;
+            }
+        }
+        if !self.frees.is_empty() {
+            return Err(Error::invalid("XFS: inode B+tree blocks did not settle"));
+        }
+        let dirty: Vec<u32> = self
+            .ags
+            .iter()
+            .filter(|(_, m)| m.free_dirty)
+            .map(|(&a, _)| a)
+            .collect();
+        for a in dirty {
+            self.flush_free(a)?;
         }
         if self.fdblocks_delta == 0 && self.icount_delta == 0 && self.ifree_delta == 0 {
             return Ok(None);
@@ -415,128 +824,26 @@ impl Tx<'_> {
         r
     }
 
-    /// The levels of tree `t` in `agno` (from the AGF or AGI).
-    fn levels(&mut self, agno: u32, t: Tree) -> Result<u32> {
-        let (n, _, lo) = t.root_at();
-        let h = if n == 1 {
-            self.agf(agno)?
-        } else {
-            self.agi(agno)?
-        };
-        Ok(be32(h, lo))
-    }
-
-    /// Every record of tree `t` in `agno`, walked from the root (any depth): (leaf byte
-    /// offset, index in the leaf, record bytes), in key order.
-    fn all_records(&mut self, agno: u32, t: Tree) -> Result<Vec<(u64, usize, Vec<u8>)>> {
-        let (n, ro, lo) = t.root_at();
-        let h = if n == 1 {
-            self.agf(agno)?
-        } else {
-            self.agi(agno)?
-        };
-        let root = be32(h, ro);
-        let levels = be32(h, lo);
-        if levels == 0 || levels > 8 {
-            return Err(Error::corrupt(format!(
-                "XFS AG {agno}: {} B+tree has {levels} levels",
-                t.name()
-            )));
-        }
-        let bs = self.fs.sb.sb_blocksize as usize;
-        let rs = t.recsize();
-        // Keys are the first 4 bytes of a record for inode trees, 8 for free space.
-        let ks = if rs == 16 { 4 } else { 8 };
-        let mut out = Vec::new();
-        let mut stack = vec![(root, levels - 1)];
-        let mut visited = 0usize;
-        while let Some((agbno, level)) = stack.pop() {
-            visited += 1;
-            if visited > 1 << 20 || agbno == 0 || agbno >= self.fs.sb.sb_agblocks {
-                return Err(Error::corrupt(format!(
-                    "XFS AG {agno}: {} B+tree points outside the AG or loops",
-                    t.name()
-                )));
-            }
-            let off = agb_byte(self.fs, agno, agbno);
-            let b = self.buf(off, bs, Kind::ShortBtree)?;
-            let nrec = usize::from(be16(b, 6));
-            if be32(b, 0) != t.magic() || u32::from(be16(b, 4)) != level {
-                return Err(Error::corrupt(format!(
-                    "XFS AG {agno}: {} B+tree block {agbno} is not a level {level} block",
-                    t.name()
-                )));
-            }
-            if level == 0 {
-                if SBLOCK_HDR + nrec * rs > bs {
-                    return Err(Error::corrupt(format!(
-                        "XFS AG {agno}: B+tree leaf {agbno} overflows"
-                    )));
-                }
-                for k in 0..nrec {
-                    out.push((
-                        off,
-                        k,
-                        b[SBLOCK_HDR + k * rs..SBLOCK_HDR + (k + 1) * rs].to_vec(),
-                    ));
-                }
-            } else {
-                let maxrecs = (bs - SBLOCK_HDR) / (ks + 4);
-                if nrec > maxrecs {
-                    return Err(Error::corrupt(format!(
-                        "XFS AG {agno}: B+tree node {agbno} overflows"
-                    )));
-                }
-                // Children pushed last first, so they pop in key order.
-                for k in (0..nrec).rev() {
-                    let p = be32(b, SBLOCK_HDR + maxrecs * ks + k * 4);
-                    stack.push((p, level - 1));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Updates the record for `rec.startino` in `t` (inserting or, when `remove`, deleting).
-    /// Trees deeper than one block take in-place updates only.
+    /// Sets (or, with `remove`, deletes) the record for `rec.startino` in tree `t`.
     fn put_irec(&mut self, agno: u32, t: Tree, rec: &InoRec, remove: bool) -> Result<()> {
-        if self.levels(agno, t)? > 1 {
-            let all = self.all_records(agno, t)?;
-            let hit = all.iter().find(|(_, _, r)| be32(r, 0) == rec.startino);
-            return match (hit, remove) {
-                (Some((off, idx, _)), false) => {
-                    let (off, idx) = (*off, *idx);
-                    let enc = self.encode_irec(rec);
-                    let bs = self.fs.sb.sb_blocksize as usize;
-                    let b = self.buf(off, bs, Kind::ShortBtree)?;
-                    b[SBLOCK_HDR + idx * 16..SBLOCK_HDR + (idx + 1) * 16].copy_from_slice(&enc);
-                    Ok(())
-                }
-                _ => Err(Error::unsupported(format!(
-                    "XFS AG {agno}: inserting into or deleting from a {} B+tree deeper than one block is not supported yet",
-                    t.name()
-                ))),
-            };
-        }
-        let (off, mut recs) = self.leaf(agno, t)?;
-        let pos = recs.partition_point(|r| be32(r, 0) < rec.startino);
-        let exists = pos < recs.len() && be32(&recs[pos], 0) == rec.startino;
+        let v = self.inos_of(agno, t)?;
+        let pos = v.partition_point(|r| r.startino < rec.startino);
+        let exists = pos < v.len() && v[pos].startino == rec.startino;
         match (exists, remove) {
             (true, true) => {
-                recs.remove(pos);
+                v.remove(pos);
             }
-            (true, false) => recs[pos] = self.encode_irec(rec),
-            (false, false) => recs.insert(pos, self.encode_irec(rec)),
+            (true, false) => v[pos] = *rec,
+            (false, false) => v.insert(pos, *rec),
             (false, true) => {}
         }
-        self.put_leaf(agno, t, off, &recs)
+        Ok(())
     }
 
     /// Allocates an inode, preferring AG `near_ag`; returns its number. The inode's bytes are
     /// left as they were (free inodes are initialised: see [`Tx::init_inode`]).
     pub fn alloc_inode(&mut self, near_ag: u32) -> Result<u64> {
         let agcount = self.fs.sb.sb_agcount;
-        let mut refused = None;
         for pass in 0..2 {
             for k in 0..agcount {
                 let agno = (near_ag + k) % agcount;
@@ -545,36 +852,11 @@ impl Tx<'_> {
                 if pass == 0 && freecount == 0 {
                     continue;
                 }
-                // AGs whose inode trees this writer cannot edit are passed over (checked
-                // before anything changes).
-                let check = if pass == 1 {
-                    self.leaf(agno, Tree::Ino).map(|_| ())
-                } else {
-                    self.all_records(agno, Tree::Ino).map(|_| ())
-                };
-                match check.and_then(|_| {
-                    if self.finobt() {
-                        self.leaf(agno, Tree::Fino).map(|_| ())
-                    } else {
-                        Ok(())
-                    }
-                }) {
-                    Ok(_) => {}
-                    Err(e @ Error::Unsupported { .. }) => {
-                        refused = Some(e);
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
                 if pass == 1 && !self.new_chunk(agno)? {
                     continue;
                 }
-                let recs = self.all_records(agno, Tree::Ino)?;
-                let Some(mut rec) = recs
-                    .iter()
-                    .map(|(_, _, r)| self.decode_irec(r))
-                    .find(|r| r.freecount > 0)
-                else {
+                let recs = self.inos_of(agno, Tree::Ino)?;
+                let Some(mut rec) = recs.iter().find(|r| r.freecount > 0).copied() else {
                     if pass == 0 {
                         return Err(Error::corrupt(format!(
                             "XFS AGI {agno}: free count {freecount} but no inobt record has a free inode"
@@ -599,14 +881,14 @@ impl Tx<'_> {
                 }
                 let agi = self.agi(agno)?;
                 let fc = be32(agi, 28);
-                put32(agi, 28, fc - 1);
+                put32(agi, 28, fc.saturating_sub(1));
                 self.ifree_delta -= 1;
                 let agino = u64::from(rec.startino + bit);
                 let bits = u32::from(self.fs.sb.sb_agblklog) + u32::from(self.fs.sb.sb_inopblog);
                 return Ok((u64::from(agno) << bits) | agino);
             }
         }
-        Err(refused.unwrap_or_else(|| vdisk_fs::errno_error("create", vdisk_fs::errno::ENOSPC)))
+        Err(vdisk_fs::errno_error("create", vdisk_fs::errno::ENOSPC))
     }
 
     /// Allocates a new chunk of 64 inodes in `agno` (false when it has no room).
@@ -618,7 +900,8 @@ impl Tx<'_> {
         let mut raw = vec![0u8; 512];
         self.fs.read_bytes(&mut raw, 0)?;
         let align = be32(&raw, 180).max(1);
-        let Some((agbno, n)) = self.alloc_in_ag(agno, blocks, None, align)? else {
+        let Some((agbno, n)) = self.alloc_in_ag(agno, blocks, None, align, true, AG_RESERVE)?
+        else {
             return Ok(false);
         };
         if n != blocks {
@@ -672,11 +955,17 @@ impl Tx<'_> {
         let bits = u32::from(self.fs.sb.sb_agblklog) + u32::from(self.fs.sb.sb_inopblog);
         let agno = (ino >> bits) as u32;
         let agino = (ino & ((1u64 << bits) - 1)) as u32;
-        let recs = self.all_records(agno, Tree::Ino)?;
-        let mut rec = recs
-            .iter()
-            .map(|(_, _, r)| self.decode_irec(r))
-            .find(|r| r.startino <= agino && agino < r.startino + 64)
+        if agno >= self.fs.sb.sb_agcount {
+            return Err(Error::corrupt(format!(
+                "XFS: inode {ino} is past the last AG"
+            )));
+        }
+        let recs = self.inos_of(agno, Tree::Ino)?;
+        let pos = recs.partition_point(|r| r.startino <= agino);
+        let mut rec = pos
+            .checked_sub(1)
+            .map(|p| recs[p])
+            .filter(|r| agino < r.startino + 64)
             .ok_or_else(|| Error::corrupt(format!("XFS: inode {ino} is in no inobt record")))?;
         let bit = agino - rec.startino;
         if rec.free & (1u64 << bit) != 0 {
@@ -696,6 +985,24 @@ impl Tx<'_> {
     }
 }
 
+/// Entries in an AGFL sector (v5: after its 36-byte header).
+pub fn agfl_size(fs: &Xfs) -> usize {
+    (usize::from(fs.sb.sb_sectsize) - 36) / 4
+}
+
+/// Removes `[start, start + len)` from free extent `idx` (which holds it).
+fn carve(frees: &mut Vec<Free>, idx: usize, start: u32, len: u32) {
+    let (s, c) = frees[idx];
+    let mut repl = Vec::new();
+    if start > s {
+        repl.push((s, start - s));
+    }
+    if start + len < s + c {
+        repl.push((start + len, s + c - start - len));
+    }
+    frees.splice(idx..=idx, repl);
+}
+
 /// The `ir_free` bits that are holes of a sparse chunk (each holemask bit covers 4 inodes).
 fn hole_bits(holemask: u16) -> u64 {
     let mut m = 0u64;
@@ -713,6 +1020,7 @@ fn pick_extent(
     want: u32,
     near: Option<u32>,
     align: u32,
+    exact: bool,
 ) -> Option<(usize, u32, u32)> {
     if align > 1 {
         for (i, &(s, c)) in frees.iter().enumerate() {
@@ -724,7 +1032,10 @@ fn pick_extent(
         return None;
     }
     if let Some(n) = near {
-        if let Some(i) = frees.iter().position(|&(s, _)| s == n.wrapping_add(1)) {
+        if let Some(i) = frees
+            .iter()
+            .position(|&(s, c)| s == n.wrapping_add(1) && (!exact || c >= want))
+        {
             return Some((i, frees[i].0, frees[i].1.min(want)));
         }
         if let Some(i) = frees.iter().position(|&(s, c)| s > n && c >= want) {
@@ -733,6 +1044,9 @@ fn pick_extent(
     }
     if let Some(i) = frees.iter().position(|&(_, c)| c >= want) {
         return Some((i, frees[i].0, want));
+    }
+    if exact {
+        return None;
     }
     let (i, &(s, c)) = frees.iter().enumerate().max_by_key(|(_, &(_, c))| c)?;
     (c > 0).then_some((i, s, c.min(want)))

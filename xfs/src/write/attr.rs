@@ -129,6 +129,13 @@ impl Tx<'_> {
         let isz = usize::from(self.fs.sb.sb_inodesize);
         let litino = isz - CORE;
         let forkoff = usize::from(self.inode_mut(ino)?[82]) * 8;
+        // A B+tree data fork's root is laid out for its fork's size: kept aside, and put
+        // back for the new size (as the kernel's xfs_bmbt_to_bmdr does at write-back).
+        let broot = if i.di_format == ForkFormat::Btree {
+            Some(bmbt_root(&i.data_fork, ino)?)
+        } else {
+            None
+        };
         if list.is_empty() {
             let b = self.inode_mut(ino)?;
             if forkoff != 0 {
@@ -137,6 +144,9 @@ impl Tx<'_> {
             b[82] = 0;
             b[83] = FMT_EXTENTS;
             put16(b, 80, 0);
+            if let Some(r) = &broot {
+                put_bmbt_root(&mut b[CORE..CORE + litino], r);
+            }
             return self.touch(ino, false);
         }
         let tot: usize = 4 + list
@@ -148,13 +158,14 @@ impl Tx<'_> {
             ForkFormat::Local => i.di_size as usize,
             ForkFormat::Extents => i.di_nextents as usize * 16,
             ForkFormat::Dev => 8,
-            ForkFormat::Btree => i.data_fork.len(),
+            ForkFormat::Btree => broot.as_ref().map_or(0, |r| 4 + 16 * r.1.len()),
         };
         let new_off = if forkoff != 0 && litino - forkoff >= tot {
             forkoff
-        } else if i.di_format == ForkFormat::Btree {
+        } else if i.di_format == ForkFormat::Btree && forkoff != 0 {
+            // The kernel keeps a B+tree data fork's boundary once it has one.
             return Err(Error::unsupported(format!(
-                "XFS inode {ino}: moving the attribute fork of a B+tree data fork is not supported yet"
+                "XFS inode {ino}: the attributes outgrow the inode; leaf attribute forks are not supported yet"
             )));
         } else {
             let off = litino.checked_sub(tot).map(|o| o & !7);
@@ -200,6 +211,42 @@ impl Tx<'_> {
         b[83] = FMT_LOCAL;
         put16(b, 80, 0);
         b[CORE + new_off..CORE + new_off + tot].copy_from_slice(&sf);
+        if let Some(r) = &broot {
+            put_bmbt_root(&mut b[CORE..CORE + new_off], r);
+        }
         self.touch(ino, false)
+    }
+}
+
+/// A bmbt root in a data fork: (level, (key, pointer) of each record).
+type BmbtRoot = (u16, Vec<(u64, u64)>);
+
+fn bmbt_root(fork: &[u8], ino: u64) -> Result<BmbtRoot> {
+    let bad = || Error::corrupt(format!("XFS inode {ino}: bmbt root does not fit its fork"));
+    if fork.len() < 4 {
+        return Err(bad());
+    }
+    let level = u16::from_be_bytes([fork[0], fork[1]]);
+    let n = usize::from(u16::from_be_bytes([fork[2], fork[3]]));
+    let max = (fork.len() - 4) / 16;
+    if n > max {
+        return Err(bad());
+    }
+    let be = |o: usize| u64::from_be_bytes(fork[o..o + 8].try_into().unwrap_or_default());
+    let recs = (0..n)
+        .map(|k| (be(4 + k * 8), be(4 + max * 8 + k * 8)))
+        .collect();
+    Ok((level, recs))
+}
+
+/// Writes `r` as the bmbt root filling `fork`.
+fn put_bmbt_root(fork: &mut [u8], r: &BmbtRoot) {
+    let max = (fork.len() - 4) / 16;
+    fork.fill(0);
+    put16(fork, 0, r.0);
+    put16(fork, 2, r.1.len() as u16);
+    for (k, (key, ptr)) in r.1.iter().enumerate() {
+        fork[4 + k * 8..12 + k * 8].copy_from_slice(&key.to_be_bytes());
+        fork[4 + max * 8 + k * 8..12 + max * 8 + k * 8].copy_from_slice(&ptr.to_be_bytes());
     }
 }

@@ -3,17 +3,19 @@
 //!
 //! New blocks are written whole (zeros around the data) before the metadata that maps them;
 //! bytes past the end of file in the last block are kept zero (on shrink and before growth),
-//! as the kernel keeps them. Unwritten extents, and data forks in B+tree form that would need
-//! new or freed blocks, are refused by name.
+//! as the kernel keeps them. The block map is an extent list in the inode while it fits and a
+//! B+tree of any depth beyond (`btree.rs`), converted both ways as it grows and shrinks.
+//! Unwritten extents are refused by name.
 
 use vdisk_block::{Error, Result};
 use vdisk_fs::{errno, errno_error};
 
+use super::btree::{self, Geo, Shape, Source, Top};
 use super::inode::{check_writable, put16, put32, put64, CORE, FMT_BTREE, FMT_EXTENTS};
-use super::tx::{Kind, Tx};
-use crate::fork::{decode_extent, Extent, Fork, XFS_BMAP_CRC_MAGIC};
+use super::tx::Tx;
+use crate::be64;
+use crate::fork::{decode_extent, Extent, XFS_BMAP_CRC_MAGIC};
 use crate::inode::{ForkFormat, Inode};
-use crate::{be32, be64};
 
 /// Size of a v5 long-form B+tree block header.
 pub const LBLOCK_HDR: usize = 72;
@@ -38,80 +40,106 @@ impl Tx<'_> {
         i.data_fork.len()
     }
 
-    /// The data fork extents of `i` (extent list or B+tree).
+    /// The data fork extents of `i` (extent list or B+tree of any depth), as this
+    /// transaction has them.
     pub fn file_extents(&mut self, i: &Inode) -> Result<Vec<Extent>> {
         match i.di_format {
-            ForkFormat::Extents => Ok((0..i.di_nextents as usize)
-                .map(|k| decode_extent(&i.data_fork, k * 16))
-                .collect()),
-            ForkFormat::Btree => match self.bmbt_leaves(i)? {
-                Some(leaves) => {
-                    let mut out = Vec::new();
-                    for off in leaves {
-                        let bs = self.fs.sb.sb_blocksize as usize;
-                        let b = self.buf(off, bs, Kind::LongBtree)?;
-                        let n = usize::from(u16::from_be_bytes([b[6], b[7]]));
-                        if be32(b, 0) != XFS_BMAP_CRC_MAGIC || LBLOCK_HDR + n * 16 > bs {
-                            return Err(Error::corrupt(format!(
-                                "XFS inode {}: bmbt leaf at {off:#x} is not valid",
-                                i.ino
-                            )));
-                        }
-                        out.extend((0..n).map(|k| decode_extent(b, LBLOCK_HDR + k * 16)));
-                    }
-                    Ok(out)
+            ForkFormat::Extents => {
+                let n = i.di_nextents as usize;
+                if n > i.data_fork.len() / 16 {
+                    return Err(Error::corrupt(format!(
+                        "XFS inode {}: {n} extents do not fit in the inode fork",
+                        i.ino
+                    )));
                 }
-                None => self.fs.extents(i, Fork::Data),
-            },
+                Ok((0..n)
+                    .map(|k| decode_extent(&i.data_fork, k * 16))
+                    .collect())
+            }
+            ForkFormat::Btree => {
+                let shape = self.bmbt_shape(i)?;
+                let ex: Vec<Extent> = shape
+                    .records()
+                    .iter()
+                    .map(|r| decode_extent(r, 0))
+                    .collect();
+                let mut next = 0u64;
+                for e in &ex {
+                    if e.startoff < next || e.blockcount == 0 {
+                        return Err(Error::corrupt(format!(
+                            "XFS inode {}: extents overlap or are out of order at logical block {}",
+                            i.ino, e.startoff
+                        )));
+                    }
+                    next = e.startoff + e.blockcount;
+                }
+                Ok(ex)
+            }
             _ => Ok(Vec::new()),
         }
     }
 
-    /// The byte offsets of the leaves of a B+tree data fork whose root (in the inode) points
-    /// straight at leaves; None for deeper trees.
-    fn bmbt_leaves(&self, i: &Inode) -> Result<Option<Vec<u64>>> {
-        let r = &i.data_fork;
-        let level = u16::from_be_bytes([r[0], r[1]]);
-        let n = usize::from(u16::from_be_bytes([r[2], r[3]]));
-        let maxrecs = r.len().saturating_sub(4) / 16;
-        if level != 1 {
-            return Ok(None);
+    fn bmbt_geo(&self, ino: u64) -> Geo {
+        Geo {
+            magic: XFS_BMAP_CRC_MAGIC,
+            long: true,
+            recsize: 16,
+            keysize: 8,
+            bs: self.fs.sb.sb_blocksize as usize,
+            owner: ino,
+            uuid: super::alloc::meta_uuid(self.fs),
+            agno: 0,
+            key_of: bmbt_key,
+            what: format!("inode {ino} block map B+tree"),
         }
-        if n == 0 || n > maxrecs {
+    }
+
+    /// The block map B+tree of `i` (whose data fork is in B+tree form), read from the root
+    /// in the inode down.
+    fn bmbt_shape(&mut self, i: &Inode) -> Result<Shape> {
+        let r = &i.data_fork;
+        if r.len() < 20 {
             return Err(Error::corrupt(format!(
-                "XFS inode {}: bmbt root has {n} records",
+                "XFS inode {}: a B+tree data fork of {} bytes",
+                i.ino,
+                r.len()
+            )));
+        }
+        let level = usize::from(u16::from_be_bytes([r[0], r[1]]));
+        let n = usize::from(u16::from_be_bytes([r[2], r[3]]));
+        let rootmax = (r.len() - 4) / 16;
+        if level == 0 || level > 9 || n == 0 || n > rootmax {
+            return Err(Error::corrupt(format!(
+                "XFS inode {}: bmbt root of level {level} has {n} records",
                 i.ino
             )));
         }
-        (0..n)
-            .map(|k| self.fs.fsb_to_byte(be64(r, 4 + maxrecs * 8 + k * 8)))
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        let ptrs: Vec<u64> = (0..n).map(|k| be64(r, 4 + rootmax * 8 + k * 8)).collect();
+        let g = self.bmbt_geo(i.ino);
+        btree::walk(self, &g, &ptrs, level - 1)
     }
 
     /// Stores `ex` as inode `ino`'s block map: an extent list in the inode while it fits,
-    /// else a B+tree whose root in the inode points at leaf blocks (re-laid whole; its blocks
-    /// reused, allocated or freed as needed, and counted in `di_nblocks`).
+    /// else a B+tree of whatever depth it needs under a root in the inode (only the blocks
+    /// whose contents change are rewritten; blocks allocated or freed as needed and counted
+    /// in `di_nblocks`).
     pub fn put_extents(&mut self, ino: u64, ex: &[Extent]) -> Result<()> {
         let i = self.inode(ino)?;
         let room = self.data_fork_room(&i);
-        let old_leaves = if i.di_format == ForkFormat::Btree {
-            self.bmbt_leaves(&i)?.ok_or_else(|| {
-                Error::unsupported(format!(
-                    "XFS inode {ino}: changing the block map of a B+tree data fork deeper than two levels is not supported yet"
-                ))
-            })?
+        let old = if i.di_format == ForkFormat::Btree {
+            self.bmbt_shape(&i)?
         } else {
-            Vec::new()
+            Shape::default()
         };
-        let bs = self.fs.sb.sb_blocksize as usize;
         if ex.len() * 16 <= room {
-            for off in &old_leaves {
-                self.drop_buf(*off);
-                let fsb = self.byte_to_fsb_data(*off);
-                self.free_blocks(fsb, 1);
+            let blocks = old.blocks();
+            let g = self.bmbt_geo(ino);
+            for &p in &blocks {
+                let off = g.byte_of(self, p)?;
+                self.drop_buf(off);
+                self.free_blocks(p, 1);
             }
-            self.add_nblocks(ino, -(old_leaves.len() as i64))?;
+            self.add_nblocks(ino, -(blocks.len() as i64))?;
             let b = self.inode_mut(ino)?;
             b[5] = FMT_EXTENTS;
             let area = &mut b[CORE..CORE + room];
@@ -122,80 +150,33 @@ impl Tx<'_> {
             put32(b, 76, ex.len() as u32);
             return Ok(());
         }
-        let per = (bs - LBLOCK_HDR) / 16;
-        let nleaves = ex.len().div_ceil(per);
-        let maxrecs = (room - 4) / 16;
-        if nleaves > maxrecs {
+        if room < 20 {
             return Err(Error::unsupported(format!(
-                "XFS inode {ino}: {} extents need a block map B+tree deeper than two levels, which is not supported yet",
-                ex.len()
+                "XFS inode {ino}: a data fork of {room} bytes cannot hold a B+tree root"
             )));
         }
-        // Leaf blocks: the old ones first, then new ones near the file's data.
-        let mut leaves: Vec<u64> = old_leaves
-            .iter()
-            .map(|&o| self.byte_to_fsb_data(o))
-            .collect();
-        let mut allocated = 0i64;
-        while leaves.len() < nleaves {
-            let near = ex.first().map(|e| e.startblock);
-            let (fsb, _) = self.alloc_blocks(1, near, 1)?;
-            leaves.push(fsb);
-            allocated += 1;
-        }
-        for &fsb in &leaves[nleaves..] {
-            let off = self.fs.fsb_to_byte(fsb)?;
-            self.drop_buf(off);
-            self.free_blocks(fsb, 1);
-            allocated -= 1;
-        }
-        leaves.truncate(nleaves);
-        let uuid = super::alloc::meta_uuid(self.fs);
-        // Records spread evenly, so every leaf is at least half full.
-        let each = ex.len().div_ceil(nleaves);
-        for (k, chunk) in ex.chunks(each).enumerate() {
-            let off = self.fs.fsb_to_byte(leaves[k])?;
-            let b = self.new_buf(off, bs, Kind::LongBtree);
-            put32(b, 0, XFS_BMAP_CRC_MAGIC);
-            put16(b, 4, 0);
-            put16(b, 6, chunk.len() as u16);
-            put64(b, 8, if k == 0 { u64::MAX } else { leaves[k - 1] });
-            put64(
-                b,
-                16,
-                if k + 1 == nleaves {
-                    u64::MAX
-                } else {
-                    leaves[k + 1]
-                },
-            );
-            put64(b, 24, off / 512);
-            b[40..56].copy_from_slice(&uuid);
-            put64(b, 56, ino);
-            for (j, e) in chunk.iter().enumerate() {
-                b[LBLOCK_HDR + j * 16..LBLOCK_HDR + j * 16 + 16].copy_from_slice(&encode_extent(e));
-            }
-        }
-        self.add_nblocks(ino, allocated)?;
+        let rootmax = (room - 4) / 16;
+        let g = self.bmbt_geo(ino);
+        let recs: Vec<Vec<u8>> = ex.iter().map(|e| encode_extent(e).to_vec()).collect();
+        let mut src = BmSrc {
+            near: ex.first().map(|e| e.startblock),
+            allocs: 0,
+            frees: 0,
+        };
+        let out = btree::relayout(self, &g, &old, recs, Top::Inode(rootmax), &mut src, true)?;
+        self.add_nblocks(ino, src.allocs - src.frees)?;
         let b = self.inode_mut(ino)?;
         b[5] = FMT_BTREE;
         let area = &mut b[CORE..CORE + room];
         area.fill(0);
-        put16(area, 0, 1);
-        put16(area, 2, nleaves as u16);
-        for (k, chunk) in ex.chunks(each).enumerate() {
-            put64(area, 4 + k * 8, chunk[0].startoff);
-            put64(area, 4 + maxrecs * 8 + k * 8, leaves[k]);
+        put16(area, 0, out.height as u16);
+        put16(area, 2, out.top.len() as u16);
+        for (k, e) in out.top.iter().enumerate() {
+            area[4 + k * 8..12 + k * 8].copy_from_slice(&e[..8]);
+            area[4 + rootmax * 8 + k * 8..12 + rootmax * 8 + k * 8].copy_from_slice(&e[8..16]);
         }
         put32(b, 76, ex.len() as u32);
         Ok(())
-    }
-
-    /// The filesystem block of byte offset `off`.
-    fn byte_to_fsb_data(&self, off: u64) -> u64 {
-        let bno = off / u64::from(self.fs.sb.sb_blocksize);
-        let agb = u64::from(self.fs.sb.sb_agblocks);
-        ((bno / agb) << self.fs.sb.sb_agblklog) | (bno % agb)
     }
 
     fn add_nblocks(&mut self, ino: u64, delta: i64) -> Result<()> {
@@ -375,20 +356,44 @@ impl Tx<'_> {
             n += e.blockcount;
         }
         if i.di_format == ForkFormat::Btree {
-            let leaves = self.bmbt_leaves(i)?.ok_or_else(|| {
-                Error::unsupported(format!(
-                    "XFS inode {}: freeing a block map B+tree deeper than two levels is not supported yet",
-                    i.ino
-                ))
-            })?;
-            for off in leaves {
+            let g = self.bmbt_geo(i.ino);
+            for p in self.bmbt_shape(i)?.blocks() {
+                let off = g.byte_of(self, p)?;
                 self.drop_buf(off);
-                self.free_blocks(self.byte_to_fsb_data(off), 1);
+                self.free_blocks(p, 1);
                 n += 1;
             }
         }
         Ok(n)
     }
+}
+
+/// Where a block map B+tree's blocks come from: near the file's data.
+struct BmSrc {
+    near: Option<u64>,
+    allocs: i64,
+    frees: i64,
+}
+
+impl Source for BmSrc {
+    fn alloc(&mut self, tx: &mut Tx<'_>) -> Result<u64> {
+        let (fsb, _) = tx.alloc_blocks(1, self.near, 1)?;
+        self.near = Some(fsb);
+        self.allocs += 1;
+        Ok(fsb)
+    }
+    fn free(&mut self, tx: &mut Tx<'_>, ptr: u64) -> Result<()> {
+        tx.free_blocks(ptr, 1);
+        self.frees += 1;
+        Ok(())
+    }
+}
+
+/// The key of a bmbt record: its first logical block.
+fn bmbt_key(r: &[u8]) -> Vec<u8> {
+    ((be64(r, 0) & ((1u64 << 63) - 1)) >> 9)
+        .to_be_bytes()
+        .to_vec()
 }
 
 /// Joins extents that continue each other on disk.

@@ -293,12 +293,7 @@ impl Tx<'_> {
                 Some(p) => p,
                 None => {
                     let hint = map.last().map_or(near, |e| e.startblock + e.blockcount - 1);
-                    let (p, got) = self.alloc_blocks(fsbs as u32, Some(hint), 1)?;
-                    if u64::from(got) != fsbs {
-                        return Err(Error::unsupported(
-                            "XFS: no contiguous free space for a directory block",
-                        ));
-                    }
+                    let p = self.alloc_exact(fsbs as u32, Some(hint))?;
                     allocated += fsbs;
                     p
                 }
@@ -498,19 +493,11 @@ impl Tx<'_> {
     /// Refuses directory forms this writer does not change (node form, B+tree forks).
     fn dir_form(&mut self, d: &Inode) -> Result<()> {
         // Every form is re-encoded whole from its entries, so any directory whose blocks are
-        // all known can be changed: extent lists, and block maps of one leaf level.
+        // all known can be changed: extent lists and block map B+trees of any depth.
         match d.di_format {
             ForkFormat::Local | ForkFormat::Extents => Ok(()),
             ForkFormat::Btree => {
                 self.file_extents(d)?;
-                if d.data_fork.len() >= 2
-                    && u16::from_be_bytes([d.data_fork[0], d.data_fork[1]]) != 1
-                {
-                    return Err(Error::unsupported(format!(
-                        "XFS directory {}: changing directories whose block map B+tree is deeper than two levels is not supported yet",
-                        d.ino
-                    )));
-                }
                 Ok(())
             }
             ForkFormat::Dev => Err(Error::corrupt(format!(

@@ -8,24 +8,25 @@
 //!
 //! ```text
 //!   FileSystemMut op -> Tx { buffers by byte offset, queued file data }
-//!        |  alloc.rs: bnobt/cntbt leaves, AGF, inobt/finobt, AGI, inode chunks, counters
+//!        |  alloc.rs: free extents, AGFL, AGF, inode chunk records, AGI, counters
+//!        |  btree.rs: any B+tree written back, splitting/merging only what changed
 //!        |  dir.rs: short form / block / leaf / node, re-encoded whole from the entries
 //!        |  attr.rs: short-form attribute forks
-//!        |  data.rs: file data, extent lists and block map B+trees (root + leaves)
+//!        |  data.rs: file data, extent lists and block map B+trees of any depth
 //!        v
 //!   commit: data home, LSN + CRC stamped, log record(s), buffers home, unmount record
 //! ```
 //!
 //! Structures not handled yet are refused by name (EOPNOTSUPP) before anything is written:
 //! v4 filesystems, rmapbt, reflink filesystems holding shared extents, nrext64 inodes,
-//! free-space B+trees deeper than one block and leaves that would overflow (an AG in that
-//! state is passed over for allocation), inserts into or deletes from inode B+trees deeper
-//! than one block (in-place updates are fine), block maps and directory B+trees deeper than
-//! one node level, leaf attribute forks and values over 255 bytes, unwritten extents, a dirty
-//! log. Open-but-unlinked inodes are not kept on the AGI unlinked list: the last unlink frees.
+//! directory (dabtree) node levels deeper than one, leaf attribute forks and values over 255
+//! bytes, unwritten extents, a dirty log. B+trees of any depth are written (`btree.rs`):
+//! bnobt/cntbt with the AGFL, inobt/finobt, and block maps. Open-but-unlinked inodes are not
+//! kept on the AGI unlinked list: the last unlink frees.
 
 pub mod alloc;
 pub mod attr;
+pub mod btree;
 pub mod data;
 pub mod dir;
 pub mod inode;

@@ -126,6 +126,8 @@ impl Kind {
 
 struct Buf {
     data: Vec<u8>,
+    /// The bytes on disk when the buffer was read (None: a new block, not read).
+    orig: Option<Vec<u8>>,
     kind: Kind,
     /// Byte offsets (inside `data`) of inodes changed, for [`Kind::Inodes`].
     inodes: Vec<usize>,
@@ -145,6 +147,8 @@ pub struct Tx<'a> {
     data: Vec<(u64, Vec<u8>)>,
     /// Extents to free when the transaction finishes: (filesystem block, count).
     pub(crate) frees: Vec<(u64, u32)>,
+    /// Each AG's records as this transaction changes them.
+    pub(crate) ags: BTreeMap<u32, super::alloc::AgMem>,
     /// Changes to the superblock's free block count.
     pub(crate) fdblocks_delta: i64,
     /// Changes to the superblock's inode count.
@@ -161,6 +165,7 @@ impl<'a> Tx<'a> {
             bufs: BTreeMap::new(),
             data: Vec::new(),
             frees: Vec::new(),
+            ags: BTreeMap::new(),
             fdblocks_delta: 0,
             icount_delta: 0,
             ifree_delta: 0,
@@ -184,6 +189,7 @@ impl<'a> Tx<'a> {
             self.bufs.insert(
                 off,
                 Buf {
+                    orig: Some(data.clone()),
                     data,
                     kind,
                     inodes: Vec::new(),
@@ -206,6 +212,7 @@ impl<'a> Tx<'a> {
     pub fn new_buf(&mut self, off: u64, len: usize, kind: Kind) -> &mut Vec<u8> {
         let b = self.bufs.entry(off).or_insert(Buf {
             data: Vec::new(),
+            orig: None,
             kind,
             inodes: Vec::new(),
         });
@@ -273,10 +280,17 @@ impl<'a> Tx<'a> {
         let mut ups = Vec::with_capacity(self.bufs.len());
         // Buffers read but left as they were are neither logged nor written.
         let mut unchanged = Vec::new();
+        // (Nothing writes metadata before this point, so what was read is what is on disk.)
         for (off, b) in &self.bufs {
-            let mut disk = vec![0u8; b.data.len()];
-            dev.read_at(&mut disk, *off)?;
-            if disk == b.data {
+            let same = match &b.orig {
+                Some(o) => *o == b.data,
+                None => {
+                    let mut disk = vec![0u8; b.data.len()];
+                    dev.read_at(&mut disk, *off)?;
+                    disk == b.data
+                }
+            };
+            if same {
                 unchanged.push(*off);
             }
         }
