@@ -337,8 +337,14 @@ impl Ext4 {
 
     /// Finds `name` in directory `dir`: its inode (through the index when it has one).
     pub(crate) fn dir_lookup(&self, dir: &Inode, name: &[u8]) -> Result<Option<u32>> {
-        if dir.has_flag(EXT4_INLINE_DATA_FL) || !dir.has_flag(EXT4_INDEX_FL) {
-            return self.find_entry(dir, name);
+        // "." and ".." open block 0, which an htree's index does not list as a leaf; a scan
+        // meets them first.
+        if dir.has_flag(EXT4_INLINE_DATA_FL)
+            || !dir.has_flag(EXT4_INDEX_FL)
+            || name == b"."
+            || name == b".."
+        {
+            return self.scan_entry(dir, name);
         }
         Ok(self.dir_find(dir, name)?.map(|(_, _, _, ino)| ino))
     }

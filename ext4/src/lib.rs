@@ -632,8 +632,15 @@ impl Ext4 {
         Ok(())
     }
 
-    /// Finds `name` in directory `dir`: the inode number, or None.
+    /// Finds `name` in directory `dir`: the inode number, or None. An htree directory is
+    /// searched through its hash index (the leaves the index names), as the kernel and the
+    /// write side search it; others entry by entry.
     pub fn find_entry(&self, dir: &Inode, name: &[u8]) -> Result<Option<u32>> {
+        self.dir_lookup(dir, name)
+    }
+
+    /// Finds `name` by reading every entry of `dir` (linear and inline directories).
+    pub(crate) fn scan_entry(&self, dir: &Inode, name: &[u8]) -> Result<Option<u32>> {
         let mut found = None;
         self.dir_walk(dir, 0, &mut |e, _| {
             if e.name == name {
