@@ -397,10 +397,19 @@ pub trait FileSystem: Send + Sync {
 
     /// Resolves guest path `path` (absolute, or relative to the root) to an inode, following
     /// symlinks inside the guest tree; the last component's symlink is followed only when
-    /// `follow_last`. `..` at the root stays at the root.
+    /// `follow_last`. `..` at the root stays at the root. A trailing `/` asks for a
+    /// directory, as in the kernel: a symlink there is followed, and anything else but a
+    /// directory is ENOTDIR.
     fn resolve(&self, path: &[u8], follow_last: bool) -> Result<Ino> {
         if path.len() > MAX_PATH_LEN {
             return Err(errno_error("resolve", errno::ENAMETOOLONG));
+        }
+        if path.len() > 1 && path.ends_with(b"/") {
+            let ino = self.resolve(&path[..path.len() - 1], true)?;
+            if self.getattr(ino)?.kind != FileKind::Dir {
+                return Err(errno_error("resolve", errno::ENOTDIR));
+            }
+            return Ok(ino);
         }
         let root = self.root_ino();
         // The directories from the root to where we are: ".." pops, never past the root.
