@@ -386,7 +386,8 @@ impl Ext4 {
     /// an orphan this session keeps open.
     pub fn live_inode(&self, ino: u32) -> Result<Inode> {
         let i = self.inode(ino)?;
-        if !i.in_use() && !(i.i_mode != 0 && self.orphans.contains(&ino)) {
+        let kept = i.i_mode != 0 && self.orphans.contains(&ino);
+        if !i.in_use() && !kept {
             return Err(Error::corrupt(format!("inode {ino} is not in use")));
         }
         Ok(i)

@@ -17,6 +17,13 @@
 //! files belong to the caller (the request's uid and gid), or to the directory's group when
 //! it is set-group-ID, as the kernel does.
 //!
+//! A file removed while open stays usable through its open handles, as on the kernel's own
+//! filesystems: the adapter counts OPEN/CREATE/OPENDIR against RELEASE/RELEASEDIR per inode,
+//! removes an open inode with the `*_kept` variants of unlink, rmdir and rename, and calls
+//! [`FileSystemMut::release_orphan`] at its last release (or when the session ends). Entry
+//! replies carry the inode's generation ([`FileSystem::generation`]), so a reused inode
+//! number is a new file to the kernel's caches.
+//!
 //! FUSE names the root directory 1; the filesystem's root inode (2 for ext4) and inode 1 trade
 //! numbers on the way through, every other inode keeps its number.
 //!
