@@ -60,7 +60,7 @@ pub fn copy_out(
             (None, FileKind::Dir) => c.dir_contents(ino, path, host, 0)?,
             (None, _) => {
                 return Err(OpError::Other(format!(
-                    "{}: no file name",
+                    "{}: ends without a file name (in . or ..) and is not a directory; name the file itself",
                     String::from_utf8_lossy(path)
                 )))
             }
