@@ -55,6 +55,10 @@ impl FileSystem for Ext4 {
         Ok(self.find_entry(&dir, name.as_bytes())?.map(Ino::from))
     }
 
+    fn generation(&self, ino: Ino) -> Result<u64> {
+        Ok(u64::from(self.live_inode(ino32(ino)?)?.i_generation))
+    }
+
     fn getattr(&self, ino: Ino) -> Result<Attr> {
         let i = self.live_inode(ino32(ino)?)?;
         let mode = u32::from(i.i_mode);

@@ -33,6 +33,7 @@ pub mod htree;
 pub mod inode;
 pub mod journal;
 mod journal_write;
+mod orphan;
 pub mod superblock;
 mod validate;
 mod write;
@@ -115,6 +116,9 @@ pub struct Ext4 {
     journal_state: journal_write::JournalState,
     /// What the validation before the first write proved (see `validate`).
     safety: validate::Safety,
+    /// Inodes this session removed while open and keeps until their release (see `orphan`):
+    /// no directory names them, but they are live by number.
+    orphans: std::collections::HashSet<u32>,
 }
 
 impl std::fmt::Debug for Ext4 {
@@ -181,6 +185,7 @@ impl Ext4 {
             journal_next_sequence: 0,
             journal_state: Default::default(),
             safety: Default::default(),
+            orphans: Default::default(),
         };
         if fs.sb.has_incompat(incompat::RECOVER) {
             if !opts.replay_journal {
@@ -334,10 +339,12 @@ impl Ext4 {
         Inode::parse(&self.sb, ino, raw, blk * self.bs() + off as u64)
     }
 
-    /// Inode `ino`, which must be in use (reached from a directory or given by a caller).
+    /// Inode `ino`, which must be in use (reached from a directory or given by a caller), or
+    /// an orphan this session keeps open.
     pub fn live_inode(&self, ino: u32) -> Result<Inode> {
         let i = self.inode(ino)?;
-        if !i.in_use() {
+        let kept = i.i_mode != 0 && self.orphans.contains(&ino);
+        if !i.in_use() && !kept {
             return Err(Error::corrupt(format!("inode {ino} is not in use")));
         }
         Ok(i)

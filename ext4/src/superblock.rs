@@ -670,6 +670,7 @@ impl Superblock {
         put(b, 0x10, self.s_free_inodes_count.to_le_bytes());
         put(b, 0x3A, self.s_state.to_le_bytes());
         put(b, 0x30, self.s_wtime.to_le_bytes());
+        put(b, 0xE8, self.s_last_orphan.to_le_bytes());
         if self.s_rev_level >= 1 {
             put(b, 0x5C, self.s_feature_compat.to_le_bytes());
             put(b, 0x60, self.s_feature_incompat.to_le_bytes());

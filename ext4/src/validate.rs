@@ -66,7 +66,7 @@ pub(crate) struct Safety {
 }
 
 /// The refusal: one line naming the problem and the repair.
-fn refuse(what: String) -> Error {
+pub(crate) fn refuse(what: String) -> Error {
     Error::corrupt(format!(
         "{what}; refusing to write (run e2fsck -fy on the filesystem first)"
     ))

@@ -36,8 +36,8 @@ use super::inode::{self, Inode, InodeTime, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL,
 use super::superblock::{incompat, ro_compat, EXT4_VALID_FS};
 use super::{journal, Ext4, OpenOptions, Run};
 use vdisk_fs::{
-    errno, errno_error, Attr, DirEntry, FileSystem, FileSystemMut, Ino, SetAttr, StatFs, TimeSet,
-    RENAME_EXCHANGE, RENAME_NOREPLACE,
+    errno, errno_error, Attr, Capabilities, DirEntry, FileSystem, FileSystemMut, Ino, SetAttr,
+    StatFs, TimeSet, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 
 /// The most links an inode may have (EXT4_LINK_MAX).
@@ -51,6 +51,9 @@ struct State {
     dirty: bool,
     /// Why the validation before the first write refused the filesystem, once it has.
     refused: Option<String>,
+    /// The orphan list found at open has been processed (once per session: later entries
+    /// are this session's own, kept for open handles).
+    orphans_processed: bool,
 }
 
 /// The ext4 engine, read-write.
@@ -123,12 +126,15 @@ impl Ext4Rw {
         fs.sb.s_free_inodes_count = u32::try_from(inodes).unwrap_or(u32::MAX);
         fs.journal_setup()?;
         let orig_state = fs.sb.s_state;
+        // An orphan list that fails the kernel's checks is not processed, and nothing written.
+        let refused = fs.orphan_list().err().map(|e| e.to_string());
         Ok(Ext4Rw {
             st: RwLock::new(State {
                 fs,
                 orig_state,
                 dirty: false,
-                refused: None,
+                refused,
+                orphans_processed: false,
             }),
         })
     }
@@ -169,6 +175,18 @@ impl Ext4Rw {
             g.fs.store_superblock()?;
             g.fs.dev.flush()?;
             g.dirty = true;
+            if !g.orphans_processed && g.fs.sb.s_last_orphan != 0 {
+                // What a crash (or a handle never released) left on the orphan list is freed
+                // before anything else, as the kernel's mount does.
+                g.fs.begin_txn();
+                let r = g.fs.orphan_cleanup();
+                let s = g.fs.store_superblock();
+                let c = g.fs.commit_txn();
+                r?;
+                s?;
+                c?;
+            }
+            g.orphans_processed = true;
         }
         Ok(g)
     }
@@ -195,7 +213,13 @@ impl std::ops::Deref for State {
 }
 
 impl Drop for Ext4Rw {
+    /// As an unmount: every handle is gone, so the orphans kept for them are freed, then the
+    /// filesystem is flushed.
     fn drop(&mut self) {
+        let kept: Vec<u32> = self.engine().orphans.iter().copied().collect();
+        for o in kept {
+            let _ = self.release_orphan(Ino::from(o));
+        }
         let _ = FileSystemMut::flush(self);
     }
 }
@@ -240,6 +264,10 @@ impl Ext4 {
         let d = self.live_inode(ino32(ino)?)?;
         if !d.is_dir() {
             return Err(errno_error("lookup", errno::ENOTDIR));
+        }
+        if d.i_links_count == 0 {
+            // Removed while open: nothing may be made in it (the kernel's IS_DEADDIR).
+            return Err(errno_error("lookup", errno::ENOENT));
         }
         Ok(d)
     }
@@ -485,7 +513,7 @@ impl Ext4 {
     }
 
     /// Sets the size of regular file `inode` (stores it; frees blocks past the new end).
-    fn truncate(&mut self, inode: &mut Inode, size: u64) -> Result<()> {
+    pub(crate) fn truncate(&mut self, inode: &mut Inode, size: u64) -> Result<()> {
         self.uninline(inode)?;
         let bs = self.bs();
         let max = if inode.has_flag(EXT4_EXTENTS_FL) {
@@ -542,8 +570,11 @@ impl Ext4 {
         }
     }
 
-    /// Drops one link of `inode`; at zero frees its blocks, attribute block and the inode.
-    fn drop_link(&mut self, inode: &mut Inode) -> Result<()> {
+    /// Drops one link of `inode`; at zero frees its blocks, attribute block and the inode, or
+    /// with `keep` (the file is still open) puts it on the orphan list instead and returns
+    /// it. A kept directory loses its blocks at once (it lists nothing from then on, as the
+    /// kernel's rmdir empties it).
+    fn drop_link(&mut self, inode: &mut Inode, keep: bool) -> Result<Option<u32>> {
         let is_dir = inode.is_dir();
         if is_dir || inode.i_links_count <= 1 {
             inode.i_links_count = 0;
@@ -552,8 +583,44 @@ impl Ext4 {
         }
         inode.i_ctime = Self::now();
         if inode.i_links_count > 0 {
-            return self.store_inode(inode);
+            self.store_inode(inode)?;
+            return Ok(None);
         }
+        if keep {
+            if is_dir {
+                self.drop_blocks(inode)?;
+            }
+            self.orphan_add(inode)?;
+            return Ok(Some(inode.ino));
+        }
+        self.free_unlinked(inode)?;
+        Ok(None)
+    }
+
+    /// Frees every block `inode` maps and sets its size to 0 (stores it first).
+    fn drop_blocks(&mut self, inode: &mut Inode) -> Result<()> {
+        if !self.has_block_map(inode) {
+            return Ok(());
+        }
+        let mut m = self.load_map(inode)?;
+        let freed = std::mem::take(&mut m.exts);
+        let free_meta = self.store_map(inode, &mut m)?;
+        inode.i_size = 0;
+        self.set_i_blocks(inode, &m);
+        self.store_inode(inode)?;
+        for b in free_meta {
+            self.free_blocks(b, 1)?;
+        }
+        for e in freed {
+            self.free_blocks(e.pblk, e.len)?;
+        }
+        Ok(())
+    }
+
+    /// Frees `inode`, which has no links left: its blocks, attribute block and the inode
+    /// itself (`i_dtime` set to now, as the kernel leaves a deleted inode).
+    pub(crate) fn free_unlinked(&mut self, inode: &mut Inode) -> Result<()> {
+        let is_dir = inode.is_dir();
         let mut freed = Vec::new();
         let mut free_meta = Vec::new();
         if self.has_block_map(inode) {
@@ -587,7 +654,15 @@ impl Ext4 {
         Ok(empty)
     }
 
-    fn remove(&mut self, parent: Ino, name: &OsStr, want_dir: bool) -> Result<()> {
+    /// Removes `parent/name`; with `keep`, an inode that loses its last link is kept as an
+    /// orphan and returned.
+    fn remove(
+        &mut self,
+        parent: Ino,
+        name: &OsStr,
+        want_dir: bool,
+        keep: bool,
+    ) -> Result<Option<u32>> {
         let n = name.as_bytes();
         if n == b"." || n == b".." {
             return Err(errno_error("remove", errno::EINVAL));
@@ -615,7 +690,7 @@ impl Ext4 {
             dir.i_links_count -= 1;
         }
         self.store_inode(&mut dir)?;
-        self.drop_link(&mut victim)
+        self.drop_link(&mut victim, keep)
     }
 
     fn rename_op(
@@ -625,7 +700,8 @@ impl Ext4 {
         newparent: Ino,
         newname: &OsStr,
         flags: u32,
-    ) -> Result<()> {
+        keep: bool,
+    ) -> Result<Option<u32>> {
         if flags & RENAME_EXCHANGE != 0 || flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
             return Err(errno_error("rename", errno::EINVAL));
         }
@@ -639,7 +715,7 @@ impl Ext4 {
         let mut sino = self.live_inode(src)?;
         let is_dir = sino.is_dir();
         if parent == newparent && name == newname {
-            return Ok(());
+            return Ok(None);
         }
         if is_dir {
             // The new parent must not be the moved directory or inside it.
@@ -660,8 +736,9 @@ impl Ext4 {
         let target = self.lookup_in(&ndir, newname)?;
         let ftype = dirent_type(sino.i_mode);
         let mut replaced_dir = false;
+        let mut kept = None;
         match target {
-            Some(t) if t == src => return Ok(()),
+            Some(t) if t == src => return Ok(None),
             Some(_) if flags & RENAME_NOREPLACE != 0 => {
                 return Err(errno_error("rename", errno::EEXIST))
             }
@@ -678,7 +755,7 @@ impl Ext4 {
                 }
                 replaced_dir = tino.is_dir();
                 self.dir_retarget(&ndir, newname, src, ftype)?;
-                self.drop_link(&mut tino)?;
+                kept = self.drop_link(&mut tino, keep)?;
             }
             None => {
                 let mut nd = self.live_inode(ndir.ino)?;
@@ -718,7 +795,7 @@ impl Ext4 {
         s.i_ctime = now;
         self.store_inode(&mut s)?;
         let _ = &mut sino;
-        Ok(())
+        Ok(kept)
     }
 }
 
@@ -774,6 +851,16 @@ impl FileSystem for Ext4Rw {
     }
     fn writable(&self) -> Option<&dyn FileSystemMut> {
         Some(self)
+    }
+    /// As ext4's, and files removed while open are kept (on the orphan list) until their
+    /// release.
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::POSIX;
+        c.open_unlinked = true;
+        c
+    }
+    fn generation(&self, ino: Ino) -> Result<u64> {
+        self.engine().generation(ino)
     }
 }
 
@@ -896,6 +983,10 @@ impl FileSystemMut for Ext4Rw {
             if node.is_dir() {
                 return Err(errno_error("link", errno::EPERM));
             }
+            if node.i_links_count == 0 {
+                // An open file whose last name is gone cannot get one back (vfs_link).
+                return Err(errno_error("link", errno::ENOENT));
+            }
             if node.i_links_count >= EXT4_LINK_MAX {
                 return Err(errno_error("link", errno::EMLINK));
             }
@@ -916,11 +1007,12 @@ impl FileSystemMut for Ext4Rw {
     }
 
     fn unlink(&self, parent: Ino, name: &OsStr) -> Result<()> {
-        self.op(|fs| fs.remove(parent, name, false))
+        self.op(|fs| fs.remove(parent, name, false, false))
+            .map(drop)
     }
 
     fn rmdir(&self, parent: Ino, name: &OsStr) -> Result<()> {
-        self.op(|fs| fs.remove(parent, name, true))
+        self.op(|fs| fs.remove(parent, name, true, false)).map(drop)
     }
 
     fn rename(
@@ -931,7 +1023,8 @@ impl FileSystemMut for Ext4Rw {
         newname: &OsStr,
         flags: u32,
     ) -> Result<()> {
-        self.op(|fs| fs.rename_op(parent, name, newparent, newname, flags))
+        self.op(|fs| fs.rename_op(parent, name, newparent, newname, flags, false))
+            .map(drop)
     }
 
     fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
@@ -1037,6 +1130,51 @@ impl FileSystemMut for Ext4Rw {
             fs.sb.s_volume_name = v;
             fs.sb.raw[0x78..0x88].copy_from_slice(&v);
             Ok(())
+        })
+    }
+
+    fn unlink_kept(&self, parent: Ino, name: &OsStr) -> Result<Option<Ino>> {
+        let o = self.op(|fs| fs.remove(parent, name, false, true))?;
+        Ok(o.map(Ino::from))
+    }
+
+    fn rmdir_kept(&self, parent: Ino, name: &OsStr) -> Result<Option<Ino>> {
+        let o = self.op(|fs| fs.remove(parent, name, true, true))?;
+        Ok(o.map(Ino::from))
+    }
+
+    fn rename_kept(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        newparent: Ino,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<Option<Ino>> {
+        let o = self.op(|fs| fs.rename_op(parent, name, newparent, newname, flags, true))?;
+        Ok(o.map(Ino::from))
+    }
+
+    /// Takes the orphan off the on-disk list and frees it with its blocks, in one
+    /// transaction.
+    fn release_orphan(&self, ino: Ino) -> Result<()> {
+        let Ok(n) = u32::try_from(ino) else {
+            return Ok(());
+        };
+        if !self.engine().orphans.contains(&n) {
+            return Ok(());
+        }
+        self.op(|fs| {
+            if !fs.orphans.contains(&n) {
+                return Ok(());
+            }
+            let mut i = fs.inode(n)?;
+            fs.orphan_del(&mut i)?;
+            if i.i_links_count == 0 {
+                fs.free_unlinked(&mut i)
+            } else {
+                fs.store_inode(&mut i)
+            }
         })
     }
 }

@@ -293,6 +293,16 @@ pub struct Capabilities {
     pub time_granularity_ns: u64,
     /// How many bits inode numbers use.
     pub ino_bits: u32,
+    /// A file removed while open stays readable and writable through its open handles until
+    /// [`FileSystemMut::release_orphan`]: the `*_kept` removals keep the inode (and its
+    /// blocks) allocated instead of freeing it with the last link.
+    ///
+    /// The rule: an engine advertises this only when it really keeps the inode until the
+    /// release, and keeps it so that a crash in between leaves no more damage than the
+    /// kernel would (ext4: the orphan list, which the next read-write open processes). An
+    /// engine without it frees the inode with its last link, and an open descriptor then
+    /// fails (or, worse, reaches whatever reuses the inode number).
+    pub open_unlinked: bool,
 }
 
 impl Capabilities {
@@ -308,6 +318,7 @@ impl Capabilities {
         name_max: 255,
         time_granularity_ns: 1,
         ino_bits: 32,
+        open_unlinked: false,
     };
 }
 
@@ -354,6 +365,15 @@ pub trait FileSystem: Send + Sync {
         Capabilities::POSIX
     }
 
+    /// The generation of inode `ino` (ext4's `i_generation`): a number that changes when an
+    /// inode number is reused for a new file, so a cache keyed by inode number (the kernel's,
+    /// through FUSE's entry replies) does not take the new file for the old. 0 when the
+    /// filesystem keeps none.
+    fn generation(&self, ino: Ino) -> Result<u64> {
+        let _ = ino;
+        Ok(0)
+    }
+
     /// Every entry of directory `ino` ("." and ".." included), up to
     /// [`MAX_READDIR_ALL_ENTRIES`].
     fn readdir_all(&self, ino: Ino) -> Result<Vec<DirEntry>> {
@@ -377,10 +397,19 @@ pub trait FileSystem: Send + Sync {
 
     /// Resolves guest path `path` (absolute, or relative to the root) to an inode, following
     /// symlinks inside the guest tree; the last component's symlink is followed only when
-    /// `follow_last`. `..` at the root stays at the root.
+    /// `follow_last`. `..` at the root stays at the root. A trailing `/` asks for a
+    /// directory, as in the kernel: a symlink there is followed, and anything else but a
+    /// directory is ENOTDIR.
     fn resolve(&self, path: &[u8], follow_last: bool) -> Result<Ino> {
         if path.len() > MAX_PATH_LEN {
             return Err(errno_error("resolve", errno::ENAMETOOLONG));
+        }
+        if path.len() > 1 && path.ends_with(b"/") {
+            let ino = self.resolve(&path[..path.len() - 1], true)?;
+            if self.getattr(ino)?.kind != FileKind::Dir {
+                return Err(errno_error("resolve", errno::ENOTDIR));
+            }
+            return Ok(ino);
         }
         let root = self.root_ino();
         // The directories from the root to where we are: ".." pops, never past the root.
@@ -489,6 +518,11 @@ pub const XATTR_REPLACE: u32 = 2;
 /// ENAMETOOLONG, ENODATA, and Unsupported (EOPNOTSUPP) for structures the engine does not
 /// edit. Ownership and permission checks are the caller's (FUSE's `default_permissions`);
 /// new files get exactly the `mode`, `uid` and `gid` given, timestamps are the current time.
+///
+/// Files removed while open: the caller (the FUSE adapter, which counts open handles) uses the
+/// `*_kept` removals for an inode that is open and [`FileSystemMut::release_orphan`] at its
+/// last release. Their defaults are the plain removals; an engine overrides them, and
+/// advertises [`Capabilities::open_unlinked`], only when it keeps the inode until the release.
 pub trait FileSystemMut: FileSystem {
     /// Creates regular file `name` in `parent` with permission bits `mode`.
     fn create(&self, parent: Ino, name: &OsStr, mode: u32, uid: u32, gid: u32) -> Result<Attr>;
@@ -564,5 +598,42 @@ pub trait FileSystemMut: FileSystem {
     fn set_label(&self, label: &str) -> Result<()> {
         let _ = label;
         Err(Error::unsupported("setting the volume label"))
+    }
+
+    /// [`FileSystemMut::unlink`] of a file that is still open: when this removes its last
+    /// link, the inode stays allocated (an orphan) and readable and writable by inode number
+    /// until [`FileSystemMut::release_orphan`]; returns it then (None when links remain).
+    /// Without [`Capabilities::open_unlinked`] this is `unlink` and returns None.
+    fn unlink_kept(&self, parent: Ino, name: &OsStr) -> Result<Option<Ino>> {
+        self.unlink(parent, name).map(|()| None)
+    }
+
+    /// [`FileSystemMut::rmdir`] of a directory that is still open: as
+    /// [`FileSystemMut::unlink_kept`]; the directory lists nothing afterwards and nothing can
+    /// be made in it.
+    fn rmdir_kept(&self, parent: Ino, name: &OsStr) -> Result<Option<Ino>> {
+        self.rmdir(parent, name).map(|()| None)
+    }
+
+    /// [`FileSystemMut::rename`] that replaces a target that is still open: the replaced
+    /// inode, when this drops its last link, is kept as [`FileSystemMut::unlink_kept`] keeps
+    /// it and returned.
+    fn rename_kept(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        newparent: Ino,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<Option<Ino>> {
+        self.rename(parent, name, newparent, newname, flags)
+            .map(|()| None)
+    }
+
+    /// The last open handle of orphan `ino` (returned by a `*_kept` removal) is gone: free
+    /// the inode and its blocks. Does nothing for an inode that is not such an orphan.
+    fn release_orphan(&self, ino: Ino) -> Result<()> {
+        let _ = ino;
+        Ok(())
     }
 }

@@ -17,6 +17,13 @@
 //! files belong to the caller (the request's uid and gid), or to the directory's group when
 //! it is set-group-ID, as the kernel does.
 //!
+//! A file removed while open stays usable through its open handles, as on the kernel's own
+//! filesystems: the adapter counts OPEN/CREATE/OPENDIR against RELEASE/RELEASEDIR per inode,
+//! removes an open inode with the `*_kept` variants of unlink, rmdir and rename, and calls
+//! [`FileSystemMut::release_orphan`] at its last release (or when the session ends). Entry
+//! replies carry the inode's generation ([`FileSystem::generation`]), so a reused inode
+//! number is a new file to the kernel's caches.
+//!
 //! FUSE names the root directory 1; the filesystem's root inode (2 for ext4) and inode 1 trade
 //! numbers on the way through, every other inode keeps its number.
 //!
@@ -36,11 +43,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use std::time::SystemTime;
@@ -198,6 +206,24 @@ pub struct FuseFs {
     read_only: bool,
     root: Ino,
     ttl: Duration,
+    /// Who holds what open: a file removed while open is kept by the engine until its last
+    /// release (the `*_kept` removals and [`FileSystemMut::release_orphan`]).
+    opens: Mutex<Opens>,
+}
+
+/// Open handles per inode (the filesystem's numbers), and the inodes the engine keeps as
+/// orphans until their last handle is released.
+#[derive(Default)]
+struct Opens {
+    count: HashMap<Ino, u64>,
+    orphans: HashSet<Ino>,
+}
+
+/// Which removal [`FuseFs::do_remove`] makes.
+#[derive(Clone, Copy)]
+enum Removal {
+    Unlink,
+    Rmdir,
 }
 
 impl FuseFs {
@@ -215,7 +241,70 @@ impl FuseFs {
             } else {
                 READ_WRITE_TTL
             },
+            opens: Mutex::new(Opens::default()),
         }
+    }
+
+    fn opens(&self) -> MutexGuard<'_, Opens> {
+        self.opens.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One more open handle on FUSE inode `ino`.
+    fn note_open(&self, ino: INodeNo) {
+        if self.read_only {
+            return;
+        }
+        *self.opens().count.entry(self.ino(ino)).or_default() += 1;
+    }
+
+    /// One handle on `ino` released; at the last one an orphan is freed.
+    fn do_release(&self, ino: INodeNo) -> Result<(), Errno> {
+        if self.read_only {
+            return Ok(());
+        }
+        let ino = self.ino(ino);
+        let mut o = self.opens();
+        match o.count.get_mut(&ino) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return Ok(());
+            }
+            Some(_) => {
+                o.count.remove(&ino);
+            }
+            None => return Ok(()),
+        }
+        if o.orphans.remove(&ino) {
+            self.rw()?.release_orphan(ino).map_err(errno)?;
+        }
+        Ok(())
+    }
+
+    /// The generation FUSE's entry replies carry for `a`, so the kernel never takes a reused
+    /// inode number for the file it cached under it.
+    fn generation(&self, a: &FileAttr) -> Generation {
+        Generation(self.fs.generation(self.ino(a.ino)).unwrap_or(0))
+    }
+
+    /// unlink or rmdir: through the `*_kept` variant when the inode is open, so its handles
+    /// keep working until the last release.
+    fn do_remove(&self, parent: INodeNo, name: &OsStr, how: Removal) -> Result<(), Errno> {
+        let rw = self.rw()?;
+        let parent = self.ino(parent);
+        let target = self.fs.lookup(parent, name).map_err(errno)?;
+        let mut o = self.opens();
+        let open = target.is_some_and(|t| o.count.contains_key(&t));
+        let kept = match (how, open) {
+            (Removal::Unlink, false) => rw.unlink(parent, name).map(|()| None),
+            (Removal::Rmdir, false) => rw.rmdir(parent, name).map(|()| None),
+            (Removal::Unlink, true) => rw.unlink_kept(parent, name),
+            (Removal::Rmdir, true) => rw.rmdir_kept(parent, name),
+        }
+        .map_err(errno)?;
+        if let Some(k) = kept {
+            o.orphans.insert(k);
+        }
+        Ok(())
     }
 
     fn rw(&self) -> Result<&dyn FileSystemMut, Errno> {
@@ -413,8 +502,20 @@ impl FuseFs {
         } else {
             0
         };
-        self.rw()?
-            .rename(self.ino(parent), name, self.ino(newparent), newname, f)
+        let rw = self.rw()?;
+        let (parent, newparent) = (self.ino(parent), self.ino(newparent));
+        let target = self.fs.lookup(newparent, newname).map_err(errno)?;
+        let mut o = self.opens();
+        if target.is_some_and(|t| o.count.contains_key(&t)) {
+            if let Some(k) = rw
+                .rename_kept(parent, name, newparent, newname, f)
+                .map_err(errno)?
+            {
+                o.orphans.insert(k);
+            }
+            return Ok(());
+        }
+        rw.rename(parent, name, newparent, newname, f)
             .map_err(errno)
     }
 
@@ -432,6 +533,20 @@ impl FuseFs {
             return Ok(self.attr(&self.fs.getattr(ino).map_err(errno)?));
         }
         Ok(self.attr(&self.rw()?.setattr(ino, c).map_err(errno)?))
+    }
+
+    /// Frees every orphan still kept (the session is ending: no handle survives it).
+    fn release_all(&self) {
+        let orphans: Vec<Ino> = {
+            let mut o = self.opens();
+            o.count.clear();
+            o.orphans.drain().collect()
+        };
+        if let Ok(rw) = self.rw() {
+            for ino in orphans {
+                let _ = rw.release_orphan(ino);
+            }
+        }
     }
 
     fn do_flush_all(&self) -> Result<(), Errno> {
@@ -542,7 +657,7 @@ fn fuse_rdev(dev: u64) -> u32 {
 impl Filesystem for FuseFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.do_lookup(parent, name) {
-            Ok(a) => reply.entry(&self.ttl, &a, Generation(0)),
+            Ok(a) => reply.entry(&self.ttl, &a, self.generation(&a)),
             Err(e) => reply.error(e),
         }
     }
@@ -563,7 +678,10 @@ impl Filesystem for FuseFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.do_open(ino, flags, false) {
-            Ok(f) => reply.opened(FileHandle(0), f),
+            Ok(f) => {
+                self.note_open(ino);
+                reply.opened(FileHandle(0), f)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -587,7 +705,10 @@ impl Filesystem for FuseFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.do_open(ino, flags, true) {
-            Ok(f) => reply.opened(FileHandle(0), f),
+            Ok(f) => {
+                self.note_open(ino);
+                reply.opened(FileHandle(0), f)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -633,6 +754,7 @@ impl Filesystem for FuseFs {
     fn destroy(&mut self) {
         // Errors cannot be reported here; the server flushes again after the session ends
         // and reports them there.
+        self.release_all();
         let _ = self.do_flush_all();
     }
 
@@ -679,7 +801,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         match self.do_mknod(req, parent, name, mode, rdev) {
-            Ok(a) => reply.entry(&self.ttl, &a, Generation(0)),
+            Ok(a) => reply.entry(&self.ttl, &a, self.generation(&a)),
             Err(e) => reply.error(e),
         }
     }
@@ -694,26 +816,50 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         match self.do_mknod(req, parent, name, (mode & 0o7777) | 0o040000, 0) {
-            Ok(a) => reply.entry(&self.ttl, &a, Generation(0)),
+            Ok(a) => reply.entry(&self.ttl, &a, self.generation(&a)),
             Err(e) => reply.error(e),
         }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .rw()
-            .and_then(|rw| rw.unlink(self.ino(parent), name).map_err(errno))
-        {
+        match self.do_remove(parent, name, Removal::Unlink) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .rw()
-            .and_then(|rw| rw.rmdir(self.ino(parent), name).map_err(errno))
-        {
+        match self.do_remove(parent, name, Removal::Rmdir) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.do_release(ino) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.do_release(ino) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -728,7 +874,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         match self.do_symlink(req, parent, link_name, target) {
-            Ok(a) => reply.entry(&self.ttl, &a, Generation(0)),
+            Ok(a) => reply.entry(&self.ttl, &a, self.generation(&a)),
             Err(e) => reply.error(e),
         }
     }
@@ -758,7 +904,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         match self.do_link(ino, newparent, newname) {
-            Ok(a) => reply.entry(&self.ttl, &a, Generation(0)),
+            Ok(a) => reply.entry(&self.ttl, &a, self.generation(&a)),
             Err(e) => reply.error(e),
         }
     }
@@ -868,13 +1014,16 @@ impl Filesystem for FuseFs {
         reply: ReplyCreate,
     ) {
         match self.do_mknod(req, parent, name, (mode & 0o7777) | 0o100000, 0) {
-            Ok(a) => reply.created(
-                &self.ttl,
-                &a,
-                Generation(0),
-                FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Ok(a) => {
+                self.note_open(a.ino);
+                reply.created(
+                    &self.ttl,
+                    &a,
+                    self.generation(&a),
+                    FileHandle(0),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                )
+            }
             Err(e) => reply.error(e),
         }
     }

@@ -291,6 +291,11 @@ impl FileSystem for Stack {
     fn capabilities(&self) -> Capabilities {
         self.layers[0].fs.capabilities()
     }
+
+    fn generation(&self, ino: Ino) -> Result<u64> {
+        let (layer, local) = self.split(ino)?;
+        layer.fs.generation(local)
+    }
 }
 
 impl FileSystemMut for Stack {
@@ -398,6 +403,50 @@ impl FileSystemMut for Stack {
     /// Flushes every read-write layer.
     fn flush(&self) -> Result<()> {
         self.flush_all()
+    }
+
+    fn unlink_kept(&self, parent: Ino, name: &OsStr) -> Result<Option<Ino>> {
+        let (fs, local) = self.split_rw(parent)?;
+        self.not_a_mountpoint(parent, name)?;
+        match fs.unlink_kept(local, name)? {
+            Some(o) => self.join(Self::index_of(parent), o).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn rmdir_kept(&self, parent: Ino, name: &OsStr) -> Result<Option<Ino>> {
+        let (fs, local) = self.split_rw(parent)?;
+        self.not_a_mountpoint(parent, name)?;
+        match fs.rmdir_kept(local, name)? {
+            Some(o) => self.join(Self::index_of(parent), o).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn rename_kept(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        newparent: Ino,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<Option<Ino>> {
+        if Self::index_of(parent) != Self::index_of(newparent) {
+            return Err(errno_error("rename", EXDEV));
+        }
+        let (fs, local) = self.split_rw(parent)?;
+        let (_, local_new) = self.split(newparent)?;
+        self.not_a_mountpoint(parent, name)?;
+        self.not_a_mountpoint(newparent, newname)?;
+        match fs.rename_kept(local, name, local_new, newname, flags)? {
+            Some(o) => self.join(Self::index_of(parent), o).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn release_orphan(&self, ino: Ino) -> Result<()> {
+        let (fs, local) = self.split_rw(ino)?;
+        fs.release_orphan(local)
     }
 }
 

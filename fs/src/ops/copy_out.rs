@@ -15,6 +15,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::{Attr, FileKind, FileSystem, Ino, Timestamp};
+use vdisk_block::Error;
 
 use super::{OpError, OpResult};
 
@@ -59,7 +60,7 @@ pub fn copy_out(
             (None, FileKind::Dir) => c.dir_contents(ino, path, host, 0)?,
             (None, _) => {
                 return Err(OpError::Other(format!(
-                    "{}: no file name",
+                    "{}: ends without a file name (in . or ..) and is not a directory; name the file itself",
                     String::from_utf8_lossy(path)
                 )))
             }
@@ -143,6 +144,14 @@ impl Copier<'_> {
                     .fs
                     .readlink(ino)
                     .map_err(|e| OpError::guest(gpath, e))?;
+                if target.as_bytes().contains(&0) {
+                    return Err(OpError::guest(
+                        gpath,
+                        Error::corrupt(
+                            "the symlink's target contains a NUL byte, which no host symlink can hold",
+                        ),
+                    ));
+                }
                 self.make_room(dest)?;
                 std::os::unix::fs::symlink(&target, dest).map_err(herr)?;
             }

@@ -167,7 +167,8 @@ pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
 }
 
 /// The directory holding `path` (resolved, symlinks followed inside the guest) and the last
-/// component's name. The root has no parent: EINVAL.
+/// component's name. The root has no parent, and `.` or `..` name no entry: refused with a
+/// line that says so.
 pub fn parent_and_name(fs: &dyn FileSystem, path: &[u8]) -> OpResult<(Ino, OsString)> {
     let mut trimmed = path;
     while trimmed.len() > 1 && trimmed.ends_with(b"/") {
@@ -177,8 +178,18 @@ pub fn parent_and_name(fs: &dyn FileSystem, path: &[u8]) -> OpResult<(Ino, OsStr
         Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
         None => (&b""[..], trimmed),
     };
-    if name.is_empty() || name == b"." || name == b".." {
-        return Err(OpError::errno(path, "path", errno::EINVAL));
+    if name.is_empty() {
+        return Err(OpError::Other(format!(
+            "{}: is the guest's root directory, which cannot be removed, replaced or made",
+            String::from_utf8_lossy(path)
+        )));
+    }
+    if name == b"." || name == b".." {
+        return Err(OpError::Other(format!(
+            "{}: ends in \"{}\", which names a directory by its relation, not an entry to change",
+            String::from_utf8_lossy(path),
+            String::from_utf8_lossy(name)
+        )));
     }
     let dir = if dir.is_empty() { &b"/"[..] } else { dir };
     let ino = at(path, fs.resolve(dir, true))?;
