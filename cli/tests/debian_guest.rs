@@ -40,6 +40,12 @@ fn guest() -> PathBuf {
     PathBuf::from(out.lines().last().expect("the cache directory").trim())
 }
 
+/// A scratch directory next to the cache (on the same disk as target/, not in /tmp: each test
+/// holds a few hundred MB).
+fn scratch(guest: &Path) -> tempfile::TempDir {
+    tempfile::tempdir_in(guest.parent().expect("the cache root")).unwrap()
+}
+
 /// A sparse copy of the guest's image in `dir`.
 fn copy_of(guest: &Path, dir: &Path) -> PathBuf {
     let to = dir.join("debian.raw");
@@ -113,7 +119,7 @@ fn shadow_field(shadow: &str, user: &str) -> String {
 fn customize_a_debootstrapped_debian() {
     need(&["e2fsck", "openssl", "mount", "losetup", "debootstrap"]);
     let g = guest();
-    let t = tempfile::tempdir().unwrap();
+    let t = scratch(&g);
     let dir = t.path();
     let img = copy_of(&g, dir);
     let untouched = dir.join("before");
@@ -298,7 +304,7 @@ fn clone_a_debootstrapped_debian() {
         "debootstrap",
     ]);
     let g = guest();
-    let t = tempfile::tempdir().unwrap();
+    let t = scratch(&g);
     let dir = t.path();
     let template = g.join("root.raw");
     let sum = |p: &Path| sh(&format!("sha256sum < {}", p.display()));
