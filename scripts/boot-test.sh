@@ -105,9 +105,13 @@ build() {
   log "guest built in $((SECONDS - start)) s: $(du -sh --apparent-size "$CACHE/root.raw" | cut -f1) image, $(du -sh "$CACHE/root.raw" | cut -f1) used"
 }
 
-# Waits until the console log holds $1 (fixed text); fails after the deadline or when qemu ended.
+# Waits until the console log holds $1 (fixed text); fails after the deadline, when qemu ended,
+# or as soon as the log holds $2 (when given).
 wait_for() {
   while ! grep -qF -- "$1" "$W/console.log" 2>/dev/null; do
+    if [ -n "${2:-}" ] && grep -qF -- "$2" "$W/console.log"; then
+      tail -20 "$W/console.log" >&2; die "\"$2\" on the console while waiting for \"$1\""
+    fi
     [ "$SECONDS" -lt "$deadline" ] || { tail -40 "$W/console.log" >&2; die "no \"$1\" on the console within ${BOOT_TIMEOUT}s"; }
     kill -0 "$qpid" 2>/dev/null || { tail -40 "$W/console.log" >&2; die "qemu ended before \"$1\" showed"; }
     sleep 1
@@ -158,7 +162,7 @@ boot() {
   printf 'root\r' >&3
   wait_for "Password:"
   printf 'Boot Test 1\r' >&3
-  wait_for "root@vdisk-boot:"
+  wait_for "root@vdisk-boot:" "Login incorrect"
   printf 'echo LOGIN-$((6*7)) $(id -un)@$(hostname); poweroff\r' >&3
   wait_for "LOGIN-42 root@vdisk-boot"
   local rc=0
