@@ -12,7 +12,8 @@
 #   boot   (the default) the boot test. VDISK defaults to target/release/vdisk, built if missing.
 # Environment: DEBIAN_RELEASE (bookworm), DEBIAN_MIRROR (the host's apt mirror),
 #   VDISK_GUEST_CACHE (target/guest-cache), BOOT_TIMEOUT (seconds for the boot, 600).
-# The guest is built once per release and package set (about 4 minutes cold here), then reused;
+# The guest is built once per release and package set (8.5 minutes cold on this shared 2-core
+# machine at load 20, most of it dpkg configuring and the initramfs), then reused;
 # it takes about 350 MB on disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
