@@ -7,7 +7,8 @@
 //! - Debian, Ubuntu: `/etc/hostname`, and the old name replaced by the new one in
 //!   `/etc/hosts` (the Debian installer's `127.0.1.1 host` line). If no line names the new
 //!   host afterwards, we add `127.0.1.1 FQDN SHORT` as the Debian installer writes it (so
-//!   `sudo` and `hostname -f` resolve), which virt-customize does not.
+//!   `sudo` and `hostname -f` resolve), which virt-customize does not; and where the old
+//!   name was short and the new one is not, the line gets the full name before the short.
 //! - openSUSE/SLES: `/etc/HOSTNAME`.
 //! - Any other Linux guest: `/etc/hostname`.
 
@@ -43,7 +44,8 @@ pub fn check(name: &str) -> Result<String> {
 /// and (beyond virt-customize, which leaves it) a name whose first label is the old short
 /// name with some domain ("tmpl.lan" when /etc/hostname said "tmpl") becomes the new full
 /// name, or the new short name with that domain.
-/// (An old name without a domain is a short name: it becomes the new short name.)
+/// (An old name without a domain is a short name: it becomes the new short name, preceded
+/// by the new full name when the line would not name that otherwise.)
 /// Addresses, comments and lines that do not change are kept byte for byte. With
 /// `add_if_missing`, a `127.0.1.1` line for the new name is added when none names it.
 pub fn hosts(text: &str, old: Option<&str>, new: &str, add_if_missing: bool) -> String {
@@ -64,7 +66,7 @@ pub fn hosts(text: &str, old: Option<&str>, new: &str, add_if_missing: bool) -> 
         };
         let names: Vec<&str> = fields.collect();
         let mut changed = false;
-        let new_names: Vec<String> = names
+        let mut new_names: Vec<String> = names
             .iter()
             .map(|&n| {
                 let field_short = n.split_once('.').map(|(s, _)| s);
@@ -87,6 +89,15 @@ pub fn hosts(text: &str, old: Option<&str>, new: &str, add_if_missing: bool) -> 
                 r
             })
             .collect();
+        // Debian's kernel hostname is /etc/hostname's whole text: when the old name was
+        // short and the new one has a domain, the line that named the host names the new
+        // full name too (`127.0.1.1 FQDN SHORT`, as the installer writes it), or `sudo` and
+        // `hostname -f` would not resolve it.
+        if changed && new != new_short && !new_names.iter().any(|n| n == new) {
+            if let Some(i) = new_names.iter().position(|n| *n == new_short) {
+                new_names.insert(i, new.to_string());
+            }
+        }
         if new_names.iter().any(|n| *n == new || *n == new_short) {
             named = true;
         }
@@ -224,6 +235,17 @@ mod tests {
         assert_eq!(
             hosts("127.0.1.1 tmpl.lan tmpl\n", Some("tmpl"), "web1", true),
             "127.0.1.1\tweb1.lan web1\n"
+        );
+        // A debootstrapped template: short name in /etc/hostname and /etc/hosts, a full new
+        // name. The full name must resolve, since it is what the kernel hostname becomes.
+        assert_eq!(
+            hosts(
+                "127.0.0.1\tlocalhost\n127.0.1.1\tdebian-template\n",
+                Some("debian-template"),
+                "deb01.example.com",
+                true
+            ),
+            "127.0.0.1\tlocalhost\n127.0.1.1\tdeb01.example.com deb01\n"
         );
         // No line for the host: one is added after the loopback line.
         let new = hosts(
