@@ -126,16 +126,26 @@ impl Options {
     }
 }
 
+/// Sequential streams tracked at once: one per copy worker (convert starts one per core) and
+/// a few more for metadata reads in between.
+const STREAMS: usize = 8;
+
+/// One sequential reader as the cache sees it: the block after its last fetched run, and
+/// that run's read-ahead. A miss exactly there continues it.
+#[derive(Clone, Copy)]
+struct Stream {
+    next: u64,
+    window: u64,
+    used: u64,
+}
+
 /// Blocks kept in memory and the read-ahead state.
 #[derive(Default)]
 struct Cache {
     /// Block index -> (bytes, last use). The last block of the file may be short.
     blocks: HashMap<u64, (Arc<[u8]>, u64)>,
     tick: u64,
-    /// The block after the last fetched run, and that run's read-ahead: a miss there is
-    /// sequential.
-    next: u64,
-    window: u64,
+    streams: Vec<Stream>,
 }
 
 impl Cache {
@@ -162,6 +172,36 @@ impl Cache {
         }
         self.tick += 1;
         self.blocks.insert(block, (data, self.tick));
+    }
+
+    /// The read-ahead for a miss at `block`: doubled when it continues a stream, the minimum
+    /// for a new one (which replaces the stream used longest ago). `end` is where the run
+    /// fetched for it will stop, and so where the stream goes on.
+    fn readahead(&mut self, block: u64) -> (usize, u64) {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(i) = self.streams.iter().position(|s| s.next == block) {
+            let s = &mut self.streams[i];
+            s.window = (s.window * 2).clamp(READAHEAD_MIN, READAHEAD_MAX);
+            s.used = tick;
+            return (i, s.window);
+        }
+        let fresh = Stream {
+            next: block,
+            window: READAHEAD_MIN,
+            used: tick,
+        };
+        let i = if self.streams.len() < STREAMS {
+            self.streams.push(fresh);
+            self.streams.len() - 1
+        } else {
+            let i = (0..self.streams.len())
+                .min_by_key(|&i| self.streams[i].used)
+                .unwrap_or(0);
+            self.streams[i] = fresh;
+            i
+        };
+        (i, READAHEAD_MIN)
     }
 }
 
@@ -213,15 +253,24 @@ fn transport_error(e: ureq::Error, timeout: Duration) -> io::Error {
             io::ErrorKind::Other,
             format!("more than {MAX_REDIRECTS} redirects"),
         ),
-        ureq::Error::Rustls(e) => {
-            let hint = if e.to_string().to_ascii_lowercase().contains("certificate") {
-                " (VDISK_HTTP_CA=FILE.pem trusts a certificate, VDISK_HTTP_SSLVERIFY=off any)"
-            } else {
-                ""
-            };
-            io_error(io::ErrorKind::Other, format!("TLS: {e}{hint}"))
-        }
         e => io_error(io::ErrorKind::Other, e.to_string()),
+    }
+}
+
+/// Adds how to trust a certificate to an error about one (rustls reports it as an I/O error
+/// of the handshake or as its own).
+fn with_tls_hint(e: io::Error) -> io::Error {
+    let text = e.to_string();
+    if text.to_ascii_lowercase().contains("certificate") {
+        io_error(
+            e.kind(),
+            format!(
+                "TLS: {text} (VDISK_HTTP_CA=FILE.pem trusts a server's certificate, \
+                 VDISK_HTTP_SSLVERIFY=off any)"
+            ),
+        )
+    } else {
+        e
     }
 }
 
@@ -316,8 +365,11 @@ impl HttpFile {
         for (i, chunk) in head.chunks(BLOCK as usize).enumerate() {
             cache.insert(i as u64, Arc::from(chunk));
         }
-        cache.next = head.len() as u64 / BLOCK;
-        cache.window = READAHEAD_MIN;
+        cache.streams.push(Stream {
+            next: head.len() as u64 / BLOCK,
+            window: READAHEAD_MIN,
+            used: 0,
+        });
         drop(cache);
         Ok(f)
     }
@@ -374,7 +426,7 @@ impl HttpFile {
             match r {
                 Ok(r) => return Ok(r),
                 Err(e) => {
-                    let e = transport_error(e, self.timeout);
+                    let e = with_tls_hint(transport_error(e, self.timeout));
                     if !retryable(&e) {
                         return Err(e);
                     }
@@ -531,19 +583,15 @@ impl HttpFile {
                         while need_end <= last_block && !c.blocks.contains_key(&need_end) {
                             need_end += 1;
                         }
-                        if b == c.next {
-                            c.window = (c.window * 2).clamp(READAHEAD_MIN, READAHEAD_MAX);
-                        } else {
-                            c.window = READAHEAD_MIN;
-                        }
-                        let mut ra_end = (b + c.window / BLOCK).max(need_end).min(file_blocks);
+                        let (stream, window) = c.readahead(b);
+                        let mut ra_end = (b + window / BLOCK).max(need_end).min(file_blocks);
                         // Stop the read-ahead at the first block already cached.
                         let mut e = need_end;
                         while e < ra_end && !c.blocks.contains_key(&e) {
                             e += 1;
                         }
                         ra_end = e;
-                        c.next = ra_end;
+                        c.streams[stream].next = ra_end;
                         (ra_end, ())
                     };
                     let start = b * BLOCK;
