@@ -286,8 +286,12 @@ fn retryable(e: &io::Error) -> bool {
     )
 }
 
+/// A parsed `Content-Range`: the byte range sent (first, last; `None` for `*`), and the
+/// file's length (`None` for `*`).
+type ContentRange = (Option<(u64, u64)>, Option<u64>);
+
 /// `Content-Range: bytes FIRST-LAST/TOTAL` (TOTAL may be `*`), or `bytes */TOTAL` of a 416.
-fn parse_content_range(v: &str) -> Option<(Option<(u64, u64)>, Option<u64>)> {
+fn parse_content_range(v: &str) -> Option<ContentRange> {
     let rest = v.trim().strip_prefix("bytes")?.trim_start();
     let (range, total) = rest.split_once('/')?;
     let total = match total.trim() {
