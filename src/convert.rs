@@ -627,6 +627,9 @@ pub fn convert(
         .try_fold(0u64, |acc, s| acc.checked_add(s.image().size()))
         .ok_or_else(|| Error::invalid("the sources together are too large"))?;
     match target {
+        ConvertTarget::New(_) if crate::protocol::is_http_name(dst) => {
+            Err(vdisk_http::read_only().with_path(dst))
+        }
         ConvertTarget::New(req) if crate::protocol::is_nbd_name(dst) => {
             convert_to_export(sources, dst, &req, total, opts, progress)
         }

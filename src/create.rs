@@ -485,6 +485,9 @@ pub fn create_image_with(
     cache: CacheMode,
 ) -> Result<CreatedImage> {
     let path = path.as_ref();
+    if crate::protocol::is_http_name(path) {
+        return Err(vdisk_http::read_only().with_path(path));
+    }
     match req.format {
         Format::Raw => {
             if req.backing_file.is_some() || req.backing_format.is_some() {

@@ -9,17 +9,17 @@ use serde_json::{json, Map, Value};
 use crate::open::{Driver, OpenedImage};
 use crate::protocol::Protocol;
 use crate::qapi::{dump_human, size_to_str};
-use vdisk_block::{BlockDevice, Result};
+use vdisk_block::{BlockDevice, Image, Result};
 
 /// The host file's node (qemu's `file` child): name, length rounded up to whole sectors as
 /// qemu's block layer sees it, and the storage it occupies.
 fn file_node(file: &Protocol, filename: &str) -> Result<Value> {
     let mut m = Map::new();
     m.insert("filename".into(), json!(filename));
-    if let Protocol::Nbd { .. } = file {
-        // qemu's nbd node: no get-info (so no dirty flag), no allocated size, no
+    if let Protocol::Nbd { .. } | Protocol::Http(_) = file {
+        // qemu's nbd and curl nodes: no get-info (so no dirty flag), no allocated size, no
         // format-specific data.
-        m.insert("format".into(), json!("nbd"));
+        m.insert("format".into(), json!(file.format_name()));
         m.insert("virtual-size".into(), json!(file.size()));
         m.insert("children".into(), json!([]));
         return Ok(Value::Object(m));

@@ -345,7 +345,8 @@ fn open_at_depth(
                 std::fs::metadata(path).map_err(|e| Error::io("stat", None, e).with_path(path))?;
             (meta.dev(), meta.ino())
         }
-        Protocol::Nbd { name, .. } => {
+        Protocol::Nbd { .. } | Protocol::Http(_) => {
+            let name = file.path();
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
             name.hash(&mut h);
@@ -424,8 +425,13 @@ fn open_at_depth(
         }
         _ => {
             let Protocol::File(host) = &*file else {
+                let over = if let Protocol::Http(_) = &*file {
+                    "HTTP"
+                } else {
+                    "NBD"
+                };
                 return Err(Error::unsupported(format!(
-                    "the {format} format cannot be opened over NBD"
+                    "the {format} format cannot be opened over {over}"
                 ))
                 .with_path(path));
             };
@@ -442,7 +448,7 @@ fn open_at_depth(
     // qemu names an export by its normalized URI.
     let filename = match &*file {
         Protocol::Nbd { name, .. } => name.clone(),
-        Protocol::File(_) => path.to_path_buf(),
+        Protocol::File(_) | Protocol::Http(_) => path.to_path_buf(),
     };
     Ok(OpenedImage {
         filename,
@@ -511,6 +517,16 @@ fn open_backing(
         ))
         .with_path(path));
     }
+    if protocol::is_http_name(path) {
+        let base = path.to_string_lossy();
+        if vdisk_http::resolve(&base, name).is_none() {
+            return Err(Error::unsupported(format!(
+                "the backing file '{name}' of an image read over HTTP is a host path: \
+                 a remote image may not name files on this machine"
+            ))
+            .with_path(path));
+        }
+    }
     let bpath = resolve_backing(path, name);
     let bfmt = match fmt {
         Some(f) => Some(f.parse::<Format>().map_err(|e| e.with_path(path))?),
@@ -522,10 +538,15 @@ fn open_backing(
 }
 
 /// Where qemu looks for a backing file: an absolute name as is, a relative name next to the
-/// image that names it.
+/// image that names it; for an image read over HTTP, a relative name next to its URL.
 pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
-    if protocol::is_nbd_name(Path::new(name)) {
+    if protocol::is_remote_name(Path::new(name)) {
         return PathBuf::from(name);
+    }
+    if protocol::is_http_name(image) {
+        if let Some(url) = vdisk_http::resolve(&image.to_string_lossy(), name) {
+            return PathBuf::from(url);
+        }
     }
     let name = Path::new(name);
     if name.is_absolute() {

@@ -4,11 +4,17 @@
 //!   open("disk.qcow2")                         open("nbd+unix:///x?socket=/s")
 //!     Protocol::File(RawFile: the host file)     Protocol::Nbd(Client: the export)
 //!       -> format driver (raw, qcow2, ...)          -> format driver (raw, or -f qcow2)
+//!
+//!   open("https://h/dir/top.qcow2")
+//!     Protocol::Http(HttpFile: ranged GETs, block cache, read-ahead; read-only)
+//!       -> format driver (probed, as for a host file)
 //! ```
 //!
-//! A name is an NBD export when it is an NBD URI ([`is_nbd_name`]); everything else is a host
-//! file. As in qemu, an NBD export is a protocol: it is opened raw unless a format is given, and
-//! its block status (`base:allocation`) is the raw layer's map, so copies skip its holes.
+//! A name is an NBD export when it is an NBD URI ([`is_nbd_name`]), a file on a web server when
+//! it is an `http://` or `https://` URL ([`is_http_name`]); everything else is a host file. As in
+//! qemu, an NBD export is a protocol: it is opened raw unless a format is given, and its block
+//! status (`base:allocation`) is the raw layer's map, so copies skip its holes. An HTTP file
+//! is probed like a host file (qemu's curl node is too) and is all data.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,12 +23,23 @@ use vdisk_block::{
     BlockDevice, Discard, Error, Image, MapKind, Mapping, Preallocation, Resize, Result,
     WriteZeroes,
 };
+use vdisk_http::HttpFile;
 use vdisk_nbd::client::{Client, Target};
 use vdisk_raw::RawFile;
 
 /// Whether `name` names an NBD export rather than a host file.
 pub fn is_nbd_name(name: &Path) -> bool {
     name.to_str().is_some_and(Target::is_nbd_name)
+}
+
+/// Whether `name` is an `http://` or `https://` URL.
+pub fn is_http_name(name: &Path) -> bool {
+    name.to_str().is_some_and(vdisk_http::is_http_name)
+}
+
+/// Whether `name` is a network name (NBD or HTTP) rather than a host file.
+pub fn is_remote_name(name: &Path) -> bool {
+    is_nbd_name(name) || is_http_name(name)
 }
 
 /// The name qemu gives an NBD export once opened (`nbd_refresh_filename`): the port always
@@ -63,6 +80,8 @@ pub enum Protocol {
         /// The export's name as qemu prints it.
         name: PathBuf,
     },
+    /// A file on a web server, read by ranges.
+    Http(HttpFile),
 }
 
 impl Protocol {
@@ -79,6 +98,13 @@ impl Protocol {
                 name: PathBuf::from(nbd_display_name(&target)),
             });
         }
+        if let Some(url) = name.to_str().filter(|n| vdisk_http::is_http_name(n)) {
+            if !opts.read_only {
+                return Err(vdisk_http::read_only().with_path(url));
+            }
+            let o = vdisk_http::Options::from_env().map_err(|e| e.with_path(url))?;
+            return Ok(Protocol::Http(HttpFile::open(url, &o)?));
+        }
         Ok(Protocol::File(Arc::new(RawFile::open(name, opts)?)))
     }
 
@@ -87,6 +113,7 @@ impl Protocol {
         match self {
             Protocol::File(f) => f.path(),
             Protocol::Nbd { name, .. } => name,
+            Protocol::Http(h) => h.path(),
         }
     }
 
@@ -94,15 +121,15 @@ impl Protocol {
     pub fn as_file(&self) -> Option<&Arc<RawFile>> {
         match self {
             Protocol::File(f) => Some(f),
-            Protocol::Nbd { .. } => None,
+            _ => None,
         }
     }
 
     /// The NBD export, when this is one.
     pub fn as_nbd(&self) -> Option<&Client> {
         match self {
-            Protocol::File(_) => None,
             Protocol::Nbd { client, .. } => Some(client),
+            _ => None,
         }
     }
 
@@ -112,18 +139,24 @@ impl Protocol {
     }
 
     /// Host storage used (`qemu-img info`'s disk size); `None` where qemu says "unavailable"
-    /// (an NBD export).
+    /// (an NBD export, an HTTP file).
     pub fn allocated_size(&self) -> Result<Option<u64>> {
         match self {
             Protocol::File(f) => f.allocated_size().map(Some),
-            Protocol::Nbd { .. } => Ok(None),
+            Protocol::Nbd { .. } | Protocol::Http(_) => Ok(None),
         }
     }
 
     /// The host file, or an error naming what needs one (metadata rewrites in place, resize).
     pub fn host_file(&self, what: &str) -> Result<&Arc<RawFile>> {
         self.as_file().ok_or_else(|| {
-            Error::unsupported(format!("{what} is not supported over NBD")).with_path(self.path())
+            let over = if let Protocol::Http(_) = self {
+                "HTTP"
+            } else {
+                "NBD"
+            };
+            Error::unsupported(format!("{what} is not supported over {over}"))
+                .with_path(self.path())
         })
     }
 }
@@ -139,30 +172,35 @@ impl BlockDevice for Protocol {
         match self {
             Protocol::File(f) => f.size(),
             Protocol::Nbd { client, .. } => client.size(),
+            Protocol::Http(h) => h.size(),
         }
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         match self {
             Protocol::File(f) => f.read_at(buf, offset),
             Protocol::Nbd { client, .. } => client.read_at(buf, offset),
+            Protocol::Http(h) => h.read_at(buf, offset),
         }
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         match self {
             Protocol::File(f) => f.write_at(buf, offset),
             Protocol::Nbd { client, .. } => client.write_at(buf, offset),
+            Protocol::Http(h) => h.write_at(buf, offset),
         }
     }
     fn flush(&self) -> Result<()> {
         match self {
             Protocol::File(f) => f.flush(),
             Protocol::Nbd { client, .. } => client.flush(),
+            Protocol::Http(h) => h.flush(),
         }
     }
     fn is_read_only(&self) -> bool {
         match self {
             Protocol::File(f) => f.is_read_only(),
             Protocol::Nbd { client, .. } => client.is_read_only(),
+            Protocol::Http(_) => true,
         }
     }
 }
@@ -172,6 +210,7 @@ impl Image for Protocol {
         match self {
             Protocol::File(f) => f.format_name(),
             Protocol::Nbd { .. } => "nbd",
+            Protocol::Http(h) => h.protocol_name(),
         }
     }
 
@@ -189,6 +228,7 @@ impl Image for Protocol {
                 }
                 Ok(m)
             }
+            Protocol::Http(h) => h.map(offset, max_len),
         }
     }
 
@@ -210,6 +250,7 @@ impl WriteZeroes for Protocol {
         match self {
             Protocol::File(f) => f.write_zeroes(offset, len, may_unmap),
             Protocol::Nbd { client, .. } => client.write_zeroes(offset, len, may_unmap),
+            Protocol::Http(h) => Err(vdisk_http::read_only().with_path(h.path())),
         }
     }
 }
@@ -219,6 +260,7 @@ impl Discard for Protocol {
         match self {
             Protocol::File(f) => f.discard(offset, len),
             Protocol::Nbd { client, .. } => client.trim(offset, len),
+            Protocol::Http(h) => Err(vdisk_http::read_only().with_path(h.path())),
         }
     }
 }
@@ -229,6 +271,7 @@ impl Resize for Protocol {
         match self {
             Protocol::File(f) => f.resize(new_size, prealloc),
             Protocol::Nbd { .. } => Err(Error::unsupported("Cannot grow NBD nodes")),
+            Protocol::Http(h) => Err(vdisk_http::read_only().with_path(h.path())),
         }
     }
 }
