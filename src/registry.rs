@@ -81,6 +81,12 @@ pub trait FormatImage: Image + fmt::Debug {
         None
     }
 
+    /// Whether `map` and `measure` should see the image as qemu does when its driver reports
+    /// no block status: everything data, allocated at this layer, at no known offset.
+    fn opaque_block_status(&self) -> bool {
+        false
+    }
+
     /// Writes back what the image holds in memory and closes it for good (a stream-optimized
     /// VMDK writes its tables and footer). Called once after the last write.
     fn finish(&self) -> Result<()> {
@@ -186,6 +192,7 @@ pub static FORMATS: &[FormatEntry] = &[
     crate::formats::vmdk::ENTRY,
     crate::formats::vpc::ENTRY,
     crate::formats::vdi::ENTRY,
+    crate::formats::vhdx::ENTRY,
 ];
 
 /// The entry of `format`.

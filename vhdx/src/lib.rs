@@ -467,45 +467,46 @@ impl Vhdx {
             let state = e & BAT_STATE_MASK;
             let off = e & BAT_OFFSET_MASK;
             let bitmap = (i + 1) % (cr + 1) == 0;
-            let (what, need) =
-                if bitmap {
-                    match state {
-                        PAYLOAD_BLOCK_NOT_PRESENT => continue,
-                        SB_BLOCK_PRESENT if self.md.has_parent => ("sector bitmap", MIB),
-                        // Sector bitmap entries of a disk without a parent carry nothing.
-                        _ if !self.md.has_parent => continue,
-                        s => return Err(Error::corrupt_at(
+            let (what, need) = if bitmap {
+                match state {
+                    PAYLOAD_BLOCK_NOT_PRESENT => continue,
+                    SB_BLOCK_PRESENT if self.md.has_parent => ("sector bitmap", MIB),
+                    // Sector bitmap entries of a disk without a parent carry nothing.
+                    _ if !self.md.has_parent => continue,
+                    s => {
+                        return Err(Error::corrupt_at(
                             self.bat_offset + 8 * i,
                             format!(
                                 "VHDX BAT entry {i} (a sector bitmap) has the unknown state {s}"
                             ),
-                        )),
+                        ))
                     }
-                } else {
-                    match state {
-                        PAYLOAD_BLOCK_NOT_PRESENT
-                        | PAYLOAD_BLOCK_UNDEFINED
-                        | PAYLOAD_BLOCK_ZERO
-                        | PAYLOAD_BLOCK_UNMAPPED
-                        | PAYLOAD_BLOCK_UNMAPPED_V095 => continue,
-                        PAYLOAD_BLOCK_FULLY_PRESENT => {}
-                        PAYLOAD_BLOCK_PARTIALLY_PRESENT if self.md.has_parent => {}
-                        s => {
-                            return Err(Error::corrupt_at(
-                                self.bat_offset + 8 * i,
-                                format!("VHDX BAT entry {i} has the unknown block state {s}"),
-                            ))
-                        }
+                }
+            } else {
+                match state {
+                    PAYLOAD_BLOCK_NOT_PRESENT
+                    | PAYLOAD_BLOCK_UNDEFINED
+                    | PAYLOAD_BLOCK_ZERO
+                    | PAYLOAD_BLOCK_UNMAPPED
+                    | PAYLOAD_BLOCK_UNMAPPED_V095 => continue,
+                    PAYLOAD_BLOCK_FULLY_PRESENT => {}
+                    PAYLOAD_BLOCK_PARTIALLY_PRESENT if self.md.has_parent => {}
+                    s => {
+                        return Err(Error::corrupt_at(
+                            self.bat_offset + 8 * i,
+                            format!("VHDX BAT entry {i} has the unknown block state {s}"),
+                        ))
                     }
-                    // qemu allows the last block to be only partly in the file.
-                    let block = i - i / (cr + 1);
-                    let guest = self
-                        .md
-                        .virtual_disk_size
-                        .saturating_sub(block * self.block_size)
-                        .min(self.block_size);
-                    ("payload block", guest)
-                };
+                }
+                // qemu allows the last block to be only partly in the file.
+                let block = i - i / (cr + 1);
+                let guest = self
+                    .md
+                    .virtual_disk_size
+                    .saturating_sub(block * self.block_size)
+                    .min(self.block_size);
+                ("payload block", guest)
+            };
             let r = (off, need.max(1));
             if let Some(o) = self.regions.iter().find(|o| overlaps(r, **o)) {
                 return Err(Error::corrupt_at(
