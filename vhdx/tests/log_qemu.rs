@@ -38,7 +38,11 @@ fn crashed_image(dir: &Path, name: &str, block_size: u32) -> Vec<(u64, usize)> {
         },
     )
     .unwrap();
-    let writes = vec![(0u64, 4096usize), (5 << 20, 70_000), ((1u64 << 30) - 8192, 8192)];
+    let writes = vec![
+        (0u64, 4096usize),
+        (5 << 20, 70_000),
+        ((1u64 << 30) - 8192, 8192),
+    ];
     for &(o, l) in &writes {
         v.write_at(&pattern(o, l), o).unwrap();
     }
@@ -71,7 +75,10 @@ fn qemu_replays_the_log_vdisk_leaves() {
         let info = qemu(d, &["info", "-f", "vhdx", "a.vhdx"]);
         assert!(!info.status.success());
         let err = String::from_utf8_lossy(&info.stderr);
-        assert!(err.contains("contains a log that needs to be replayed"), "{err}");
+        assert!(
+            err.contains("contains a log that needs to be replayed"),
+            "{err}"
+        );
         let chk = qemu(d, &["check", "-r", "all", "-f", "vhdx", "a.vhdx"]);
         assert!(chk.status.success(), "{chk:?}");
         let chk = qemu(d, &["check", "-f", "vhdx", "a.vhdx"]);
@@ -99,9 +106,15 @@ fn vdisk_replays_its_log_in_memory_and_in_place() {
     drop(v);
     let chk = qemu(d, &["check", "-f", "vhdx", "b.vhdx"]);
     assert!(chk.status.success(), "{chk:?}");
-    qemu(d, &["convert", "-f", "vhdx", "-O", "raw", "b.vhdx", "b.raw"]);
+    qemu(
+        d,
+        &["convert", "-f", "vhdx", "-O", "raw", "b.vhdx", "b.raw"],
+    );
     let raw = std::fs::read(d.join("b.raw")).unwrap();
     for &(o, l) in &writes {
-        assert!(raw[o as usize..o as usize + l] == pattern(o, l)[..], "qemu reads {o}");
+        assert!(
+            raw[o as usize..o as usize + l] == pattern(o, l)[..],
+            "qemu reads {o}"
+        );
     }
 }
