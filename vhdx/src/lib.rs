@@ -526,7 +526,7 @@ impl Vhdx {
                     ),
                 ));
             }
-            end = end.max(off + self.block_size.max(need));
+            end = end.max(off + if bitmap { MIB } else { self.block_size });
         }
         Ok(end.next_multiple_of(MIB))
     }
@@ -776,8 +776,11 @@ impl Vhdx {
         if old & BAT_STATE_MASK == PAYLOAD_BLOCK_FULLY_PRESENT {
             return Ok(old);
         }
+        // Reserve the space before the lock may be dropped for the copy below, so a block
+        // allocated meanwhile goes after it.
         let off = s.end;
         let new_end = off + self.block_size;
+        s.end = new_end;
         if self.file.file_length()? < new_end {
             // The new block reads as zeros until written: a hole, not written zeros.
             self.file.resize(new_end, Preallocation::Off)?;
@@ -803,17 +806,14 @@ impl Vhdx {
                 done += k as u64;
             }
             s = self.state.write().map_err(|_| lock_err())?;
-            if s.bat[i] != old || s.end != off {
-                // Another writer allocated meanwhile (they hold the same lock order, so
-                // this is only the same block or a later one): use theirs when it is ours.
-                if s.bat[i] & BAT_STATE_MASK == PAYLOAD_BLOCK_FULLY_PRESENT {
-                    return Ok(s.bat[i]);
-                }
+            if s.bat[i] & BAT_STATE_MASK == PAYLOAD_BLOCK_FULLY_PRESENT {
+                // Another writer allocated this block meanwhile: theirs stands (ours is
+                // left unused).
+                return Ok(s.bat[i]);
             }
         }
         let e = off | PAYLOAD_BLOCK_FULLY_PRESENT;
         s.bat[i] = e;
-        s.end = s.end.max(new_end);
         s.dirty.insert(i as u64 / 512);
         Ok(e)
     }
