@@ -81,6 +81,13 @@ pub trait FormatImage: Image + fmt::Debug {
         None
     }
 
+    /// qemu-img check -r, for formats whose check repairs (opened read-write): the
+    /// corruptions left, the corruptions repaired (while opening, as a VHDX log replay) and
+    /// the lines printed. `None`: the format repairs nothing.
+    fn check_repair(&self) -> Option<Result<(u64, u64, Vec<String>)>> {
+        None
+    }
+
     /// Whether `map` and `measure` should see the image as qemu does when its driver reports
     /// no block status: everything data, allocated at this layer, at no known offset.
     fn opaque_block_status(&self) -> bool {

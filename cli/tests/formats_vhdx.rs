@@ -608,3 +608,78 @@ fn guest_commands_read_a_partition_in_a_vhdx() {
         .collect();
     assert!(depths.contains(&0) && depths.contains(&1), "{map}");
 }
+
+#[test]
+fn check_repair_replays_a_crashed_log_as_qemu_does() {
+    use vdisk_block::BlockDevice;
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let v = vdisk_vhdx::create(
+        &d.join("w.vhdx"),
+        &vdisk_vhdx::CreateOptions {
+            size: 64 << 20,
+            block_size: Some(1 << 20),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    v.write_at(&[0x42; 65536], 5 << 20).unwrap();
+    v.flush_leaving_log().unwrap();
+    // The crash: the file as it is now, the log not yet applied.
+    std::fs::copy(d.join("w.vhdx"), d.join("a.vhdx")).unwrap();
+    std::fs::copy(d.join("w.vhdx"), d.join("b.vhdx")).unwrap();
+    drop(v);
+    for out in ["human", "json"] {
+        if out == "json" {
+            std::fs::copy(d.join("w.vhdx"), d.join("a.vhdx")).unwrap();
+            std::fs::copy(d.join("w.vhdx"), d.join("b.vhdx")).unwrap();
+        }
+        // w.vhdx itself was flushed on drop; a and b still hold the crash.
+        let o = vdisk(
+            d,
+            &[
+                "check",
+                "-r",
+                "all",
+                "-f",
+                "vhdx",
+                &format!("--output={out}"),
+                "a.vhdx",
+            ],
+        );
+        let q = tool(
+            d,
+            "qemu-img",
+            &[
+                "check",
+                "-r",
+                "all",
+                "-f",
+                "vhdx",
+                &format!("--output={out}"),
+                "b.vhdx",
+            ],
+        );
+        assert_eq!(o.status.code(), q.status.code(), "{out}: {o:?} {q:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).replace("a.vhdx", "X"),
+            String::from_utf8_lossy(&q.stdout).replace("b.vhdx", "X"),
+            "{out}"
+        );
+        assert!(String::from_utf8_lossy(&q.stdout).contains("1 corruptions") || out == "json");
+        let cmp = tool(
+            d,
+            "qemu-img",
+            &["compare", "-f", "vhdx", "-F", "vhdx", "a.vhdx", "b.vhdx"],
+        );
+        assert!(cmp.status.success(), "{cmp:?}");
+    }
+    let mut want = vec![0u8; 64 << 20];
+    want[5 << 20..(5 << 20) + 65536].fill(0x42);
+    tool_ok(
+        d,
+        "qemu-img",
+        &["convert", "-f", "vhdx", "-O", "raw", "a.vhdx", "a.raw"],
+    );
+    assert!(read(&d.join("a.raw")) == want);
+}

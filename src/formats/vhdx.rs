@@ -211,4 +211,9 @@ impl FormatImage for Vhdx {
     fn check(&self) -> Option<Result<(u64, Vec<String>)>> {
         Some(Vhdx::check(self).map(|e| (e.len() as u64, e)))
     }
+
+    fn check_repair(&self) -> Option<Result<(u64, u64, Vec<String>)>> {
+        // qemu's repair is the log replay that opening read-write already did.
+        Some(Vhdx::check(self).map(|e| (e.len() as u64, u64::from(self.log_replayed()), e)))
+    }
 }
