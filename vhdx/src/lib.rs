@@ -1316,6 +1316,92 @@ mod tests {
     }
 
     #[test]
+    fn partially_present_blocks_follow_the_sector_bitmap() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path().join("base.vhdx");
+        let child = t.path().join("child.vhdx");
+        let o = CreateOptions {
+            size: 4 << 20,
+            block_size: Some(1 << 20),
+            ..Default::default()
+        };
+        let b = create(&base, &o).unwrap();
+        b.write_at(&vec![0x11u8; 1 << 20], 0).unwrap();
+        b.flush().unwrap();
+        drop(b);
+        let c = create(
+            &child,
+            &CreateOptions {
+                parent: Some(ParentInfo {
+                    name: "base.vhdx".into(),
+                    data_write_guid: Guid::random(),
+                    size: 4 << 20,
+                }),
+                ..o.clone()
+            },
+        )
+        .unwrap();
+        let (bat, cr) = (c.bat_offset, c.chunk_ratio);
+        drop(c);
+        // Append a data block of 0x22 and a bitmap with sectors 0-7 and 16 present.
+        let mut bytes = std::fs::read(&child).unwrap();
+        let data_at = bytes.len() as u64;
+        bytes.extend(vec![0x22u8; 1 << 20]);
+        let bm_at = bytes.len() as u64;
+        let mut bm = vec![0u8; 1 << 20];
+        bm[0] = 0xff;
+        bm[2] = 0x01;
+        bytes.extend(bm);
+        let put = |b: &mut Vec<u8>, i: u64, e: u64| {
+            let at = (bat + 8 * i) as usize;
+            b[at..at + 8].copy_from_slice(&e.to_le_bytes());
+        };
+        put(&mut bytes, 0, data_at | PAYLOAD_BLOCK_PARTIALLY_PRESENT);
+        put(&mut bytes, cr, bm_at | SB_BLOCK_PRESENT);
+        std::fs::write(&child, &bytes).unwrap();
+        let mut c = Vhdx::open_path(&child, false).unwrap();
+        c.set_backing(Arc::new(Vhdx::open_path(&base, true).unwrap()));
+        let mut r = vec![0u8; 20 * 512];
+        c.read_at(&mut r, 0).unwrap();
+        let sector = |r: &[u8], s: usize| r[s * 512];
+        for s in 0..20 {
+            let want = if s < 8 || s == 16 { 0x22 } else { 0x11 };
+            assert_eq!(sector(&r, s), want, "sector {s}");
+        }
+        let m = c.map(0, 1 << 20).unwrap();
+        assert_eq!(
+            (m.len, m.kind),
+            (
+                4096,
+                MapKind::Data {
+                    host_offset: data_at
+                }
+            )
+        );
+        let m = c.map(4096, 1 << 20).unwrap();
+        assert_eq!(
+            (m.len, m.kind),
+            (4096, MapKind::Unallocated { host_offset: None })
+        );
+        // A write into the block copies it up whole: what it read as, plus the write.
+        c.write_at(&[0x33u8; 512], 19 * 512).unwrap();
+        c.flush().unwrap();
+        c.read_at(&mut r, 0).unwrap();
+        for s in 0..20 {
+            let want = match s {
+                19 => 0x33,
+                s if s < 8 || s == 16 => 0x22,
+                _ => 0x11,
+            };
+            assert_eq!(sector(&r, s), want, "sector {s} after the write");
+        }
+        assert!(matches!(
+            c.map(4096, 1 << 20).unwrap().kind,
+            MapKind::Data { .. }
+        ));
+    }
+
+    #[test]
     fn hostile_bat_is_refused() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("d.vhdx");
