@@ -80,6 +80,8 @@ pub const SECTORS_PER_BITMAP: u64 = 1 << 23;
 /// 16 TiB with 1 MiB blocks. A larger count is a hostile header asking for an unbounded
 /// allocation.
 pub const MAX_BAT_ENTRIES: u64 = 1 << 24;
+/// How far a log replay may grow the file (see [`Vhdx::open`]).
+pub const MAX_LOG_GROWTH: u64 = 4 << 30;
 /// The creator string written into new files' identifiers.
 pub const CREATOR: &str = concat!("vdisk v", env!("CARGO_PKG_VERSION"));
 
@@ -277,9 +279,18 @@ impl Vhdx {
                         r.flushed_file_offset
                     )));
                 }
+                // The file grows by the blocks allocated since the last flush, not by more
+                // than a few GiB: a larger LastFileOffset is a hostile log.
+                if r.last_file_offset > len.saturating_add(MAX_LOG_GROWTH) {
+                    return Err(Error::corrupt(format!(
+                        "the VHDX log would grow the file from {len} to {} bytes",
+                        r.last_file_offset
+                    )));
+                }
+                let limit = len.max(r.last_file_offset.next_multiple_of(MIB));
                 for w in &r.writes {
                     let (o, l) = w.range();
-                    if o < HEADER_SECTION_END || o.checked_add(l).is_none_or(|e| e > 64 << 40) {
+                    if o < HEADER_SECTION_END || o.checked_add(l).is_none_or(|e| e > limit) {
                         return Err(Error::corrupt(format!(
                             "the VHDX log writes {l} bytes at {o:#x}, outside the file's objects"
                         )));
@@ -436,23 +447,19 @@ impl Vhdx {
     }
 
     fn replay_into(file: &RawFile, r: &log::Replay) -> Result<()> {
-        for w in &r.writes {
-            match w {
-                LogWrite::Data { offset, data } => file.write_at(data, *offset)?,
-                LogWrite::Zero { offset, len } => {
-                    let z = vec![0u8; MIB as usize];
-                    let mut done = 0;
-                    while done < *len {
-                        let k = (len - done).min(MIB);
-                        file.write_at(&z[..k as usize], offset + done)?;
-                        done += k;
-                    }
-                }
-            }
-        }
+        // Extend first: every write lies inside the file as the log leaves it.
         let want = r.last_file_offset.next_multiple_of(MIB);
         if file.file_length()? < want {
             file.resize(want, Preallocation::Off)?;
+        }
+        for w in &r.writes {
+            match w {
+                LogWrite::Data { offset, data } => file.write_at(data, *offset)?,
+                // A hole reads as the zeros asked for, without writing them.
+                LogWrite::Zero { offset, len } => {
+                    vdisk_block::WriteZeroes::write_zeroes(file, *offset, *len, true)?
+                }
+            }
         }
         file.flush()
     }
@@ -1399,6 +1406,52 @@ mod tests {
             c.map(4096, 1 << 20).unwrap().kind,
             MapKind::Data { .. }
         ));
+    }
+
+    #[test]
+    fn hostile_logs_are_refused_or_ignored() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("d.vhdx");
+        drop(create(&p, &opts(20 << 20)).unwrap());
+        let clean = std::fs::read(&p).unwrap();
+        let len = clean.len() as u64;
+        let g = Guid([7; 16]);
+        let with_log = |entry: &[u8]| {
+            let mut b = clean.clone();
+            b[1 << 20..(1 << 20) + entry.len()].copy_from_slice(entry);
+            for at in [HEADER1_OFFSET, HEADER2_OFFSET] {
+                let at = at as usize;
+                let mut h = Header::parse(&b[at..at + HEADER_SIZE]).unwrap();
+                h.log_guid = g;
+                b[at..at + HEADER_SIZE].copy_from_slice(&h.to_bytes());
+            }
+            std::fs::write(&p, &b).unwrap();
+        };
+        let sector = vec![0xabu8; 4096];
+        // Growing the file by a petabyte; writing past what the log says the file is; a
+        // file shorter than when the log was written.
+        for (flushed, last, at, expect) in [
+            (len, 1u64 << 50, 2 << 20, "would grow the file"),
+            (len, len, 1u64 << 40, "outside the file's objects"),
+            (len + (1 << 20), len, 2 << 20, "has been truncated"),
+        ] {
+            with_log(&log::entry_bytes(1, g, 0, flushed, last, &[(at, &sector)]));
+            for ro in [true, false] {
+                let e = Vhdx::open_path(&p, ro).unwrap_err().to_string();
+                assert!(e.contains(expect), "{e}");
+            }
+        }
+        // An entry of another log GUID is not replayed: the image opens as it was.
+        with_log(&log::entry_bytes(
+            1,
+            Guid([8; 16]),
+            0,
+            len,
+            len,
+            &[(2 << 20, &sector)],
+        ));
+        let v = Vhdx::open_path(&p, false).unwrap();
+        assert!(!v.log_replayed());
     }
 
     #[test]
