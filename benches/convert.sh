@@ -10,6 +10,7 @@
 #   benches/convert.sh            # uses target/release/vdisk (built if missing)
 #   RUNS=7 SIZE_GIB=8 WORK=/var/tmp/vb benches/convert.sh
 #   BUSY=1 ONLY='vpc|vdi' benches/convert.sh   # the VHD and VDI rows, one core kept busy
+#   ONLY=vhdx benches/convert.sh                # the VHDX rows
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
@@ -66,6 +67,7 @@ fi
 [ -f src.vmdk ] || qemu-img convert -f raw -O vmdk src.raw src.vmdk
 [ -f src.vhd ] || qemu-img convert -f raw -O vpc src.raw src.vhd
 [ -f src.vdi ] || qemu-img convert -f raw -O vdi src.raw src.vdi
+[ -f src.vhdx ] || qemu-img convert -f raw -O vhdx src.raw src.vhdx
 [ -f src-stream.vmdk ] || qemu-img convert -f raw -O vmdk -o subformat=streamOptimized src.raw src-stream.vmdk
 if [ ! -f top.qcow2 ]; then
   qemu-img convert -f raw -O qcow2 src.raw base.qcow2
@@ -119,7 +121,7 @@ bench() {
     if ! qemu-img compare -q -f "$ofmt" -F "$ofmt" out.q out.v; then
       echo "$name: outputs differ" >&2; exit 1
     fi
-    if [ "$ofmt" = qcow2 ] && ! qemu-img check -q out.v; then
+    if { [ "$ofmt" = qcow2 ] || [ "$ofmt" = vhdx ]; } && ! qemu-img check -q -f "$ofmt" out.v; then
       echo "$name: qemu-img check failed" >&2; exit 1
     fi
     q+=("$tq"); v+=("$tv"); rss+=("$mv"); qrss+=("$qm")
@@ -156,5 +158,7 @@ bench "raw -> vpc" src.raw raw vpc
 bench "qcow2 -> vpc fixed" src.qcow2 qcow2 vpc -o subformat=fixed
 bench "vdi -> qcow2" src.vdi vdi qcow2
 bench "raw -> vdi" src.raw raw vdi
+bench "qcow2 -> vhdx" src.qcow2 qcow2 vhdx
+bench "vhdx -> qcow2" src.vhdx vhdx qcow2
 echo
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min)"

@@ -235,4 +235,10 @@ q create -f vdi vdi-dynamic.vdi 3M
 q create -f vdi -o static=on vdi-static.vdi 0
 put vdi-dynamic.vdi vdi_open_rw
 put vdi-static.vdi vdi_open_rw
+# --- VHDX: the target patches its own template image (a crashed log), so seeds are patch
+# records (flags, then area, offset u16, length, bytes): the saved regressions, and no patch.
+mkdir -p "$corpus"/vhdx_open_rw
+cp "$here"/regressions/vhdx_open_rw/* "$corpus"/vhdx_open_rw/
+printf '\000' > "$corpus"/vhdx_open_rw/unpatched
+printf '\001' > "$corpus"/vhdx_open_rw/unpatched-no-reseal
 echo "seeds: $(find "$corpus" -type f | wc -l) files in $corpus"

@@ -554,6 +554,9 @@ fn write_window(
 fn zero_range(dst: Target<'_>, at: u64, zeros: &[u8]) -> Result<()> {
     match dst.zeroes {
         Some(z) => z.write_zeroes(at, zeros.len() as u64, true),
+        // A window with no data part was never read nor cleared: its buffer still holds the
+        // previous window's bytes, so write real zeros.
+        None if !is_zero(zeros) => dst.dev.write_at(&vec![0u8; zeros.len()], at),
         None => dst.dev.write_at(zeros, at),
     }
 }

@@ -65,6 +65,26 @@ impl ChainExtent {
 /// The status of the chain at `offset`, for at most `max_len` bytes (clipped to the image).
 /// Returns `None` at or past the end of the image.
 pub fn chain_status(top: &OpenedImage, offset: u64, max_len: u64) -> Result<Option<ChainExtent>> {
+    status(top, offset, max_len, false)
+}
+
+/// The status `qemu-img map` and `measure` report: as [`chain_status`], except that a layer
+/// whose qemu driver has no block status (vhdx) reads as data allocated at that layer, at no
+/// known offset, wherever the walk reaches it.
+pub fn reported_status(
+    top: &OpenedImage,
+    offset: u64,
+    max_len: u64,
+) -> Result<Option<ChainExtent>> {
+    status(top, offset, max_len, true)
+}
+
+fn status(
+    top: &OpenedImage,
+    offset: u64,
+    max_len: u64,
+    as_qemu: bool,
+) -> Result<Option<ChainExtent>> {
     let size = top.image().size();
     if offset >= size || max_len == 0 {
         return Ok(None);
@@ -74,6 +94,23 @@ pub fn chain_status(top: &OpenedImage, offset: u64, max_len: u64) -> Result<Opti
     let mut depth = 0;
     loop {
         let image = layer.image();
+        if as_qemu {
+            if let crate::open::Driver::Other(o) = &layer.driver {
+                if o.opaque_block_status() {
+                    return Ok(Some(ChainExtent {
+                        start: offset,
+                        length: len,
+                        depth,
+                        present: true,
+                        zero: false,
+                        data: true,
+                        compressed: false,
+                        offset: None,
+                        file: None,
+                    }));
+                }
+            }
+        }
         let m = image.map(offset, len)?;
         len = m.len.min(len).max(1);
         let here = |present, zero, data, compressed, host: Option<u64>| ChainExtent {
@@ -178,7 +215,7 @@ pub fn chain_extents(
             return pending.take().map(Ok);
         }
         // Ask for large ranges; the formats clip to what shares one status.
-        match chain_status(top, pos, end - pos) {
+        match reported_status(top, pos, end - pos) {
             Err(e) => {
                 failed = true;
                 return Some(Err(e));

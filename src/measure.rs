@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use vdisk_block::{BlockDevice, Error, Preallocation, Result};
 
 use crate::create::CreateRequest;
-use crate::engine::chain_status;
+use crate::engine::reported_status;
 use crate::open::{Driver, Format, OpenedImage};
 
 /// qcow2's largest L1 table in bytes (qemu's `QCOW_MAX_L1_SIZE`).
@@ -167,7 +167,7 @@ fn allocated_bytes(src: &OpenedImage, cs: u64) -> Result<u64> {
     let mut required = 0;
     let mut offset = 0;
     while offset < ssize {
-        let ext = chain_status(src, offset, ssize - offset)?
+        let ext = reported_status(src, offset, ssize - offset)?
             .ok_or_else(|| Error::invalid("measure ran past the end of the source"))?;
         let mut pnum = ext.length;
         if ext.zero {

@@ -49,6 +49,8 @@ pub enum Format {
     Vpc,
     /// VirtualBox's VDI: dynamic and static disks.
     Vdi,
+    /// Hyper-V's VHDX: fixed, dynamic and differencing disks.
+    Vhdx,
 }
 
 impl Format {

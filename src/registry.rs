@@ -81,6 +81,19 @@ pub trait FormatImage: Image + fmt::Debug {
         None
     }
 
+    /// qemu-img check -r, for formats whose check repairs (opened read-write): the
+    /// corruptions left, the corruptions repaired (while opening, as a VHDX log replay) and
+    /// the lines printed. `None`: the format repairs nothing.
+    fn check_repair(&self) -> Option<Result<(u64, u64, Vec<String>)>> {
+        None
+    }
+
+    /// Whether `map` and `measure` should see the image as qemu does when its driver reports
+    /// no block status: everything data, allocated at this layer, at no known offset.
+    fn opaque_block_status(&self) -> bool {
+        false
+    }
+
     /// Writes back what the image holds in memory and closes it for good (a stream-optimized
     /// VMDK writes its tables and footer). Called once after the last write.
     fn finish(&self) -> Result<()> {
@@ -186,6 +199,7 @@ pub static FORMATS: &[FormatEntry] = &[
     crate::formats::vmdk::ENTRY,
     crate::formats::vpc::ENTRY,
     crate::formats::vdi::ENTRY,
+    crate::formats::vhdx::ENTRY,
 ];
 
 /// The entry of `format`.

@@ -24,7 +24,9 @@ fuzz_target!(|data: &[u8]| {
         }
         let Ok(a) = fs.getattr(ino) else { continue };
         if a.kind == FileKind::Dir {
-            let Ok(list) = fs.readdir_all(ino) else { continue };
+            let Ok(list) = fs.readdir_all(ino) else {
+                continue;
+            };
             for e in list.into_iter().skip(2).take(64) {
                 let _ = fs.lookup(ino, &e.name);
                 todo.push((e.ino, depth + 1));
@@ -33,7 +35,10 @@ fuzz_target!(|data: &[u8]| {
             let mut buf = vec![0u8; 8192];
             let _ = fs.read(ino, 0, &mut buf);
             let _ = fs.write(ino, a.size / 2, b"fuzz");
-            let trunc = SetAttr { size: Some(a.size / 3), ..Default::default() };
+            let trunc = SetAttr {
+                size: Some(a.size / 3),
+                ..Default::default()
+            };
             let _ = fs.setattr(ino, &trunc);
         }
     }
@@ -42,7 +47,13 @@ fuzz_target!(|data: &[u8]| {
         let _ = fs.write(f.ino, 1000, &[1u8; 3000]);
     }
     let _ = fs.mkdir(root, OsStr::new("new dir"), 0o755, 0, 0);
-    let _ = fs.rename(root, OsStr::new("A new long name.txt"), root, OsStr::new("b"), 0);
+    let _ = fs.rename(
+        root,
+        OsStr::new("A new long name.txt"),
+        root,
+        OsStr::new("b"),
+        0,
+    );
     let _ = fs.unlink(root, OsStr::new("b"));
     let _ = fs.rmdir(root, OsStr::new("new dir"));
 });

@@ -345,6 +345,97 @@ pub fn vdi_open_rw(data: &[u8]) {
     block_image_open_rw(data, Format::Vdi);
 }
 
+/// A VHDX made once by vdisk: a 4 MiB disk of 1 MiB blocks with two blocks written and the
+/// BAT change left in the log (a crash before the in-place update), so opening it replays.
+fn vhdx_template() -> &'static [u8] {
+    static T: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let path = scratch().with_extension("template.vhdx");
+        let v = vdisk_vhdx::create(
+            &path,
+            &vdisk_vhdx::CreateOptions {
+                size: 4 << 20,
+                block_size: Some(1 << 20),
+                ..Default::default()
+            },
+        )
+        .expect("create the template");
+        v.write_at(&[0x3c; 4096], 0).expect("write");
+        v.flush().expect("flush");
+        v.write_at(&[0x5d; 4096], 3 << 20).expect("write");
+        v.flush_leaving_log().expect("log");
+        let bytes = std::fs::read(&path).expect("read the template");
+        std::mem::forget(v);
+        let _ = std::fs::remove_file(&path);
+        bytes
+    })
+}
+
+/// The CRC-32C VHDX puts in the 4 bytes at `at + 4` of the `len` bytes at `at`.
+fn vhdx_reseal(b: &mut [u8], at: usize, len: usize) {
+    if at + len > b.len() || len < 8 {
+        return;
+    }
+    b[at + 4..at + 8].fill(0);
+    let mut c = !0u32;
+    for &x in &b[at..at + len] {
+        c ^= u32::from(x);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0x82f6_3b78
+            } else {
+                c >> 1
+            };
+        }
+    }
+    b[at + 4..at + 8].copy_from_slice(&(!c).to_le_bytes());
+}
+
+/// VHDX, read and written: the template patched by the input — records of (area, offset,
+/// length, bytes) over the headers, region table, metadata table and items, BAT and log —
+/// with the checksums recomputed when the first byte is even, so mutations reach the fields
+/// behind them. (Whole VHDX files are megabytes: too big to mutate as they are.)
+pub fn vhdx_open_rw(data: &[u8]) {
+    let mut img = vhdx_template().to_vec();
+    let Some((&flags, mut rest)) = data.split_first() else {
+        return;
+    };
+    // (start, length) of each area, as the template lays them out.
+    const AREAS: [(usize, usize); 7] = [
+        (64 << 10, 4096),
+        (128 << 10, 4096),
+        (192 << 10, 64 << 10),
+        (3 << 20, 64 << 10),
+        ((3 << 20) + (64 << 10), 4096),
+        (2 << 20, 4096),
+        (1 << 20, 64 << 10),
+    ];
+    while rest.len() >= 4 {
+        let (area, len) = (
+            AREAS[usize::from(rest[0]) % AREAS.len()],
+            usize::from(rest[3]),
+        );
+        let off = usize::from(u16::from_le_bytes([rest[1], rest[2]])) % area.1;
+        let bytes = &rest[4..(4 + len).min(rest.len())];
+        let n = bytes.len().min(area.1 - off);
+        img[area.0 + off..area.0 + off + n].copy_from_slice(&bytes[..n]);
+        rest = &rest[(4 + len).min(rest.len())..];
+    }
+    if flags % 2 == 0 {
+        vhdx_reseal(&mut img, 64 << 10, 4096);
+        vhdx_reseal(&mut img, 128 << 10, 4096);
+        vhdx_reseal(&mut img, 192 << 10, 64 << 10);
+        let entry = u32::from_le_bytes([
+            img[(1 << 20) + 8],
+            img[(1 << 20) + 9],
+            img[(1 << 20) + 10],
+            img[(1 << 20) + 11],
+        ]);
+        vhdx_reseal(&mut img, 1 << 20, (entry as usize).min(1 << 20));
+    }
+    block_image_open_rw(&img, Format::Vhdx);
+}
+
 /// MBR (with extended/logical chains) and GPT: read the table, then open every partition and
 /// read its ends.
 pub fn partition_table(data: &[u8]) {
@@ -947,6 +1038,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("vmdk_open_read", vmdk_open_read),
     ("vhd_open_rw", vhd_open_rw),
     ("vdi_open_rw", vdi_open_rw),
+    ("vhdx_open_rw", vhdx_open_rw),
     ("partition_table", partition_table),
     ("lvm", lvm),
     ("detect", detect_fs),

@@ -2,5 +2,6 @@
 //! per format, each an [`ENTRY`](vmdk::ENTRY) that [`crate::registry::FORMATS`] lists.
 
 pub mod vdi;
+pub mod vhdx;
 pub mod vmdk;
 pub mod vpc;

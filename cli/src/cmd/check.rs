@@ -113,6 +113,25 @@ fn run_check(img: &OpenedImage, repair: Option<Repair>) -> Result<CheckResult, F
                 63,
             ));
         }
+        Driver::Other(o) => {
+            if let Some(r) = o.check_repair() {
+                let (corruptions, corruptions_fixed, messages) =
+                    r.map_err(|e| Failure::new(format!("Check failed: {}", e.message())))?;
+                for m in &messages {
+                    eprintln!("{m}");
+                }
+                return Ok(CheckResult {
+                    corruptions,
+                    corruptions_fixed,
+                    messages,
+                    ..Default::default()
+                });
+            }
+            return Err(Failure::with_code(
+                "This image format does not support checks",
+                63,
+            ));
+        }
         _ => {
             return Err(Failure::with_code(
                 "This image format does not support checks",
