@@ -49,6 +49,8 @@ pub enum Format {
     Vpc,
     /// VirtualBox's VDI: dynamic and static disks.
     Vdi,
+    /// QEMU Enhanced Disk: two-level tables, backing files.
+    Qed,
 }
 
 impl Format {
