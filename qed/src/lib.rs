@@ -742,8 +742,11 @@ mod tests {
         let data: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8 + 1).collect();
         q.write_at(&data, (3 << 20) + 100).unwrap();
         assert!(q.is_dirty());
+        // On disk before the data: a crash from here on leaves an image qemu checks.
+        assert_eq!(std::fs::read(&p).unwrap()[16] & 2, 2);
         q.flush().unwrap();
         assert!(!q.is_dirty());
+        assert_eq!(std::fs::read(&p).unwrap()[16] & 2, 0);
         drop(q);
         let q = Qed::open_path(&p, true).unwrap();
         let mut b = vec![0u8; data.len() + 200];
