@@ -200,6 +200,7 @@ targets!(
     vmdk_open_read,
     vhd_open_rw,
     vdi_open_rw,
+    qed_open_rw,
     partition_table,
     lvm,
     detect,
