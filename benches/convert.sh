@@ -10,6 +10,7 @@
 #   benches/convert.sh            # uses target/release/vdisk (built if missing)
 #   RUNS=7 SIZE_GIB=8 WORK=/var/tmp/vb benches/convert.sh
 #   BUSY=1 ONLY='vpc|vdi' benches/convert.sh   # the VHD and VDI rows, one core kept busy
+#   ONLY=qed SIZE_GIB=1 benches/convert.sh      # the QED rows
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
@@ -66,6 +67,7 @@ fi
 [ -f src.vmdk ] || qemu-img convert -f raw -O vmdk src.raw src.vmdk
 [ -f src.vhd ] || qemu-img convert -f raw -O vpc src.raw src.vhd
 [ -f src.vdi ] || qemu-img convert -f raw -O vdi src.raw src.vdi
+[ -f src.qed ] || qemu-img convert -f raw -O qed src.raw src.qed
 [ -f src-stream.vmdk ] || qemu-img convert -f raw -O vmdk -o subformat=streamOptimized src.raw src-stream.vmdk
 if [ ! -f top.qcow2 ]; then
   qemu-img convert -f raw -O qcow2 src.raw base.qcow2
@@ -156,5 +158,7 @@ bench "raw -> vpc" src.raw raw vpc
 bench "qcow2 -> vpc fixed" src.qcow2 qcow2 vpc -o subformat=fixed
 bench "vdi -> qcow2" src.vdi vdi qcow2
 bench "raw -> vdi" src.raw raw vdi
+bench "qed -> qcow2" src.qed qed qcow2
+bench "raw -> qed" src.raw raw qed
 echo
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min)"

@@ -260,6 +260,12 @@ impl Qed {
         self.sync = sync;
     }
 
+    /// Whether unallocated clusters read from a backing file (one is named, opened or not:
+    /// zeros written there must be recorded).
+    fn has_backing(&self) -> bool {
+        self.backing.is_some() || self.backing_name.is_some()
+    }
+
     fn table_bytes(&self) -> u64 {
         self.nelems * 8
     }
@@ -272,14 +278,16 @@ impl Qed {
         if let Some(t) = self.state.read().map_err(|_| lock_err())?.l2.get(&l2) {
             return Ok(Some(t.clone()));
         }
-        // table_bytes <= MAX_CACHED_TABLE.
-        let mut raw = vec![0u8; self.table_bytes() as usize];
-        self.file.read_at(&mut raw, l2)?;
-        let t = Arc::new(le64_vec(&raw));
+        // Loaded under the write lock: a writer updates a table's entries on disk and in
+        // the cache under the same lock, so no stale copy can be cached after its update.
         let mut s = self.state.write().map_err(|_| lock_err())?;
         if let Some(t) = s.l2.get(&l2) {
             return Ok(Some(t.clone()));
         }
+        // table_bytes <= MAX_CACHED_TABLE.
+        let mut raw = vec![0u8; self.table_bytes() as usize];
+        self.file.read_at(&mut raw, l2)?;
+        let t = Arc::new(le64_vec(&raw));
         if s.l2_bytes + raw.len() > L2_CACHE_BYTES {
             s.l2.clear();
             s.l2_bytes = 0;
@@ -454,8 +462,8 @@ impl Qed {
                 s.l2.insert(at, Arc::new(t));
             }
         } else {
-            self.file.write_at(&raw, l2 + 8 * l2i)?;
             let mut s = self.state.write().map_err(|_| lock_err())?;
+            self.file.write_at(&raw, l2 + 8 * l2i)?;
             if let Some(t) = s.l2.get_mut(&l2) {
                 let t = Arc::make_mut(t);
                 t[l2i as usize..l2i as usize + entries.len()].copy_from_slice(entries);
@@ -536,12 +544,18 @@ impl BlockDevice for Qed {
                     self.file.write_at(b, h + in_c)?;
                 }
                 Cluster::Zero | Cluster::Unallocated
-                    if (c == Cluster::Zero || self.backing.is_none())
-                        && b.iter().all(|&x| x == 0) =>
+                    if (c == Cluster::Zero || !self.has_backing()) && b.iter().all(|&x| x == 0) =>
                 {
                     // Zeros where the image reads zeros change nothing.
                     self.append_clusters(batch_first, &batch)?;
                     batch.clear();
+                }
+                Cluster::Unallocated if n == cs && b.iter().all(|&x| x == 0) => {
+                    // A whole cluster of zeros over a backing file: a zero cluster.
+                    self.append_clusters(batch_first, &batch)?;
+                    batch.clear();
+                    self.mark_need_check()?;
+                    self.set_l2_entries(ci / self.nelems, ci % self.nelems, &[QED_CLUSTER_ZERO])?;
                 }
                 _ => {
                     if pending > 0 && batch_first + pending != ci {
