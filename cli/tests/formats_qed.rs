@@ -104,6 +104,11 @@ fn qemu_written_qed_reads_identically() {
         let mut b = read(&d.join("q.qed"));
         b[16] |= 2;
         std::fs::write(d.join("dirty.qed"), &b).unwrap();
+        // Written back before the two infos, so its allocated size (actual-size) is settled.
+        std::fs::File::open(d.join("dirty.qed"))
+            .unwrap()
+            .sync_all()
+            .unwrap();
         same_json(d, "dirty.qed", opts);
         let info = json(&vdisk_ok(
             d,
