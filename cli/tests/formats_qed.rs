@@ -492,7 +492,7 @@ fn hostile_qed_images_are_refused_with_one_line() {
         (
             "size.qed",
             48,
-            (u64::MAX & !511).to_le_bytes().to_vec(),
+            (!511u64).to_le_bytes().to_vec(),
             "QED image size is invalid",
         ),
         (

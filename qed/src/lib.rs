@@ -808,7 +808,7 @@ mod tests {
         assert!(patched(put32(8, 0)).contains("QED table size is invalid"));
         assert!(patched(put32(8, 1 << 31)).contains("QED table size is invalid"));
         assert!(patched(put32(8, 1)).contains("QED table offset is invalid"));
-        assert!(patched(put64(48, u64::MAX & !511)).contains("QED image size is invalid"));
+        assert!(patched(put64(48, !511)).contains("QED image size is invalid"));
         assert!(patched(put64(40, 1 << 40)).contains("QED table offset is invalid"));
         assert!(patched(put32(12, u32::MAX)).contains("QED table offset is invalid"));
         assert!(patched(|b| {
