@@ -770,6 +770,82 @@ mod tests {
         assert!(b[100 + data.len()..].iter().all(|&x| x == 0));
     }
 
+    #[test]
+    fn backing_copy_on_write_and_zero_clusters() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("ov.qed");
+        let o = CreateOptions {
+            size: 1 << 20,
+            cluster_size: 4096,
+            table_size: 2,
+            backing_file: Some("base.raw".into()),
+            backing_raw: true,
+        };
+        let mut q = create(&p, &o).unwrap();
+        let base: Vec<u8> = (0..1 << 20).map(|i| (i % 241) as u8 | 1).collect();
+        q.set_backing(Arc::new(vdisk_block::MemDevice::from_vec(base.clone())));
+        // Part of a cluster: the rest comes from the base. A whole cluster of zeros: a
+        // zero cluster, no data. Zeros inside a cluster: allocated, the rest from the base.
+        q.write_at(&[0xee; 100], 4096 + 10).unwrap();
+        q.write_at(&[0; 4096], 8192).unwrap();
+        q.write_at(&[0; 512], 16384).unwrap();
+        assert_eq!(
+            q.map(8192, 4096).unwrap().kind,
+            MapKind::Zero { host_offset: None }
+        );
+        assert_eq!(
+            q.map(12288, 4096).unwrap().kind,
+            MapKind::Unallocated { host_offset: None }
+        );
+        let mut want = base.clone();
+        want[4106..4206].fill(0xee);
+        want[8192..12288].fill(0);
+        want[16384..16896].fill(0);
+        let mut got = vec![0u8; 1 << 20];
+        q.read_at(&mut got, 0).unwrap();
+        assert!(got == want);
+        // Two data clusters, an L2 table, the zero cluster in the table: nothing more.
+        q.flush().unwrap();
+        assert_eq!(
+            q.file().file_length().unwrap(),
+            3 * 4096 + 2 * 4096 + 2 * 4096
+        );
+    }
+
+    #[test]
+    fn concurrent_readers_see_every_write() {
+        let t = tempfile::tempdir().unwrap();
+        let o = CreateOptions {
+            size: 8 << 20,
+            cluster_size: 4096,
+            table_size: 2,
+            ..Default::default()
+        };
+        let p = new(t.path(), &o);
+        let q = Arc::new(Qed::open_path(&p, false).unwrap());
+        std::thread::scope(|s| {
+            for w in 0..2u64 {
+                let q = q.clone();
+                s.spawn(move || {
+                    for i in 0..512u64 {
+                        let at = (i * 2 + w) * 4096;
+                        q.write_at(&[(i % 200) as u8 + 1; 4096], at).unwrap();
+                        let mut b = [0u8; 4096];
+                        q.read_at(&mut b, at).unwrap();
+                        assert_eq!(b[0], (i % 200) as u8 + 1, "write at {at} not seen");
+                    }
+                });
+            }
+            let q = q.clone();
+            s.spawn(move || {
+                let mut b = vec![0u8; 1 << 20];
+                for i in 0..64u64 {
+                    q.read_at(&mut b, (i % 4) << 20).unwrap();
+                }
+            });
+        });
+    }
+
     fn patched(f: impl Fn(&mut Vec<u8>)) -> String {
         let t = tempfile::tempdir().unwrap();
         let p = new(
