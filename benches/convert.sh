@@ -11,6 +11,7 @@
 #   RUNS=7 SIZE_GIB=8 WORK=/var/tmp/vb benches/convert.sh
 #   BUSY=1 ONLY='vpc|vdi' benches/convert.sh   # the VHD and VDI rows, one core kept busy
 #   ONLY=vhdx benches/convert.sh                # the VHDX rows
+#   ONLY=qed SIZE_GIB=1 benches/convert.sh      # the QED rows
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
@@ -68,6 +69,7 @@ fi
 [ -f src.vhd ] || qemu-img convert -f raw -O vpc src.raw src.vhd
 [ -f src.vdi ] || qemu-img convert -f raw -O vdi src.raw src.vdi
 [ -f src.vhdx ] || qemu-img convert -f raw -O vhdx src.raw src.vhdx
+[ -f src.qed ] || qemu-img convert -f raw -O qed src.raw src.qed
 [ -f src-stream.vmdk ] || qemu-img convert -f raw -O vmdk -o subformat=streamOptimized src.raw src-stream.vmdk
 if [ ! -f top.qcow2 ]; then
   qemu-img convert -f raw -O qcow2 src.raw base.qcow2
@@ -160,5 +162,7 @@ bench "vdi -> qcow2" src.vdi vdi qcow2
 bench "raw -> vdi" src.raw raw vdi
 bench "qcow2 -> vhdx" src.qcow2 qcow2 vhdx
 bench "vhdx -> qcow2" src.vhdx vhdx qcow2
+bench "qed -> qcow2" src.qed qed qcow2
+bench "raw -> qed" src.raw raw qed
 echo
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min)"

@@ -241,4 +241,12 @@ mkdir -p "$corpus"/vhdx_open_rw
 cp "$here"/regressions/vhdx_open_rw/* "$corpus"/vhdx_open_rw/
 printf '\000' > "$corpus"/vhdx_open_rw/unpatched
 printf '\001' > "$corpus"/vhdx_open_rw/unpatched-no-reseal
+# --- QED: small clusters so a few tables fit the seed limit; one with data and a zero
+# cluster, one over a raw backing file.
+mkdir -p "$corpus"/qed_open_rw
+q convert -f raw -O qed -o cluster_size=4k,table_size=2 vsrc.raw qed-data.qed
+qemu-io -f qed -c 'write -z 128K 8K' qed-data.qed >/dev/null
+q create -f qed -o cluster_size=4k,table_size=2 -b vsrc.raw -F raw qed-backing.qed
+put qed-data.qed qed_open_rw
+put qed-backing.qed qed_open_rw
 echo "seeds: $(find "$corpus" -type f | wc -l) files in $corpus"

@@ -51,6 +51,8 @@ pub enum Format {
     Vdi,
     /// Hyper-V's VHDX: fixed, dynamic and differencing disks.
     Vhdx,
+    /// QEMU Enhanced Disk: two-level tables, backing files.
+    Qed,
 }
 
 impl Format {
@@ -572,6 +574,15 @@ mod tests {
         assert_eq!("qcow2".parse::<Format>().unwrap(), Format::Qcow2);
         assert_eq!("vmdk".parse::<Format>().unwrap(), Format::Vmdk);
         assert_eq!(Format::probe(b"KDMV\x01\0\0\0"), Format::Vmdk);
+        let mut qed = [0u8; 64];
+        qed[..4].copy_from_slice(b"QED\0");
+        assert_eq!(Format::probe(&qed), Format::Qed);
+        assert_eq!(
+            Format::probe(b"QED\0"),
+            Format::Raw,
+            "shorter than a header"
+        );
+        assert_eq!("qed".parse::<Format>().unwrap(), Format::Qed);
         assert_eq!(
             Format::probe(b"# Disk DescriptorFile\nversion=1\n"),
             Format::Vmdk

@@ -200,6 +200,7 @@ pub static FORMATS: &[FormatEntry] = &[
     crate::formats::vpc::ENTRY,
     crate::formats::vdi::ENTRY,
     crate::formats::vhdx::ENTRY,
+    crate::formats::qed::ENTRY,
 ];
 
 /// The entry of `format`.

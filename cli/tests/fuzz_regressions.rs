@@ -201,6 +201,7 @@ targets!(
     vhd_open_rw,
     vdi_open_rw,
     vhdx_open_rw,
+    qed_open_rw,
     partition_table,
     lvm,
     detect,

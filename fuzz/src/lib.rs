@@ -259,7 +259,7 @@ pub fn vmdk_open_read(data: &[u8]) {
     let _ = std::fs::remove_file(path);
 }
 
-/// VHD (vpc) and VDI: the bytes opened with `-f vpc` / `-f vdi` (footer and dynamic header,
+/// VHD (vpc), VDI and QED: the bytes opened with `-f vpc` / `-f vdi` (footer and dynamic header,
 /// BAT, bitmaps, parent locators; VDI header and block map), mapped and read; then opened
 /// read-write, a block written where the knobs say and read back.
 fn block_image_open_rw(data: &[u8], format: Format) {
@@ -434,6 +434,12 @@ pub fn vhdx_open_rw(data: &[u8]) {
         vhdx_reseal(&mut img, 1 << 20, (entry as usize).min(1 << 20));
     }
     block_image_open_rw(&img, Format::Vhdx);
+}
+
+/// QED: header, L1 and L2 tables, opened with -f qed, mapped and read, then written (a
+/// cluster allocated at the end of the file, an L2 table if needed) and read back.
+pub fn qed_open_rw(data: &[u8]) {
+    block_image_open_rw(data, Format::Qed);
 }
 
 /// MBR (with extended/logical chains) and GPT: read the table, then open every partition and
@@ -1039,6 +1045,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("vhd_open_rw", vhd_open_rw),
     ("vdi_open_rw", vdi_open_rw),
     ("vhdx_open_rw", vhdx_open_rw),
+    ("qed_open_rw", qed_open_rw),
     ("partition_table", partition_table),
     ("lvm", lvm),
     ("detect", detect_fs),
