@@ -311,8 +311,9 @@ impl Qcow2 {
                     if e != 0 || bm & 0xffff_ffff != 0 {
                         continue;
                     }
-                    let bm = if g.extended { 0xffff_ffff } else { 0 };
-                    self.set_l2_entry(&mut m, l2, idx, (host + i * cs) | OFLAG_COPIED, bm)?;
+                    // As qemu's preallocation: with extended L2 entries the subclusters stay
+                    // unallocated (the guest reads zeros, or the backing file through them).
+                    self.set_l2_entry(&mut m, l2, idx, (host + i * cs) | OFLAG_COPIED, 0)?;
                     used += 1;
                 }
                 if used < n && !g.external_data {

@@ -1,5 +1,6 @@
 //! `vdisk check`: qemu-img check's report, repairs and exit codes.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::ValueEnum;
@@ -62,12 +63,20 @@ pub fn run(a: CheckArgs) -> CmdResult {
     });
     let mut res = run_check(&img, repair)?;
     let name = a.filename.display().to_string();
+    // qemu-img's stdout is fully buffered into a pipe, so what the second check writes to
+    // stderr comes before the whole report; on a terminal the lines come as they are made.
+    let mut report = String::new();
+    let deferred = !std::io::stdout().is_terminal();
     if res.leaks_fixed > 0 || res.corruptions_fixed > 0 {
         if a.output == OutputFormat::Human && !a.quiet {
-            print!(
+            report.push_str(&format!(
                 "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...\n",
                 res.leaks_fixed, res.corruptions_fixed
-            );
+            ));
+            if !deferred {
+                print!("{report}");
+                report.clear();
+            }
         }
         let (lf, cf) = (res.leaks_fixed, res.corruptions_fixed);
         drop(img);
@@ -78,12 +87,14 @@ pub fn run(a: CheckArgs) -> CmdResult {
     }
     if !a.quiet {
         match a.output {
-            OutputFormat::Human => print!("{}", human(&res)),
+            OutputFormat::Human => report.push_str(&human(&res)),
             OutputFormat::Json => {
-                println!("{}", qapi::to_json(&json_report(&res, &name, format_name)))
+                report.push_str(&qapi::to_json(&json_report(&res, &name, format_name)));
+                report.push('\n');
             }
         }
     }
+    print!("{report}");
     if res.check_errors > 0 {
         return Err(Failure::new("Check failed"));
     }

@@ -25,6 +25,9 @@ pub struct RebaseArgs {
     /// Quiet: print nothing on success.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
+    /// Write the clusters copied into the overlay compressed.
+    #[arg(short = 'c', long = "compress")]
+    pub compress: bool,
     /// Open the backing files without taking their locks.
     #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
@@ -55,6 +58,7 @@ pub fn run(a: RebaseArgs) -> CmdResult {
         backing_format: a.backing_format.as_deref().map(parse_format).transpose()?,
         unsafe_mode: a.unsafe_mode,
         force_share: a.force_share,
+        compress: a.compress,
     };
     let img = open_overlay(&a.filename, &opts)?;
     warn_probed(&img, true);
