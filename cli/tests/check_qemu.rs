@@ -143,3 +143,58 @@ fn raw_images_do_not_support_checks() {
         "vdisk: This image format does not support checks\n"
     );
 }
+
+/// An active L1 table, or a snapshot's, whose offset lies past the end of the file: qemu opens
+/// the image (the table reads as zeros), counts the corruption and the clusters it leaves
+/// unreferenced, exits 2, and `-r` repairs what can be repaired. vdisk must say the same, exit
+/// the same, and leave an image that qemu-img check judges as it judges qemu's own repair.
+#[test]
+fn l1_tables_past_the_end_match_qemu_img() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tool_ok(
+        d,
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "base.qcow2", "64M"],
+    );
+    tool_ok(d, "qemu-io", &["-c", "write -P 1 0 128k", "base.qcow2"]);
+    tool_ok(d, "qemu-img", &["snapshot", "-c", "s1", "base.qcow2"]);
+    tool_ok(d, "qemu-io", &["-c", "write -P 2 0 64k", "base.qcow2"]);
+    let base = std::fs::read(d.join("base.qcow2")).unwrap();
+    let past_end = (base.len() as u64).next_multiple_of(1 << 16) + (16 << 20);
+    let snapshots = be64(&base, 64);
+    let modes: [&[&str]; 4] = [&[], &["--output=json"], &["-r", "leaks"], &["-r", "all"]];
+    for (kind, at) in [("active L1", 40), ("snapshot L1", snapshots)] {
+        for mode in modes {
+            let mut b = base.clone();
+            b[at as usize..at as usize + 8].copy_from_slice(&past_end.to_be_bytes());
+            std::fs::write(d.join("ours.qcow2"), &b).unwrap();
+            std::fs::write(d.join("theirs.qcow2"), &b).unwrap();
+            let mut a = vec!["check", "-f", "qcow2"];
+            a.extend_from_slice(mode);
+            let ours = vdisk(d, &[a.clone(), vec!["ours.qcow2"]].concat());
+            let theirs = tool(d, "qemu-img", &[a, vec!["theirs.qcow2"]].concat());
+            let what = format!("{kind} {mode:?}");
+            let text = |v: &[u8]| {
+                String::from_utf8_lossy(v)
+                    .replace("theirs.qcow2", "ours.qcow2")
+                    .replace("qemu-img: ", "vdisk: ")
+            };
+            assert_eq!(text(&ours.stdout), text(&theirs.stdout), "{what}: stdout");
+            assert_eq!(text(&ours.stderr), text(&theirs.stderr), "{what}: stderr");
+            assert_eq!(theirs.status.code(), Some(2), "{what}: qemu's exit code");
+            assert_eq!(ours.status.code(), Some(2), "{what}: exit code");
+            if mode.first() == Some(&"-r") {
+                let after = |f: &str| {
+                    let o = tool(d, "qemu-img", &["check", f]);
+                    (o.status.code(), text(&o.stdout).replace(f, "IMG"))
+                };
+                assert_eq!(
+                    after("ours.qcow2"),
+                    after("theirs.qcow2"),
+                    "{what}: qemu-img check after the repair"
+                );
+            }
+        }
+    }
+}

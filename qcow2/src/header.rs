@@ -162,6 +162,12 @@ impl Header {
     /// feature name table, which is read after the header. Call
     /// [`check_incompatible_features`](Header::check_incompatible_features) next.
     pub fn parse(buf: &[u8], file_size: u64) -> Result<Header> {
+        Header::parse_with(buf, file_size, false)
+    }
+
+    /// As [`Header::parse`]; with `l1_past_eof` the active L1 table may lie past the end of
+    /// the file (it must still be aligned), as `check` accepts it.
+    pub fn parse_with(buf: &[u8], file_size: u64, l1_past_eof: bool) -> Result<Header> {
         if buf.len() < 8 || buf[..4] != MAGIC {
             return Err(Error::corrupt("image is not in qcow2 format (bad magic)"));
         }
@@ -333,7 +339,7 @@ impl Header {
                 l1_table_offset,
                 l1_bytes,
                 cluster_size,
-                file_size,
+                if l1_past_eof { u64::MAX } else { file_size },
                 "L1 table",
             )?;
         }

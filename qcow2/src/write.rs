@@ -37,7 +37,17 @@ impl Qcow2 {
     /// persistent bitmaps. A dirty image (lazy refcounts, not closed cleanly) first has its
     /// refcounts rebuilt from its tables, as qemu does on a read-write open.
     pub fn open_rw<F: ImageFile + 'static>(file: Arc<F>) -> Result<Qcow2> {
-        let mut q = Qcow2::open(file.clone() as Arc<dyn BlockDevice>)?;
+        Qcow2::open_rw_with(file, false)
+    }
+
+    /// As [`Qcow2::open_rw`], accepting L1 tables past the end of the file as
+    /// [`Qcow2::open_for_check`] does: for `check -r`.
+    pub fn open_rw_for_check<F: ImageFile + 'static>(file: Arc<F>) -> Result<Qcow2> {
+        Qcow2::open_rw_with(file, true)
+    }
+
+    fn open_rw_with<F: ImageFile + 'static>(file: Arc<F>, tables_past_eof: bool) -> Result<Qcow2> {
+        let mut q = Qcow2::open_with(file.clone() as Arc<dyn BlockDevice>, tables_past_eof)?;
         let h = &q.header;
         if h.incompatible_features & incompatible::DIRTY != 0
             && h.incompatible_features & incompatible::CORRUPT == 0
@@ -45,7 +55,7 @@ impl Qcow2 {
         {
             crate::check::rebuild_refcounts(&q, &*file)?;
             // The repair rewrote refcounts and cleared the dirty bit on disk: start afresh.
-            q = Qcow2::open(file.clone() as Arc<dyn BlockDevice>)?;
+            q = Qcow2::open_with(file.clone() as Arc<dyn BlockDevice>, tables_past_eof)?;
         }
         q.enable_writes(file)?;
         Ok(q)

@@ -7,7 +7,7 @@ use clap::ValueEnum;
 use serde_json::{json, Map, Value};
 
 use crate::args::OutputFormat;
-use crate::cmd::{open_image, parse_format};
+use crate::cmd::parse_format;
 use crate::{CmdResult, Failure};
 use vdisk::{qapi, BackingPolicy, Driver, OpenOptions, OpenedImage};
 use vdisk_qcow2::check::{check, CheckResult, Repair};
@@ -55,7 +55,7 @@ pub fn run(a: CheckArgs) -> CmdResult {
         backing: BackingPolicy::Ignore,
         snapshot: None,
     };
-    let img = open_image(&a.filename, &opts)?;
+    let img = open_checked(&a.filename, &opts)?;
     let format_name = img.format.name();
     let repair = a.repair.map(|r| match r {
         RepairArg::Leaks => Repair::Leaks,
@@ -80,7 +80,7 @@ pub fn run(a: CheckArgs) -> CmdResult {
         }
         let (lf, cf) = (res.leaks_fixed, res.corruptions_fixed);
         drop(img);
-        let img = open_image(&a.filename, &opts)?;
+        let img = open_checked(&a.filename, &opts)?;
         res = run_check(&img, None)?;
         res.leaks_fixed = lf;
         res.corruptions_fixed = cf;
@@ -99,6 +99,14 @@ pub fn run(a: CheckArgs) -> CmdResult {
         return Err(Failure::new("Check failed"));
     }
     Ok(res.exit_code())
+}
+
+/// Opens the image to check: as any command would, but a qcow2 L1 table past the end of the
+/// file is a corruption to count, not a reason to refuse.
+fn open_checked(path: &std::path::Path, opts: &OpenOptions) -> Result<OpenedImage, Failure> {
+    let img = vdisk::open_for_check(path, opts)?;
+    crate::cmd::warn_probed(&img, !opts.read_only);
+    Ok(img)
 }
 
 /// Runs the check on an opened image, printing qemu's stderr lines as it would.
