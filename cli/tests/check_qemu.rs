@@ -198,3 +198,34 @@ fn l1_tables_past_the_end_match_qemu_img() {
         }
     }
 }
+
+/// Run as `qemu-img` with stdout and stderr into one pipe (as the iotests read them), a repair
+/// shows what qemu's shows in the same order: qemu's stdout is fully buffered there, so the
+/// second check's stderr lines come before the whole report (iotest 271).
+#[test]
+fn repair_report_order_in_one_pipe_as_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vdisk"), d.join("qemu-img")).unwrap();
+    tool_ok(
+        d,
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "base.qcow2", "64M"],
+    );
+    tool_ok(d, "qemu-io", &["-c", "write -P 1 0 1M", "base.qcow2"]);
+    for kind in ["unaligned", "leak", "copied"] {
+        let mut outs = Vec::new();
+        for (prog, img) in [("./qemu-img", "ours.qcow2"), ("qemu-img", "theirs.qcow2")] {
+            std::fs::copy(d.join("base.qcow2"), d.join(img)).unwrap();
+            damage(&d.join(img), kind);
+            let o = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("{prog} check -r all {img} 2>&1; echo status $?"))
+                .current_dir(d)
+                .output()
+                .unwrap();
+            outs.push(String::from_utf8_lossy(&o.stdout).replace(img, "IMG"));
+        }
+        common::assert_same_lines(&outs[0], &outs[1], kind);
+    }
+}
