@@ -396,10 +396,15 @@ fn open_at_depth(
             let mut q = match (read_only, for_check) {
                 (true, false) => Qcow2::open(file.clone()),
                 (false, false) => Qcow2::open_rw(file.clone()),
-                (true, true) => Qcow2::open_for_check(file.clone()),
-                (false, true) => Qcow2::open_rw_for_check(file.clone()),
+                // A check repairs through the file itself, and must see a dirty image as it
+                // is (a read-write open would rebuild its refcounts first).
+                (_, true) => Qcow2::open_for_check(file.clone()),
             }
             .map_err(|e| e.with_path(path))?;
+            if for_check && !read_only {
+                q.clear_unknown_autoclear(&*file)
+                    .map_err(|e| e.with_path(path))?;
+            }
             if let Some(name) = q.data_file_name().map(str::to_owned) {
                 if opts.backing == BackingPolicy::Refuse {
                     return Err(Error::invalid(format!(

@@ -404,15 +404,18 @@ impl Header {
         if unknown == 0 {
             return Ok(());
         }
+        // qemu's wording: the names in table order, then what is left as one hex mask.
         let mut parts = Vec::new();
-        for bit in 0..64u8 {
-            if unknown & (1u64 << bit) == 0 {
-                continue;
+        let mut left = unknown;
+        for (bit, name) in names {
+            let m = 1u64.checked_shl(u32::from(*bit)).unwrap_or(0);
+            if left & m != 0 {
+                parts.push(name.clone());
+                left &= !m;
             }
-            match names.iter().find(|(b, _)| *b == bit) {
-                Some((_, name)) => parts.push(name.clone()),
-                None => parts.push(format!("unknown incompatible feature bit {bit}")),
-            }
+        }
+        if left != 0 {
+            parts.push(format!("Unknown incompatible feature: {left:x}"));
         }
         Err(Error::unsupported(format!(
             "Unsupported qcow2 feature(s): {}",

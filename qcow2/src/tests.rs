@@ -154,7 +154,7 @@ fn unknown_incompatible_bit_is_named() {
     put64(&mut img, 72, (1 << 5) | (1 << 40));
     assert_eq!(
         message(img),
-        "Unsupported qcow2 feature(s): teleportation, unknown incompatible feature bit 40"
+        "Unsupported qcow2 feature(s): teleportation, Unknown incompatible feature: 10000000000"
     );
 }
 

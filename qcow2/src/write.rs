@@ -37,17 +37,7 @@ impl Qcow2 {
     /// persistent bitmaps. A dirty image (lazy refcounts, not closed cleanly) first has its
     /// refcounts rebuilt from its tables, as qemu does on a read-write open.
     pub fn open_rw<F: ImageFile + 'static>(file: Arc<F>) -> Result<Qcow2> {
-        Qcow2::open_rw_with(file, false)
-    }
-
-    /// As [`Qcow2::open_rw`], accepting L1 tables past the end of the file as
-    /// [`Qcow2::open_for_check`] does: for `check -r`.
-    pub fn open_rw_for_check<F: ImageFile + 'static>(file: Arc<F>) -> Result<Qcow2> {
-        Qcow2::open_rw_with(file, true)
-    }
-
-    fn open_rw_with<F: ImageFile + 'static>(file: Arc<F>, tables_past_eof: bool) -> Result<Qcow2> {
-        let mut q = Qcow2::open_with(file.clone() as Arc<dyn BlockDevice>, tables_past_eof)?;
+        let mut q = Qcow2::open(file.clone() as Arc<dyn BlockDevice>)?;
         let h = &q.header;
         if h.incompatible_features & incompatible::DIRTY != 0
             && h.incompatible_features & incompatible::CORRUPT == 0
@@ -55,10 +45,27 @@ impl Qcow2 {
         {
             crate::check::rebuild_refcounts(&q, &*file)?;
             // The repair rewrote refcounts and cleared the dirty bit on disk: start afresh.
-            q = Qcow2::open_with(file.clone() as Arc<dyn BlockDevice>, tables_past_eof)?;
+            q = Qcow2::open(file.clone() as Arc<dyn BlockDevice>)?;
         }
         q.enable_writes(file)?;
         Ok(q)
+    }
+
+    /// Clears the auto-clear feature bits this implementation does not know, in the header in
+    /// `file` and in memory, as qemu does whenever it opens an image for writing ("may only
+    /// write to an image with unknown auto-clear features if it clears the respective bits
+    /// from this field first"). For `check -r`, which repairs through the file; the bitmaps
+    /// bit stays (the check itself judges the bitmaps).
+    pub fn clear_unknown_autoclear(&mut self, file: &dyn ImageFile) -> Result<()> {
+        let unknown = self.header.autoclear_features & !autoclear::DATA_FILE_RAW;
+        if self.header.version < 3 || unknown & !autoclear::BITMAPS == 0 {
+            return Ok(());
+        }
+        let keep = self.header.autoclear_features & !(unknown & !autoclear::BITMAPS);
+        file.write_at(&keep.to_be_bytes(), 88)?;
+        file.flush()?;
+        self.header.autoclear_features = keep;
+        Ok(())
     }
 
     /// Turns an image opened with [`Qcow2::open`] on `file` into a read-write one.

@@ -104,7 +104,7 @@ pub fn run(a: CheckArgs) -> CmdResult {
 /// Opens the image to check: as any command would, but a qcow2 L1 table past the end of the
 /// file is a corruption to count, not a reason to refuse.
 fn open_checked(path: &std::path::Path, opts: &OpenOptions) -> Result<OpenedImage, Failure> {
-    let img = vdisk::open_for_check(path, opts)?;
+    let img = vdisk::open_for_check(path, opts).map_err(|e| crate::cmd::open_failure(path, e))?;
     crate::cmd::warn_probed(&img, !opts.read_only);
     Ok(img)
 }
