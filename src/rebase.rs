@@ -61,6 +61,11 @@ pub fn open_overlay(path: &Path, opts: &RebaseOptions) -> Result<OpenedImage> {
             snapshot: None,
         },
     )?;
+    if opts.compress && !matches!(img.driver, Driver::Qcow2(_)) {
+        return Err(Error::unsupported(
+            "Compression not supported for this file format",
+        ));
+    }
     if !matches!(img.driver, Driver::Qcow2(_)) {
         return Err(Error::unsupported(format!(
             "Could not change the backing file to '{}': Operation not supported",

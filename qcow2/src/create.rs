@@ -87,16 +87,16 @@ impl CreateOptions {
         }
         if self.version == 2 {
             if self.refcount_bits != 16 {
-                return Err(Error::invalid("Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)"));
+                return Err(Error::invalid("Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)"));
             }
             if self.lazy_refcounts {
-                return Err(Error::invalid("Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+                return Err(Error::invalid("Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
             }
             if self.extended_l2 {
-                return Err(Error::invalid("Extended L2 entries are only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+                return Err(Error::invalid("Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
             }
             if self.compression_type != CompressionType::Zlib {
-                return Err(Error::invalid("Non-zlib compression type is only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+                return Err(Error::invalid("Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
             }
             if self.data_file.is_some() {
                 return Err(Error::invalid(

@@ -60,7 +60,14 @@ pub fn run(a: RebaseArgs) -> CmdResult {
         force_share: a.force_share,
         compress: a.compress,
     };
-    let img = open_overlay(&a.filename, &opts)?;
+    let img = open_overlay(&a.filename, &opts).map_err(|e| {
+        // qemu's line names no image: the message names the backing file it would record.
+        if crate::as_qemu_img() && e.message().starts_with("Could not change the backing file") {
+            Failure::new(e.message())
+        } else {
+            e.into()
+        }
+    })?;
     warn_probed(&img, true);
     let mut bar = Progress::new(a.progress && !a.quiet, img.image().size());
     rebase(img, &opts, &mut |d, t| bar.update(d, t))?;
