@@ -272,3 +272,43 @@ fn create_options_as_qemu() {
         assert_eq!(ours.status.code(), theirs.status.code(), "{opts}");
     }
 }
+
+/// A new qcow2 file ends where qemu's does, inside the L1 table's cluster (iotest 243 reads the
+/// file size), and stays writable and clean; raw resize refuses preallocation when shrinking
+/// in qemu's words (106).
+#[test]
+fn create_file_size_and_raw_shrink_as_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for size in ["64M", "1G", "1M"] {
+        vdisk_ok(d, &["create", "-q", "-f", "qcow2", "ours.qcow2", size]);
+        tool_ok(
+            d,
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", "theirs.qcow2", size],
+        );
+        let len = |f: &str| std::fs::metadata(d.join(f)).unwrap().len();
+        assert_eq!(len("ours.qcow2"), len("theirs.qcow2"), "{size}");
+        tool_ok(d, "qemu-io", &["-c", "write -P 5 0 192k", "ours.qcow2"]);
+        tool_ok(d, "qemu-img", &["check", "ours.qcow2"]);
+        tool_ok(d, "qemu-io", &["-c", "read -P 5 0 192k", "ours.qcow2"]);
+    }
+    tool_ok(d, "qemu-img", &["create", "-q", "-f", "raw", "r.raw", "1M"]);
+    let args = [
+        "resize",
+        "-f",
+        "raw",
+        "--shrink",
+        "--preallocation=falloc",
+        "r.raw",
+        "-64K",
+    ];
+    let ours = vdisk(d, &args);
+    let theirs = common::tool(d, "qemu-img", &args);
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stderr).replace("vdisk: ", "qemu-img: "),
+        String::from_utf8_lossy(&theirs.stderr)
+    );
+    assert_eq!(ours.status.code(), theirs.status.code());
+    assert_eq!(std::fs::metadata(d.join("r.raw")).unwrap().len(), 1 << 20);
+}

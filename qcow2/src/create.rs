@@ -274,6 +274,14 @@ impl Qcow2 {
         }
         if opts.preallocation != Preallocation::Off && opts.data_file.is_none() {
             q.preallocate(opts.preallocation)?;
+        } else if q.header.l1_size > 0 {
+            // qemu's file ends where its last write ends, inside the L1 table's cluster when
+            // that comes last; the rest of the cluster reads as zeros all the same.
+            let end = q.header.l1_table_offset + u64::from(q.header.l1_size) * 8;
+            let file = Arc::clone(&q.rw()?.file);
+            if file.size() == end.next_multiple_of(cs) && end % cs != 0 {
+                file.resize(end, Preallocation::Off)?;
+            }
         }
         Ok(q)
     }
