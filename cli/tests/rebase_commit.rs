@@ -633,7 +633,9 @@ fn subcluster_chain(dir: &Path, size: &str, mid_writes: &[&str], base_writes: &[
 #[test]
 fn rebase_copies_subclusters_and_compresses_as_qemu() {
     let root = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[&str], &[&str], &[&str]); 2] = [
+    // (size, writes into the middle, writes into the base, extra rebase flags)
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+    let cases: [Case; 2] = [
         (
             "1M",
             &["write -P 0x11 32k 32k", "write -P 0x22 960k 32k"],
