@@ -312,3 +312,31 @@ fn create_file_size_and_raw_shrink_as_qemu() {
     assert_eq!(ours.status.code(), theirs.status.code());
     assert_eq!(std::fs::metadata(d.join("r.raw")).unwrap().len(), 1 << 20);
 }
+
+/// A qcow2 image too large for any L1 table is refused in qemu's words, at create and (as
+/// `qemu-img`) at open (iotest 054).
+#[test]
+fn too_large_qcow2_as_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vdisk"), d.join("qemu-img")).unwrap();
+    let run = |prog: &str, args: &[&str]| {
+        let o = common::tool(d, prog, args);
+        (
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+            o.status.code(),
+        )
+    };
+    let create = ["create", "-q", "-f", "qcow2", "big.qcow2", "1E"];
+    assert_eq!(run("./qemu-img", &create), run("qemu-img", &create));
+    tool_ok(
+        d,
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "big.qcow2", "4G"],
+    );
+    let mut b = std::fs::read(d.join("big.qcow2")).unwrap();
+    b[24..32].copy_from_slice(&(1u64 << 60).to_be_bytes());
+    std::fs::write(d.join("big.qcow2"), &b).unwrap();
+    let info = ["info", "big.qcow2"];
+    assert_eq!(run("./qemu-img", &info), run("qemu-img", &info));
+}

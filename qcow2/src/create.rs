@@ -133,6 +133,12 @@ impl CreateOptions {
                 return Err(Error::invalid("Backing file name too long"));
             }
         }
+        let l2b = l2_bits(cs.trailing_zeros(), self.extended_l2);
+        if l1_entries_for(self.size, cs.trailing_zeros(), l2b) * 8 > crate::header::MAX_L1_BYTES {
+            return Err(Error::invalid(
+                "The image size is too large for file format 'qcow2' (try using a larger cluster size)",
+            ));
+        }
         if self.size % 512 != 0 {
             return Err(Error::invalid("Image size must be a multiple of 512 bytes"));
         }

@@ -331,7 +331,12 @@ impl Header {
         if needed > u64::from(l1_size) {
             return Err(Error::corrupt_at(
                 36,
-                format!("L1 table of {l1_size} entries is too small for a virtual size of {size} bytes (needs {needed})"),
+                // qemu's words: past what any L1 table can map, or too small a table.
+                if needed > i32::MAX as u64 {
+                    "Image is too big".to_string()
+                } else {
+                    "L1 table is too small".to_string()
+                },
             ));
         }
         if l1_size > 0 {

@@ -95,6 +95,10 @@ pub fn open_failure(path: &Path, e: vdisk::block::Error) -> Failure {
                 "Could not open '{name}': Could not open '{name}': {text}"
             ))
         }
+        // qemu names no offset.
+        vdisk::block::Error::Corrupt { what, .. } => {
+            Failure::new(format!("Could not open '{name}': {what}"))
+        }
         _ => Failure::new(format!("Could not open '{name}': {}", e.message())),
     }
 }
