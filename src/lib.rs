@@ -31,7 +31,10 @@ pub mod options;
 pub mod protocol;
 pub mod qapi;
 
-pub use open::{open, BackingPolicy, Driver, Format, OpenOptions, OpenedImage, MAX_BACKING_DEPTH};
+pub use open::{
+    open, open_for_check, BackingPolicy, Driver, Format, OpenOptions, OpenedImage,
+    MAX_BACKING_DEPTH,
+};
 pub use vdisk_block as block;
 pub mod commit;
 pub mod compare;

@@ -325,7 +325,15 @@ impl vdisk_block::Resize for Named {
 /// Opens the image at `path` with `opts`, following its backing chain as the policy allows.
 pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<OpenedImage> {
     let mut seen = Vec::new();
-    open_at_depth(path.as_ref(), opts, opts.format, &mut seen)
+    open_at_depth(path.as_ref(), opts, opts.format, &mut seen, false)
+}
+
+/// As [`open`], for `check`: a qcow2 image whose active or snapshot L1 table lies past the end
+/// of the file opens (the missing part reads as zeros), as qemu opens it, so that the check
+/// can count the corruption rather than refuse the image. Backing files open as usual.
+pub fn open_for_check(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<OpenedImage> {
+    let mut seen = Vec::new();
+    open_at_depth(path.as_ref(), opts, opts.format, &mut seen, true)
 }
 
 fn open_at_depth(
@@ -333,6 +341,7 @@ fn open_at_depth(
     opts: &OpenOptions,
     format: Option<Format>,
     seen: &mut Vec<(u64, u64)>,
+    for_check: bool,
 ) -> Result<OpenedImage> {
     let read_only = opts.read_only || opts.snapshot.is_some() || !seen.is_empty();
     let raw_opts = vdisk_raw::OpenOptions {
@@ -389,12 +398,18 @@ fn open_at_depth(
         Format::Qcow2 => {
             // The image itself may be written; backing files never are (read_only is
             // forced below the top of the chain).
-            let mut q = if read_only {
-                Qcow2::open(file.clone())
-            } else {
-                Qcow2::open_rw(file.clone())
+            let mut q = match (read_only, for_check) {
+                (true, false) => Qcow2::open(file.clone()),
+                (false, false) => Qcow2::open_rw(file.clone()),
+                // A check repairs through the file itself, and must see a dirty image as it
+                // is (a read-write open would rebuild its refcounts first).
+                (_, true) => Qcow2::open_for_check(file.clone()),
             }
             .map_err(|e| e.with_path(path))?;
+            if for_check && !read_only {
+                q.clear_unknown_autoclear(&*file)
+                    .map_err(|e| e.with_path(path))?;
+            }
             if let Some(name) = q.data_file_name().map(str::to_owned) {
                 if opts.backing == BackingPolicy::Refuse {
                     return Err(Error::invalid(format!(
@@ -538,7 +553,9 @@ fn open_backing(
     };
     let mut bopts = opts.clone();
     bopts.snapshot = None;
-    Ok(Some(Box::new(open_at_depth(&bpath, &bopts, bfmt, seen)?)))
+    Ok(Some(Box::new(open_at_depth(
+        &bpath, &bopts, bfmt, seen, false,
+    )?)))
 }
 
 /// Where qemu looks for a backing file: an absolute name as is, a relative name next to the

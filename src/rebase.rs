@@ -39,6 +39,9 @@ pub struct RebaseOptions {
     pub unsafe_mode: bool,
     /// `-U`: open the backing files without taking their locks.
     pub force_share: bool,
+    /// `-c`: write the clusters copied into the overlay compressed (whole clusters, as qemu
+    /// does even where only one subcluster differs).
+    pub compress: bool,
 }
 
 /// Opens the overlay as a rebase of it needs: read-write, with its old chain unless `-u`.
@@ -58,6 +61,11 @@ pub fn open_overlay(path: &Path, opts: &RebaseOptions) -> Result<OpenedImage> {
             snapshot: None,
         },
     )?;
+    if opts.compress && !matches!(img.driver, Driver::Qcow2(_)) {
+        return Err(Error::unsupported(
+            "Compression not supported for this file format",
+        ));
+    }
     if !matches!(img.driver, Driver::Qcow2(_)) {
         return Err(Error::unsupported(format!(
             "Could not change the backing file to '{}': Operation not supported",
@@ -102,7 +110,7 @@ pub fn rebase(
         let Driver::Qcow2(q) = &img.driver else {
             unreachable!("open_overlay refuses other formats");
         };
-        copy_differences(&img, q, new_backing.as_ref(), progress)?;
+        copy_differences(&img, q, new_backing.as_ref(), opts.compress, progress)?;
         img.image().flush()?;
     }
     let file = img.file.clone();
@@ -121,22 +129,33 @@ pub fn rebase(
     .map_err(|e| e.with_path(&path))
 }
 
-/// Writes into the overlay every cluster of its unallocated ranges whose content through the
-/// old chain differs from the new backing's (zeros past either backing's end, or for no new
-/// backing at all).
+/// Writes into the overlay every cluster (subcluster, with extended L2 entries) of its
+/// unallocated ranges whose content through the old chain differs from the new backing's
+/// (zeros past either backing's end, or for no new backing at all).
 fn copy_differences(
     img: &OpenedImage,
     q: &Qcow2,
     new: Option<&OpenedImage>,
+    compress: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
     let top = img.image();
     let size = top.size();
-    let cs = q.header().cluster_size();
+    let header = q.header();
+    let cs = header.cluster_size();
+    // qemu compares and copies in subclusters, so a rebase allocates no more than differs;
+    // compressed clusters are written whole.
+    let grain = if header.extended_l2() && !compress {
+        cs / 32
+    } else {
+        cs
+    };
     let mut bufs = Buffers {
         old: vec![0u8; CHUNK as usize],
         new: vec![0u8; CHUNK as usize],
         out: Vec::new(),
+        compress,
+        cluster_size: cs,
     };
     let mut pos = 0;
     while pos < size {
@@ -145,7 +164,7 @@ fn copy_differences(
         let m = Image::map(q, pos, want)?;
         let len = m.len.clamp(1, want);
         if matches!(m.kind, MapKind::Unallocated { .. } | MapKind::Eof) {
-            rebase_range(img, q, new, pos, len, cs, &mut bufs)?;
+            rebase_range(img, q, new, pos, len, grain, &mut bufs)?;
         }
         pos += len;
         progress(pos, size);
@@ -158,10 +177,14 @@ struct Buffers {
     old: Vec<u8>,
     new: Vec<u8>,
     out: Vec<u8>,
+    /// Write the runs compressed, cluster by cluster.
+    compress: bool,
+    cluster_size: u64,
 }
 
 /// One range the overlay leaves to its backing (at most [`CHUNK`] bytes): walk the old and
-/// new statuses together, skip what both read as zeros, compare the rest cluster by cluster.
+/// new statuses together, skip what both read as zeros, compare the rest in pieces of `cs`
+/// bytes (a cluster or a subcluster).
 fn rebase_range(
     img: &OpenedImage,
     q: &Qcow2,
@@ -218,7 +241,7 @@ fn rebase_range(
                     dirty = match dirty {
                         Some((a, b)) if b >= cluster => Some((a, b.max(c_end))),
                         Some(run) => {
-                            write_run(img, q, run, &mut bufs.out)?;
+                            write_run(img, q, run, bufs)?;
                             Some((cluster, c_end))
                         }
                         None => Some((cluster, c_end)),
@@ -230,18 +253,32 @@ fn rebase_range(
         pos += seg;
     }
     if let Some(run) = dirty {
-        write_run(img, q, run, &mut bufs.out)?;
+        write_run(img, q, run, bufs)?;
     }
     Ok(())
 }
 
-/// Writes whole clusters `[a, b)` of the overlay with what the guest reads there now (through
-/// the old chain), as zero clusters when that is all zeros.
-fn write_run(img: &OpenedImage, q: &Qcow2, (a, b): (u64, u64), out: &mut Vec<u8>) -> Result<()> {
+/// Writes whole clusters (or subclusters) `[a, b)` of the overlay with what the guest reads
+/// there now (through the old chain): as zero clusters when that is all zeros, compressed
+/// cluster by cluster under `-c`.
+fn write_run(img: &OpenedImage, q: &Qcow2, (a, b): (u64, u64), bufs: &mut Buffers) -> Result<()> {
     let top = img.image();
     let n = (b - a) as usize;
+    let out = &mut bufs.out;
     out.resize(n, 0);
     top.read_at(&mut out[..n], a)?;
+    if bufs.compress {
+        let cs = bufs.cluster_size;
+        let mut p = a;
+        while p < b {
+            let end = (p + cs).min(b);
+            let piece = &out[(p - a) as usize..(end - a) as usize];
+            q.write_compressed(p / cs, piece)
+                .map_err(|e| e.with_path(&img.filename))?;
+            p = end;
+        }
+        return Ok(());
+    }
     if out[..n].iter().all(|&x| x == 0) {
         q.write_zeroes(a, b - a, false)
             .map_err(|e| e.with_path(&img.filename))

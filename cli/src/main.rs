@@ -17,6 +17,9 @@ use clap::Parser;
 pub struct Failure {
     msg: String,
     code: u8,
+    /// Printed after the program's name (`qemu-img: ...`); a hint qemu appends to an error
+    /// already printed is not.
+    prefixed: bool,
 }
 
 impl Failure {
@@ -25,6 +28,16 @@ impl Failure {
         Failure {
             msg: msg.into(),
             code: 1,
+            prefixed: true,
+        }
+    }
+
+    /// A failure printed as it is, without the program's name: the hint line qemu prints
+    /// under an error it has already reported.
+    pub fn hint(msg: impl Into<String>) -> Self {
+        Failure {
+            prefixed: false,
+            ..Failure::new(msg)
         }
     }
 
@@ -38,6 +51,7 @@ impl Failure {
         Failure {
             msg: msg.into(),
             code,
+            prefixed: true,
         }
     }
 }
@@ -94,7 +108,11 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("{}: {}", prog(), f.msg);
+            if f.prefixed {
+                eprintln!("{}: {}", prog(), f.msg);
+            } else {
+                eprintln!("{}", f.msg);
+            }
             ExitCode::from(f.code)
         }
     }

@@ -328,3 +328,68 @@ fn resize_grow_over_backing_reads_zeros() {
         }
     }
 }
+
+/// `create -o extended_l2=on,preallocation=...` with a backing file allocates the clusters but
+/// leaves their subclusters unallocated, as qemu does (iotest 271), so the guest reads the
+/// backing file through them: the map is qemu's and qemu-io reads the backing's pattern.
+#[test]
+fn preallocated_extended_l2_overlay_shows_its_backing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tool_ok(
+        d,
+        "qemu-img",
+        &["create", "-q", "-f", "raw", "base.raw", "1M"],
+    );
+    tool_ok(
+        d,
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0xff 0 1M", "base.raw"],
+    );
+    for mode in ["metadata", "falloc", "full"] {
+        let opts = format!("extended_l2=on,preallocation={mode}");
+        let mut maps = Vec::new();
+        for (who, img) in [("vdisk", "ours.qcow2"), ("qemu-img", "theirs.qcow2")] {
+            let args = [
+                "create", "-q", "-f", "qcow2", "-o", &opts, "-b", "base.raw", "-F", "raw", img,
+                "512k",
+            ];
+            if who == "vdisk" {
+                vdisk_ok(d, &args);
+            } else {
+                tool_ok(d, "qemu-img", &args);
+            }
+            let read = tool_ok(d, "qemu-io", &["-c", "read -P 0xff 0 512k", img]);
+            assert!(!read.contains("failed"), "{mode} {who}: {read}");
+            let map = tool_ok(d, "qemu-img", &["map", "--output=json", img]);
+            maps.push(map.replace(img, "IMG"));
+        }
+        assert_eq!(maps[0], maps[1], "{mode}: map");
+    }
+}
+
+/// As `qemu-img`, amend's refusal of a create-only option is qemu's two lines: the error with
+/// the prefix and the hint under it without.
+#[test]
+fn amend_create_only_option_hint_as_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vdisk"), d.join("qemu-img")).unwrap();
+    tool_ok(
+        d,
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "a.qcow2", "1M"],
+    );
+    let args = ["amend", "-f", "qcow2", "-o", "extended_l2=on", "a.qcow2"];
+    let ours = std::process::Command::new(d.join("qemu-img"))
+        .args(args)
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let theirs = tool(d, "qemu-img", &args);
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stderr),
+        String::from_utf8_lossy(&theirs.stderr)
+    );
+    assert_eq!(ours.status.code(), theirs.status.code());
+}

@@ -87,16 +87,16 @@ impl CreateOptions {
         }
         if self.version == 2 {
             if self.refcount_bits != 16 {
-                return Err(Error::invalid("Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)"));
+                return Err(Error::invalid("Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)"));
             }
             if self.lazy_refcounts {
-                return Err(Error::invalid("Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+                return Err(Error::invalid("Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
             }
             if self.extended_l2 {
-                return Err(Error::invalid("Extended L2 entries are only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+                return Err(Error::invalid("Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
             }
             if self.compression_type != CompressionType::Zlib {
-                return Err(Error::invalid("Non-zlib compression type is only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+                return Err(Error::invalid("Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
             }
             if self.data_file.is_some() {
                 return Err(Error::invalid(
@@ -132,6 +132,12 @@ impl CreateOptions {
             if b.len() > MAX_BACKING_FILE_NAME as usize {
                 return Err(Error::invalid("Backing file name too long"));
             }
+        }
+        let l2b = l2_bits(cs.trailing_zeros(), self.extended_l2);
+        if l1_entries_for(self.size, cs.trailing_zeros(), l2b) * 8 > crate::header::MAX_L1_BYTES {
+            return Err(Error::invalid(
+                "The image size is too large for file format 'qcow2' (try using a larger cluster size)",
+            ));
         }
         if self.size % 512 != 0 {
             return Err(Error::invalid("Image size must be a multiple of 512 bytes"));
@@ -274,6 +280,14 @@ impl Qcow2 {
         }
         if opts.preallocation != Preallocation::Off && opts.data_file.is_none() {
             q.preallocate(opts.preallocation)?;
+        } else if q.header.l1_size > 0 {
+            // qemu's file ends where its last write ends, inside the L1 table's cluster when
+            // that comes last; the rest of the cluster reads as zeros all the same.
+            let end = q.header.l1_table_offset + u64::from(q.header.l1_size) * 8;
+            let file = Arc::clone(&q.rw()?.file);
+            if file.size() == end.next_multiple_of(cs) && end % cs != 0 {
+                file.resize(end, Preallocation::Off)?;
+            }
         }
         Ok(q)
     }
@@ -311,8 +325,9 @@ impl Qcow2 {
                     if e != 0 || bm & 0xffff_ffff != 0 {
                         continue;
                     }
-                    let bm = if g.extended { 0xffff_ffff } else { 0 };
-                    self.set_l2_entry(&mut m, l2, idx, (host + i * cs) | OFLAG_COPIED, bm)?;
+                    // As qemu's preallocation: with extended L2 entries the subclusters stay
+                    // unallocated (the guest reads zeros, or the backing file through them).
+                    self.set_l2_entry(&mut m, l2, idx, (host + i * cs) | OFLAG_COPIED, 0)?;
                     used += 1;
                 }
                 if used < n && !g.external_data {

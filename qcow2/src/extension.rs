@@ -138,8 +138,16 @@ impl Extensions {
                     ext.backing_format = Some(utf8_name(data, here, "backing format name")?);
                 }
                 FEATURE_NAME_TABLE => {
+                    // As qemu reads the table: a short last entry is padded with zeros,
+                    // and the table ends at the first entry without a name.
                     ext.feature_names = data
-                        .chunks_exact(FEATURE_NAME_ENTRY)
+                        .chunks(FEATURE_NAME_ENTRY)
+                        .map(|e| {
+                            let mut full = [0u8; FEATURE_NAME_ENTRY];
+                            full[..e.len()].copy_from_slice(e);
+                            full
+                        })
+                        .take_while(|e| e[2] != 0)
                         .filter_map(|e| {
                             let feature_type = match e[0] {
                                 0 => FeatureType::Incompatible,

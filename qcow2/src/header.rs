@@ -162,6 +162,12 @@ impl Header {
     /// feature name table, which is read after the header. Call
     /// [`check_incompatible_features`](Header::check_incompatible_features) next.
     pub fn parse(buf: &[u8], file_size: u64) -> Result<Header> {
+        Header::parse_with(buf, file_size, false)
+    }
+
+    /// As [`Header::parse`]; with `l1_past_eof` the active L1 table may lie past the end of
+    /// the file (it must still be aligned), as `check` accepts it.
+    pub fn parse_with(buf: &[u8], file_size: u64, l1_past_eof: bool) -> Result<Header> {
         if buf.len() < 8 || buf[..4] != MAGIC {
             return Err(Error::corrupt("image is not in qcow2 format (bad magic)"));
         }
@@ -325,7 +331,12 @@ impl Header {
         if needed > u64::from(l1_size) {
             return Err(Error::corrupt_at(
                 36,
-                format!("L1 table of {l1_size} entries is too small for a virtual size of {size} bytes (needs {needed})"),
+                // qemu's words: past what any L1 table can map, or too small a table.
+                if needed > i32::MAX as u64 {
+                    "Image is too big".to_string()
+                } else {
+                    "L1 table is too small".to_string()
+                },
             ));
         }
         if l1_size > 0 {
@@ -333,7 +344,7 @@ impl Header {
                 l1_table_offset,
                 l1_bytes,
                 cluster_size,
-                file_size,
+                if l1_past_eof { u64::MAX } else { file_size },
                 "L1 table",
             )?;
         }
@@ -398,15 +409,18 @@ impl Header {
         if unknown == 0 {
             return Ok(());
         }
+        // qemu's wording: the names in table order, then what is left as one hex mask.
         let mut parts = Vec::new();
-        for bit in 0..64u8 {
-            if unknown & (1u64 << bit) == 0 {
-                continue;
+        let mut left = unknown;
+        for (bit, name) in names {
+            let m = 1u64.checked_shl(u32::from(*bit)).unwrap_or(0);
+            if left & m != 0 {
+                parts.push(name.clone());
+                left &= !m;
             }
-            match names.iter().find(|(b, _)| *b == bit) {
-                Some((_, name)) => parts.push(name.clone()),
-                None => parts.push(format!("unknown incompatible feature bit {bit}")),
-            }
+        }
+        if left != 0 {
+            parts.push(format!("Unknown incompatible feature: {left:x}"));
         }
         Err(Error::unsupported(format!(
             "Unsupported qcow2 feature(s): {}",

@@ -175,6 +175,18 @@ impl Qcow2 {
     /// Parses and validates the header, extensions, L1 table location and snapshot table of the
     /// image in `file`. Does not open backing or data files.
     pub fn open(file: Arc<dyn BlockDevice>) -> Result<Qcow2> {
+        Qcow2::open_with(file, false)
+    }
+
+    /// As [`Qcow2::open`], for `check`: an active or snapshot L1 table lying (partly) past the
+    /// end of the file is accepted and its missing part reads as zeros, as qemu opens such an
+    /// image, so the check can count what is wrong with it (and `-r all` repair the rest)
+    /// instead of refusing it.
+    pub fn open_for_check(file: Arc<dyn BlockDevice>) -> Result<Qcow2> {
+        Qcow2::open_with(file, true)
+    }
+
+    pub(crate) fn open_with(file: Arc<dyn BlockDevice>, tables_past_eof: bool) -> Result<Qcow2> {
         let file_size = file.size();
         // The header is read in two steps: enough to learn the cluster size, then the first
         // cluster, which holds the extensions and the backing file name.
@@ -188,7 +200,7 @@ impl Qcow2 {
         } else {
             head
         };
-        let header = Header::parse(&first, file_size)?;
+        let header = Header::parse_with(&first, file_size, tables_past_eof)?;
         if header.incompatible_features & !incompatible::KNOWN != 0 {
             // Name the features from the table if it can be read at all.
             let names = Extensions::parse(&first, &header)
@@ -223,17 +235,26 @@ impl Qcow2 {
             _ => Vec::new(),
         };
 
-        let snapshots = snapshot::read_table(&*file, &header)?;
+        let snapshots = snapshot::read_table(&*file, &header, tables_past_eof)?;
 
-        let l1 = if header.l1_size > 0 {
+        let l1_len = u64::from(header.l1_size) * 8;
+        let l1 = if header.l1_size == 0 {
+            Vec::new()
+        } else if tables_past_eof {
+            // Header::parse bounded the size; what lies past the end reads as zeros.
+            let mut buf = vec![0u8; l1_len as usize];
+            let avail = file_size.saturating_sub(header.l1_table_offset).min(l1_len) as usize;
+            if avail > 0 {
+                file.read_at(&mut buf[..avail], header.l1_table_offset)?;
+            }
+            decode_table(&buf)
+        } else {
             decode_table(&read_vec(
                 &*file,
                 header.l1_table_offset,
-                u64::from(header.l1_size) * 8,
+                l1_len,
                 "L1 table",
             )?)
-        } else {
-            Vec::new()
         };
 
         let geom = Geometry::new(&header);

@@ -48,8 +48,14 @@ pub struct Snapshot {
     pub(crate) entry_len: u64,
 }
 
-/// Reads the snapshot table of an image whose header is `header` from `file`.
-pub fn read_table(file: &dyn BlockDevice, header: &Header) -> Result<Vec<Snapshot>> {
+/// Reads the snapshot table of an image whose header is `header` from `file`. With
+/// `l1_past_eof` a snapshot's L1 table may lie outside the file or be misaligned (`check`
+/// counts that as a corruption, as qemu does).
+pub fn read_table(
+    file: &dyn BlockDevice,
+    header: &Header,
+    l1_past_eof: bool,
+) -> Result<Vec<Snapshot>> {
     let file_size = file.size();
     let cluster_size = header.cluster_size();
     let mut out = Vec::new();
@@ -106,7 +112,7 @@ pub fn read_table(file: &dyn BlockDevice, header: &Header) -> Result<Vec<Snapsho
                 format!("snapshot {i} L1 table of {l1_size} entries is too large"),
             ));
         }
-        if l1_size > 0 {
+        if l1_size > 0 && !l1_past_eof {
             table_in_file(
                 l1_table_offset,
                 u64::from(l1_size) * 8,

@@ -206,7 +206,7 @@ impl Qcow2 {
         drop(m);
         self.header.nb_snapshots = entries.len() as u32;
         self.header.snapshots_offset = offset;
-        self.snapshots = crate::snapshot::read_table(&*self.file, &self.header)?;
+        self.snapshots = crate::snapshot::read_table(&*self.file, &self.header, false)?;
         self.lock_meta()?.metadata = None;
         Ok(())
     }

@@ -51,6 +51,23 @@ impl Qcow2 {
         Ok(q)
     }
 
+    /// Clears the auto-clear feature bits this implementation does not know, in the header in
+    /// `file` and in memory, as qemu does whenever it opens an image for writing ("may only
+    /// write to an image with unknown auto-clear features if it clears the respective bits
+    /// from this field first"). For `check -r`, which repairs through the file; the bitmaps
+    /// bit stays (the check itself judges the bitmaps).
+    pub fn clear_unknown_autoclear(&mut self, file: &dyn ImageFile) -> Result<()> {
+        let unknown = self.header.autoclear_features & !autoclear::DATA_FILE_RAW;
+        if self.header.version < 3 || unknown & !autoclear::BITMAPS == 0 {
+            return Ok(());
+        }
+        let keep = self.header.autoclear_features & !(unknown & !autoclear::BITMAPS);
+        file.write_at(&keep.to_be_bytes(), 88)?;
+        file.flush()?;
+        self.header.autoclear_features = keep;
+        Ok(())
+    }
+
     /// Turns an image opened with [`Qcow2::open`] on `file` into a read-write one.
     pub(crate) fn enable_writes(&mut self, file: Arc<dyn ImageFile>) -> Result<()> {
         if file.is_read_only() {

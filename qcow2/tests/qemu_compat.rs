@@ -446,7 +446,7 @@ fn refusals_and_dirty_images() {
     let e = Qcow2::open(Arc::new(FileDev::open(&p))).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "Unsupported qcow2 feature(s): unknown incompatible feature bit 6"
+        "Unsupported qcow2 feature(s): Unknown incompatible feature: 40"
     );
 
     // A dirty image (lazy refcounts, writer killed) is readable and says so.

@@ -76,7 +76,7 @@ pub fn parse_amend_options(list: &[String]) -> Result<AmendOptions, Failure> {
                 "size" => o.size = Some(parse_size(&v)?),
                 k if CREATE_ONLY.contains(&k) => {
                     eprintln!("{}: Invalid parameter '{k}'", crate::prog());
-                    return Err(Failure::new(
+                    return Err(Failure::hint(
                         "This option is only supported for image creation",
                     ));
                 }

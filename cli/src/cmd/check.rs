@@ -1,12 +1,13 @@
 //! `vdisk check`: qemu-img check's report, repairs and exit codes.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::ValueEnum;
 use serde_json::{json, Map, Value};
 
 use crate::args::OutputFormat;
-use crate::cmd::{open_image, parse_format};
+use crate::cmd::parse_format;
 use crate::{CmdResult, Failure};
 use vdisk::{qapi, BackingPolicy, Driver, OpenOptions, OpenedImage};
 use vdisk_qcow2::check::{check, CheckResult, Repair};
@@ -54,7 +55,7 @@ pub fn run(a: CheckArgs) -> CmdResult {
         backing: BackingPolicy::Ignore,
         snapshot: None,
     };
-    let img = open_image(&a.filename, &opts)?;
+    let img = open_checked(&a.filename, &opts)?;
     let format_name = img.format.name();
     let repair = a.repair.map(|r| match r {
         RepairArg::Leaks => Repair::Leaks,
@@ -62,32 +63,50 @@ pub fn run(a: CheckArgs) -> CmdResult {
     });
     let mut res = run_check(&img, repair)?;
     let name = a.filename.display().to_string();
+    // qemu-img's stdout is fully buffered into a pipe, so what the second check writes to
+    // stderr comes before the whole report; on a terminal the lines come as they are made.
+    let mut report = String::new();
+    let deferred = !std::io::stdout().is_terminal();
     if res.leaks_fixed > 0 || res.corruptions_fixed > 0 {
         if a.output == OutputFormat::Human && !a.quiet {
-            print!(
+            report.push_str(&format!(
                 "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...\n",
                 res.leaks_fixed, res.corruptions_fixed
-            );
+            ));
+            if !deferred {
+                print!("{report}");
+                report.clear();
+            }
         }
         let (lf, cf) = (res.leaks_fixed, res.corruptions_fixed);
         drop(img);
-        let img = open_image(&a.filename, &opts)?;
+        let img = open_checked(&a.filename, &opts)?;
         res = run_check(&img, None)?;
         res.leaks_fixed = lf;
         res.corruptions_fixed = cf;
     }
     if !a.quiet {
         match a.output {
-            OutputFormat::Human => print!("{}", human(&res)),
+            OutputFormat::Human => report.push_str(&human(&res)),
             OutputFormat::Json => {
-                println!("{}", qapi::to_json(&json_report(&res, &name, format_name)))
+                report.push_str(&qapi::to_json(&json_report(&res, &name, format_name)));
+                report.push('\n');
             }
         }
     }
+    print!("{report}");
     if res.check_errors > 0 {
         return Err(Failure::new("Check failed"));
     }
     Ok(res.exit_code())
+}
+
+/// Opens the image to check: as any command would, but a qcow2 L1 table past the end of the
+/// file is a corruption to count, not a reason to refuse.
+fn open_checked(path: &std::path::Path, opts: &OpenOptions) -> Result<OpenedImage, Failure> {
+    let img = vdisk::open_for_check(path, opts).map_err(|e| crate::cmd::open_failure(path, e))?;
+    crate::cmd::warn_probed(&img, !opts.read_only);
+    Ok(img)
 }
 
 /// Runs the check on an opened image, printing qemu's stderr lines as it would.

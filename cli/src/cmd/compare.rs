@@ -38,9 +38,6 @@ fn run_inner(a: &CompareArgs) -> CmdResult {
             println!("{s}");
         }
     };
-    if ia.image().size() != ib.image().size() && !a.strict {
-        say("Warning: Image size mismatch!");
-    }
     let mut bar = Progress::new(
         a.progress && !a.quiet,
         ia.image().size().max(ib.image().size()),
@@ -52,6 +49,17 @@ fn run_inner(a: &CompareArgs) -> CmdResult {
         &mut |d, t| bar.update(d, t),
     )?;
     bar.finish();
+    // qemu warns of the size mismatch once the common part compared equal, before it looks
+    // at the longer image's tail: not at all when the common part already differs.
+    let (sa, sb) = (ia.image().size(), ib.image().size());
+    let tail_reached = match result {
+        Comparison::Identical => true,
+        Comparison::ContentMismatch(off) => off >= sa.min(sb),
+        _ => false,
+    };
+    if sa != sb && !a.strict && tail_reached {
+        say("Warning: Image size mismatch!");
+    }
     Ok(match result {
         Comparison::Identical => {
             say("Images are identical.");

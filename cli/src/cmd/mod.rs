@@ -73,9 +73,35 @@ pub fn parse_format(s: &str) -> Result<Format, Failure> {
 /// Opens an image for a command, warning on stderr when its format (or a backing file's) had to
 /// be guessed.
 pub fn open_image(path: &Path, opts: &OpenOptions) -> Result<OpenedImage, Failure> {
-    let img = vdisk::open(path, opts)?;
+    let img = vdisk::open(path, opts).map_err(|e| open_failure(path, e))?;
     warn_probed(&img, !opts.read_only);
     Ok(img)
+}
+
+/// The failure to open the image at `path`. Run as `qemu-img`, in qemu's words when the image
+/// itself is to blame: `Could not open 'FILE': MESSAGE` (qemu names the file twice when the
+/// host refuses it), so the iotests' filters see qemu's lines.
+pub fn open_failure(path: &Path, e: vdisk::block::Error) -> Failure {
+    if !crate::as_qemu_img() || e.path() != Some(path) {
+        return e.into();
+    }
+    let name = path.display();
+    match &e {
+        vdisk::block::Error::Io {
+            op: "open", source, ..
+        } => {
+            let text = source.to_string();
+            let text = text.split(" (os error ").next().unwrap_or(&text);
+            Failure::new(format!(
+                "Could not open '{name}': Could not open '{name}': {text}"
+            ))
+        }
+        // qemu names no offset.
+        vdisk::block::Error::Corrupt { what, .. } => {
+            Failure::new(format!("Could not open '{name}': {what}"))
+        }
+        _ => Failure::new(format!("Could not open '{name}': {}", e.message())),
+    }
 }
 
 /// Warns on stderr for each image of the chain whose format had to be guessed. Run as

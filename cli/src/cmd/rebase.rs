@@ -25,6 +25,9 @@ pub struct RebaseArgs {
     /// Quiet: print nothing on success.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
+    /// Write the clusters copied into the overlay compressed.
+    #[arg(short = 'c', long = "compress")]
+    pub compress: bool,
     /// Open the backing files without taking their locks.
     #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
@@ -55,8 +58,16 @@ pub fn run(a: RebaseArgs) -> CmdResult {
         backing_format: a.backing_format.as_deref().map(parse_format).transpose()?,
         unsafe_mode: a.unsafe_mode,
         force_share: a.force_share,
+        compress: a.compress,
     };
-    let img = open_overlay(&a.filename, &opts)?;
+    let img = open_overlay(&a.filename, &opts).map_err(|e| {
+        // qemu's line names no image: the message names the backing file it would record.
+        if crate::as_qemu_img() && e.message().starts_with("Could not change the backing file") {
+            Failure::new(e.message())
+        } else {
+            e.into()
+        }
+    })?;
     warn_probed(&img, true);
     let mut bar = Progress::new(a.progress && !a.quiet, img.image().size());
     rebase(img, &opts, &mut |d, t| bar.update(d, t))?;

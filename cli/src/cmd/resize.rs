@@ -78,6 +78,11 @@ pub fn run(a: ResizeArgs) -> CmdResult {
             if prealloc == Preallocation::Metadata {
                 return Err(Failure::new("Unsupported preallocation mode 'metadata'"));
             }
+            if new_size < current && prealloc != Preallocation::Off {
+                return Err(Failure::new(
+                    "Preallocation can only be used for growing images",
+                ));
+            }
             img.file.resize(new_size, prealloc)?;
             img.file.flush()?;
         }
