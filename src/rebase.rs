@@ -134,8 +134,8 @@ fn copy_differences(
     let size = top.size();
     let cs = q.header().cluster_size();
     let mut bufs = Buffers {
-        old: vec![0u8; CHUNK as usize],
-        new: vec![0u8; CHUNK as usize],
+        old: vdisk_block::AlignedBuf::new(CHUNK as usize),
+        new: vdisk_block::AlignedBuf::new(CHUNK as usize),
         out: Vec::new(),
     };
     let mut pos = 0;
@@ -155,8 +155,8 @@ fn copy_differences(
 }
 
 struct Buffers {
-    old: Vec<u8>,
-    new: Vec<u8>,
+    old: vdisk_block::AlignedBuf,
+    new: vdisk_block::AlignedBuf,
     out: Vec<u8>,
 }
 

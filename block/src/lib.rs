@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod buf;
 pub mod bytes;
 mod error;
 mod mapping;
@@ -45,6 +46,7 @@ mod slice;
 
 use std::sync::Arc;
 
+pub use buf::AlignedBuf;
 pub use error::{Error, Result};
 pub use mapping::{MapKind, Mapping};
 pub use mem::MemDevice;

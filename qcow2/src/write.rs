@@ -234,6 +234,11 @@ impl Qcow2 {
                     done += n;
                     continue;
                 }
+                let n = self.write_in_place_run(pos, &buf[done..])?;
+                if n > 0 {
+                    done += n;
+                    continue;
+                }
             }
             let n = ((cs - (pos & (cs - 1))) as usize).min(buf.len() - done);
             self.write_piece(pos, &buf[done..done + n])?;
@@ -302,6 +307,131 @@ impl Qcow2 {
         }
         self.wake(m)?;
         result.map(|()| (n * cs) as usize)
+    }
+
+    /// A run of whole guest clusters from `pos` (cluster aligned) that are our own data
+    /// clusters lying back to back in the file (a conversion's reserved clusters, or an
+    /// image being overwritten): one data write under shared claims, instead of one per
+    /// cluster. Returns the bytes written; 0 when fewer than two clusters qualify.
+    fn write_in_place_run(&self, pos: u64, data: &[u8]) -> Result<usize> {
+        let g = self.geom;
+        if g.extended {
+            return Ok(0);
+        }
+        let cs = g.cluster_size();
+        let first = pos >> g.cluster_bits;
+        let max = (data.len() as u64 / cs)
+            .min((self.view.size - pos) / cs)
+            .min(MAX_FRESH_RUN_BYTES / cs);
+        if max < 2 {
+            return Ok(0);
+        }
+        let mut m = self.lock_meta()?;
+        let mut host0 = 0;
+        let mut n = 0;
+        while n < max {
+            let c = first + n;
+            if m.busy.get(&c).copied().unwrap_or(0) < 0 {
+                break;
+            }
+            match self.in_place(c, 0, cs)? {
+                Some(h) if n == 0 => host0 = h,
+                Some(h) if h == host0 + n * cs => {}
+                _ => break,
+            }
+            n += 1;
+        }
+        if n < 2 {
+            return Ok(0);
+        }
+        for c in first..first + n {
+            *m.busy.entry(c).or_insert(0) += 1;
+        }
+        m.data_written = true;
+        drop(m);
+        let len = n * cs;
+        let r = self
+            .data_target(host0 + len)
+            .and_then(|d| d.write_at(&data[..len as usize], host0));
+        let mut m = self.lock_meta()?;
+        for c in first..first + n {
+            match m.busy.get(&c).copied() {
+                Some(k) if k > 1 => {
+                    m.busy.insert(c, k - 1);
+                }
+                _ => {
+                    m.busy.remove(&c);
+                }
+            }
+        }
+        self.wake(m)?;
+        r.map(|()| len as usize)
+    }
+
+    /// Allocates host clusters for the whole guest clusters of `[offset, offset + len)` that
+    /// hold nothing yet, exactly as a write there would allocate them (the same runs, tables
+    /// and refcount blocks, in the same order), and points their L2 entries at them, without
+    /// writing data: a later [`write_at`](BlockDevice::write_at) of the range lands in place
+    /// and needs no metadata lock for its data. A conversion reserves its windows in guest
+    /// order, so the file's layout is the one in-order writes give, while the data writes of
+    /// several windows run at once.
+    ///
+    /// Until written, a reserved cluster reads as whatever the file holds there (zeros when
+    /// the allocation extended the file): only for an image being filled by the caller.
+    /// Returns false when some of the range was not reserved (extended L2 entries, an
+    /// external data file, a partial cluster, a cluster something else holds); the caller
+    /// then writes that range in order.
+    pub fn reserve_fresh(&self, offset: u64, len: u64) -> Result<bool> {
+        self.rw()?;
+        self.check_range(offset, len)?;
+        let g = self.geom;
+        if g.extended || g.external_data || len == 0 {
+            return Ok(len == 0);
+        }
+        let cs = g.cluster_size();
+        if offset & (cs - 1) != 0 || len & (cs - 1) != 0 {
+            return Ok(false);
+        }
+        let rb_entries = 1u64 << (g.cluster_bits + 3 - self.header.refcount_order);
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let first = pos >> g.cluster_bits;
+            let (l1i, l2i) = self.indexes(first);
+            // The runs write_fresh_run would make for a write of this range: within one L2
+            // table, at most one conversion window (a single cluster is a run of one).
+            let max = ((end - pos) / cs)
+                .min((1u64 << g.l2_bits) - l2i)
+                .min((rb_entries / 4).max(1))
+                .min(MAX_FRESH_RUN_BYTES / cs);
+            let mut m = self.lock_meta()?;
+            let mut n = 0;
+            while n < max {
+                let c = first + n;
+                if m.busy.contains_key(&c) || self.current_entry(c)? != (0, 0) {
+                    break;
+                }
+                n += 1;
+            }
+            if n == 0 {
+                // Held already: in place if it is our own data cluster, else not reservable.
+                if self.in_place(first, 0, cs)?.is_none() || m.busy.contains_key(&first) {
+                    return Ok(false);
+                }
+                pos += cs;
+                continue;
+            }
+            self.mark_dirty(&mut m)?;
+            m.data_written = true;
+            let l2 = self.l2_for_write(&mut m, l1i)?;
+            let host = self.alloc_clusters(&mut m, n)?;
+            for i in 0..n {
+                self.set_l2_entry(&mut m, l2, l2i + i, (host + i * cs) | OFLAG_COPIED, 0)?;
+            }
+            self.maybe_flush_meta(&mut m)?;
+            pos += n * cs;
+        }
+        Ok(true)
     }
 
     /// Writes `data`, which lies inside one cluster, at guest offset `pos`.
