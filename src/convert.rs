@@ -4,9 +4,14 @@
 //! ```text
 //!   main thread: CHUNK-aligned windows of the guest, numbered -> bounded queue
 //!   N workers:   chain_status() inside the window -> read the data parts only
+//!                -> find the zero runs, plan the writes
 //!                -> compress whole clusters (-c)             } in parallel
-//!                -> wait for the window's turn -> write      } in guest order (unless -W)
+//!                -> wait for the window's turn -> write      } in guest order (unless -W,
+//!                                                              or a raw target)
 //! ```
+//!
+//! Buffers are page aligned ([`AlignedBuf`]): the kernel's page-cache copies into and out of
+//! a misaligned buffer cost twice the system time here.
 //!
 //! Ranges the source maps as zero or unallocated are never read; data is read in large chunks
 //! and scanned for zero runs of at least [`ConvertOptions::sparse_size`] bytes (and at least
@@ -133,41 +138,23 @@ pub struct Target<'a> {
     /// The target keeps metadata in memory (qcow2 tables) that a flush writes back.
     pub holds_metadata: bool,
     /// Whether windows may be written at once, or need their storage allocated in order.
-    pub order: WriteOrder<'a>,
+    pub order: WriteOrder,
 }
 
 /// How the windows of a conversion may reach the target.
 ///
-/// Writing into the page cache is most of a conversion's CPU time (measured: 76% of the
-/// samples of a raw -> qcow2 conversion in `copy_folio_from_iter_atomic`), so the data
-/// writes of several windows should run at once; only where the target's layout depends on
-/// the order of writes (a new qcow2 image's clusters lie in guest order, as qemu-img lays
-/// them out) is the allocation made in order first.
-#[derive(Clone, Copy)]
-pub enum WriteOrder<'a> {
+/// Zero detection and the plan of each window's writes are made on the workers in parallel;
+/// only the writes themselves wait for the window's turn, and only where the layout of the
+/// target depends on their order (a new qcow2 image's clusters lie in guest order, as
+/// qemu-img lays them out). Writing in parallel into one file gains nothing on ext4 or XFS,
+/// whose buffered writes hold the inode lock (measured: the second writer spins in
+/// `rwsem_down_write_slowpath`), but a block device or an NBD export takes them at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOrder {
     /// Any order, at once: where the bytes land does not depend on the order (a raw file).
     Any,
-    /// Storage allocated window by window in guest order through this, then the data
-    /// written at once.
-    Reserve(&'a dyn ReserveWrites),
     /// Every write made window by window in guest order.
     Serial,
-}
-
-/// A target whose storage can be allocated ahead of the data (a new qcow2 image).
-pub trait ReserveWrites: Sync {
-    /// Allocates storage for guest bytes `[offset, offset + len)`, so that a later write
-    /// there lands in place without allocating. Returns false when some of the range could
-    /// not be reserved (then the caller writes it in order). The reserved range reads as
-    /// whatever the target file holds there until it is written: only for a target being
-    /// filled by the caller.
-    fn reserve(&self, offset: u64, len: u64) -> Result<bool>;
-}
-
-impl ReserveWrites for Qcow2 {
-    fn reserve(&self, offset: u64, len: u64) -> Result<bool> {
-        self.reserve_fresh(offset, len)
-    }
 }
 
 impl<'a> Target<'a> {
@@ -228,17 +215,6 @@ impl<'a> Target<'a> {
             holds_metadata: true,
             order: WriteOrder::Serial,
         }
-    }
-
-    /// A qcow2 image this conversion just created: clusters are reserved in guest order and
-    /// the data written at once (compressed clusters are written in order, as they are
-    /// packed one after the other).
-    pub fn new_qcow2(image: &'a Qcow2, compress: bool) -> Self {
-        let mut t = Target::qcow2(image, compress);
-        if !compress {
-            t.order = WriteOrder::Reserve(image);
-        }
-        t
     }
 }
 
@@ -546,9 +522,8 @@ fn prepare(
     Ok(plan)
 }
 
-/// Writes a prepared window, taking its turn as the target needs: not at all for a target
-/// written in any order, only to reserve its storage for a new qcow2 image (the data writes
-/// of several windows then run at once), for the whole write otherwise.
+/// Writes a prepared window, waiting for its turn when the target needs its writes in
+/// guest order.
 #[allow(clippy::too_many_arguments)]
 fn write_in_turn(
     dst: Target<'_>,
@@ -567,7 +542,6 @@ fn write_in_turn(
     } else {
         dst.order
     };
-    let at = base + job.offset;
     match order {
         WriteOrder::Any => write_window(dst, base, job, buf, plan, opts),
         WriteOrder::Serial => {
@@ -578,50 +552,15 @@ fn write_in_turn(
             turn.pass(job.seq);
             r
         }
-        WriteOrder::Reserve(r) => {
-            if !turn.wait(job.seq, failed) {
-                return Ok(());
-            }
-            let data = &buf[..job.len as usize];
-            // In turn, in buffer order: the storage for each data write, and the zero
-            // writes (which may allocate qcow2 tables, so they keep their order too). From
-            // the first range that cannot be reserved on, the window is written in turn.
-            let ordered = (|| -> Result<usize> {
-                for (k, op) in plan.ops.iter().enumerate() {
-                    match *op {
-                        Op::Data(a, b) => {
-                            if !r.reserve(at + a as u64, (b - a) as u64)? {
-                                apply_ops(dst, at, data, &plan.ops[k..], true, true)?;
-                                return Ok(k);
-                            }
-                        }
-                        Op::Zero(..) => apply_ops(dst, at, data, &plan.ops[k..=k], false, true)?,
-                    }
-                }
-                Ok(plan.ops.len())
-            })();
-            turn.pass(job.seq);
-            // Out of turn: the data of the reserved ranges, while other windows go on.
-            apply_ops(dst, at, data, &plan.ops[..ordered?], true, false)
-        }
     }
 }
 
-/// Makes the writes `ops` of a window at target offset `at`: its data writes when `data`,
-/// its zero writes when `zeros`.
-fn apply_ops(
-    dst: Target<'_>,
-    at: u64,
-    buf: &[u8],
-    ops: &[Op],
-    data: bool,
-    zeros: bool,
-) -> Result<()> {
+/// Makes the writes `ops` of a window (held in `buf`) at target offset `at`.
+fn apply_ops(dst: Target<'_>, at: u64, buf: &[u8], ops: &[Op]) -> Result<()> {
     for op in ops {
         match *op {
-            Op::Data(a, b) if data => dst.dev.write_at(&buf[a..b], at + a as u64)?,
-            Op::Zero(a, b) if zeros => zero_range(dst, at + a as u64, &buf[a..b])?,
-            _ => {}
+            Op::Data(a, b) => dst.dev.write_at(&buf[a..b], at + a as u64)?,
+            Op::Zero(a, b) => zero_range(dst, at + a as u64, &buf[a..b])?,
         }
     }
     Ok(())
@@ -659,7 +598,7 @@ fn write_window(
         }
         return Ok(());
     }
-    apply_ops(dst, at, data, &plan.ops, true, true)
+    apply_ops(dst, at, data, &plan.ops)
 }
 
 /// The writes that put a window's `parts` (`data` holding their bytes, the window at target
@@ -808,13 +747,11 @@ pub fn convert(
                     copy_all(sources, Target::image(&*image), total, opts, progress)
                 }
                 CreatedImage::Qcow2(q) => {
-                    let mut t = Target::new_qcow2(q, opts.compress);
+                    let mut t = Target::qcow2(q, opts.compress);
                     if req.qcow2.preallocation != vdisk_block::Preallocation::Off {
                         // Every cluster exists already: zero runs inside data stay holes in
-                        // the file, as qemu leaves them. (Those runs need not be whole
-                        // clusters, so the windows are written one at a time.)
+                        // the file, as qemu leaves them.
                         t.granularity = 1;
-                        t.order = WriteOrder::Serial;
                     }
                     copy_all(sources, t, total, opts, progress)
                 }
@@ -1005,7 +942,7 @@ mod tests {
         let mut ops = Vec::new();
         plan_runs(&mut ops, &data, 0, 0, 4096, true);
         assert_eq!(ops, [Op::Data(0, 4096), Op::Data(3 * 4096, 4 * 4096)]);
-        apply_ops(target, 0, &data, &ops, true, true).unwrap();
+        apply_ops(target, 0, &data, &ops).unwrap();
         let out = dst.to_vec();
         assert_eq!(&out[..4096], &data[..4096]);
         assert!(out[4096..3 * 4096].iter().all(|&b| b == 0xff));
@@ -1020,7 +957,7 @@ mod tests {
         let mut ops = Vec::new();
         plan_runs(&mut ops, &data, 0, 0, 4096, false);
         assert_eq!(ops[1], Op::Zero(4096, 3 * 4096));
-        apply_ops(target, 0, &data, &ops, true, true).unwrap();
+        apply_ops(target, 0, &data, &ops).unwrap();
         assert_eq!(dst.to_vec(), data);
     }
 }
