@@ -6,8 +6,7 @@
 //!   N workers:   chain_status() inside the window -> read the data parts only
 //!                -> find the zero runs, plan the writes
 //!                -> compress whole clusters (-c)             } in parallel
-//!                -> wait for the window's turn -> write      } in guest order (unless -W,
-//!                                                              or a raw target)
+//!                -> wait for the window's turn -> write      } in guest order (unless -W)
 //! ```
 //!
 //! Buffers are page aligned ([`AlignedBuf`]): the kernel's page-cache copies into and out of
@@ -144,11 +143,12 @@ pub struct Target<'a> {
 /// How the windows of a conversion may reach the target.
 ///
 /// Zero detection and the plan of each window's writes are made on the workers in parallel;
-/// only the writes themselves wait for the window's turn, and only where the layout of the
-/// target depends on their order (a new qcow2 image's clusters lie in guest order, as
-/// qemu-img lays them out). Writing in parallel into one file gains nothing on ext4 or XFS,
-/// whose buffered writes hold the inode lock (measured: the second writer spins in
-/// `rwsem_down_write_slowpath`), but a block device or an NBD export takes them at once.
+/// the writes themselves take the window's turn, for every target this engine writes:
+/// a new qcow2 image's clusters then lie in guest order, as qemu-img lays them out, and
+/// writes into one file could not overlap anyway. ext4 (and XFS) hold the inode lock for
+/// each buffered write, and a second writer spins for it (`rwsem_spin_on_owner`): measured
+/// with raw targets written at once, qcow2 -> raw took 1.64 s of system time against
+/// qemu-img's 0.83 s with one core kept busy. `-W` still writes in any order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteOrder {
     /// Any order, at once: where the bytes land does not depend on the order (a raw file).
@@ -166,7 +166,7 @@ impl<'a> Target<'a> {
             compressed: None,
             granularity: 1,
             holds_metadata: false,
-            order: WriteOrder::Any,
+            order: WriteOrder::Serial,
         }
     }
 
@@ -179,7 +179,7 @@ impl<'a> Target<'a> {
             compressed: None,
             granularity: 1,
             holds_metadata: false,
-            order: WriteOrder::Any,
+            order: WriteOrder::Serial,
         }
     }
 
@@ -937,7 +937,7 @@ mod tests {
             compressed: None,
             granularity: 1,
             holds_metadata: false,
-            order: WriteOrder::Any,
+            order: WriteOrder::Serial,
         };
         let mut ops = Vec::new();
         plan_runs(&mut ops, &data, 0, 0, 4096, true);
