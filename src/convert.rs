@@ -136,7 +136,7 @@ pub struct Target<'a> {
     pub granularity: u64,
     /// The target keeps metadata in memory (qcow2 tables) that a flush writes back.
     pub holds_metadata: bool,
-    /// Whether windows may be written at once, or need their storage allocated in order.
+    /// Whether windows may be written at once or must be written in guest order.
     pub order: WriteOrder,
 }
 
