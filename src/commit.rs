@@ -255,7 +255,7 @@ fn write_zeroes(img: &dyn Image, pos: u64, len: u64) -> Result<()> {
 pub fn commit(plan: CommitPlan, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
     let size = plan.size();
     let base = plan.base.image();
-    let mut buf = vec![0u8; CHUNK as usize];
+    let mut buf = vdisk_block::AlignedBuf::new(CHUNK as usize);
     let mut pos = 0;
     while pos < size {
         let (what, len) = status_above(&plan.layers, pos, (size - pos).min(CHUNK))?;

@@ -48,8 +48,8 @@ pub fn compare(
     }
     let common = sa.min(sb);
     let total = sa.max(sb);
-    let mut buf_a = vec![0u8; CHUNK as usize];
-    let mut buf_b = vec![0u8; CHUNK as usize];
+    let mut buf_a = vdisk_block::AlignedBuf::new(CHUNK as usize);
+    let mut buf_b = vdisk_block::AlignedBuf::new(CHUNK as usize);
     let mut off = 0;
     while off < common {
         let want = (common - off).min(CHUNK);

@@ -4,9 +4,13 @@
 //! ```text
 //!   main thread: CHUNK-aligned windows of the guest, numbered -> bounded queue
 //!   N workers:   chain_status() inside the window -> read the data parts only
+//!                -> find the zero runs, plan the writes
 //!                -> compress whole clusters (-c)             } in parallel
 //!                -> wait for the window's turn -> write      } in guest order (unless -W)
 //! ```
+//!
+//! Buffers are page aligned ([`AlignedBuf`]): the kernel's page-cache copies into and out of
+//! a misaligned buffer cost twice the system time here.
 //!
 //! Ranges the source maps as zero or unallocated are never read; data is read in large chunks
 //! and scanned for zero runs of at least [`ConvertOptions::sparse_size`] bytes (and at least
@@ -26,7 +30,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Condvar, Mutex};
 
-use vdisk_block::{BlockDevice, Error, Image, Result, WriteZeroes};
+use vdisk_block::{AlignedBuf, BlockDevice, Error, Image, Result, WriteZeroes};
 use vdisk_qcow2::header::incompatible;
 use vdisk_qcow2::Qcow2;
 use vdisk_raw::RawFile;
@@ -132,6 +136,25 @@ pub struct Target<'a> {
     pub granularity: u64,
     /// The target keeps metadata in memory (qcow2 tables) that a flush writes back.
     pub holds_metadata: bool,
+    /// Whether windows may be written at once or must be written in guest order.
+    pub order: WriteOrder,
+}
+
+/// How the windows of a conversion may reach the target.
+///
+/// Zero detection and the plan of each window's writes are made on the workers in parallel;
+/// the writes themselves take the window's turn, for every target this engine writes:
+/// a new qcow2 image's clusters then lie in guest order, as qemu-img lays them out, and
+/// writes into one file could not overlap anyway. ext4 (and XFS) hold the inode lock for
+/// each buffered write, and a second writer spins for it (`rwsem_spin_on_owner`): measured
+/// with raw targets written at once, qcow2 -> raw took 1.64 s of system time against
+/// qemu-img's 0.83 s with one core kept busy. `-W` still writes in any order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOrder {
+    /// Any order, at once: where the bytes land does not depend on the order (a raw file).
+    Any,
+    /// Every write made window by window in guest order.
+    Serial,
 }
 
 impl<'a> Target<'a> {
@@ -143,6 +166,7 @@ impl<'a> Target<'a> {
             compressed: None,
             granularity: 1,
             holds_metadata: false,
+            order: WriteOrder::Serial,
         }
     }
 
@@ -155,6 +179,7 @@ impl<'a> Target<'a> {
             compressed: None,
             granularity: 1,
             holds_metadata: false,
+            order: WriteOrder::Serial,
         }
     }
 
@@ -169,6 +194,7 @@ impl<'a> Target<'a> {
             compressed: None,
             granularity: 1,
             holds_metadata: true,
+            order: WriteOrder::Serial,
         }
     }
 
@@ -187,6 +213,7 @@ impl<'a> Target<'a> {
             compressed: compress.then_some(image as &dyn CompressedWriter),
             granularity: unit,
             holds_metadata: true,
+            order: WriteOrder::Serial,
         }
     }
 }
@@ -207,6 +234,7 @@ pub fn copy_image(
             compressed: None,
             granularity: 1,
             holds_metadata: false,
+            order: WriteOrder::Serial,
         },
         0,
         opts,
@@ -294,7 +322,7 @@ pub fn copy_image_at(
         for _ in 0..workers {
             handles.push(s.spawn(|| {
                 let image = src.image();
-                let mut buf = vec![0u8; CHUNK as usize];
+                let mut buf = AlignedBuf::new(CHUNK as usize);
                 loop {
                     let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
                         Ok(j) => j,
@@ -305,14 +333,7 @@ pub fn copy_image_at(
                     }
                     let result =
                         prepare(src, &*image, dst, base, job, &mut buf, opts).and_then(|plan| {
-                            if !opts.out_of_order && !turn.wait(job.seq, &failed) {
-                                return Ok(());
-                            }
-                            let r = write_window(dst, base, job, &buf, &plan, opts);
-                            if !opts.out_of_order {
-                                turn.pass(job.seq);
-                            }
-                            r
+                            write_in_turn(dst, base, job, &buf, &plan, opts, &turn, &failed)
                         });
                     if let Err(e) = result {
                         failed.store(true, Ordering::Relaxed);
@@ -380,10 +401,22 @@ enum ClusterAction {
     Plain,
 }
 
-/// A window's plan: its parts (buffer offsets), and for `-c` an action per cluster.
+/// One write of an uncompressed window, in buffer offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    /// Write the buffer's bytes.
+    Data(usize, usize),
+    /// Make the range read as zeros ([`zero_range`]).
+    Zero(usize, usize),
+}
+
+/// A window's plan: its parts (buffer offsets), the writes that make it (worked out with
+/// the zero detection on the worker, before the window's turn), and for `-c` an action per
+/// cluster.
 #[derive(Debug, Default)]
 struct Plan {
     parts: Vec<(usize, usize, Part)>,
+    ops: Vec<Op>,
     clusters: Vec<ClusterAction>,
 }
 
@@ -440,6 +473,7 @@ fn prepare(
         }
     }
     let Some(c) = dst.compressed else {
+        plan.ops = plan_writes(dst, base + job.offset, data, &plan.parts, opts);
         return Ok(plan);
     };
     // Whole clusters: the window starts on a cluster boundary (CHUNK is a multiple of every
@@ -488,7 +522,51 @@ fn prepare(
     Ok(plan)
 }
 
-/// The ordered half of a job: writes the window `prepare` planned.
+/// Writes a prepared window, waiting for its turn when the target needs its writes in
+/// guest order.
+#[allow(clippy::too_many_arguments)]
+fn write_in_turn(
+    dst: Target<'_>,
+    base: u64,
+    job: Job,
+    buf: &[u8],
+    plan: &Plan,
+    opts: ConvertOptions,
+    turn: &Turn,
+    failed: &AtomicBool,
+) -> Result<()> {
+    let order = if opts.out_of_order {
+        WriteOrder::Any
+    } else if dst.compressed.is_some() {
+        WriteOrder::Serial
+    } else {
+        dst.order
+    };
+    match order {
+        WriteOrder::Any => write_window(dst, base, job, buf, plan, opts),
+        WriteOrder::Serial => {
+            if !turn.wait(job.seq, failed) {
+                return Ok(());
+            }
+            let r = write_window(dst, base, job, buf, plan, opts);
+            turn.pass(job.seq);
+            r
+        }
+    }
+}
+
+/// Makes the writes `ops` of a window (held in `buf`) at target offset `at`.
+fn apply_ops(dst: Target<'_>, at: u64, buf: &[u8], ops: &[Op]) -> Result<()> {
+    for op in ops {
+        match *op {
+            Op::Data(a, b) => dst.dev.write_at(&buf[a..b], at + a as u64)?,
+            Op::Zero(a, b) => zero_range(dst, at + a as u64, &buf[a..b])?,
+        }
+    }
+    Ok(())
+}
+
+/// Writes the window `prepare` planned, all of it.
 fn write_window(
     dst: Target<'_>,
     base: u64,
@@ -520,33 +598,51 @@ fn write_window(
         }
         return Ok(());
     }
-    // Spans of parts that are not skipped, written run by run.
+    apply_ops(dst, at, data, &plan.ops)
+}
+
+/// The writes that put a window's `parts` (`data` holding their bytes, the window at target
+/// offset `at`) into the target: spans of parts that are not skipped, written run by run.
+fn plan_writes(
+    dst: Target<'_>,
+    at: u64,
+    data: &[u8],
+    parts: &[(usize, usize, Part)],
+    opts: ConvertOptions,
+) -> Vec<Op> {
+    let mut ops = Vec::new();
     let mut i = 0;
-    while i < plan.parts.len() {
-        if plan.parts[i].2 == Part::Skip {
+    while i < parts.len() {
+        if parts[i].2 == Part::Skip {
             i += 1;
             continue;
         }
         let mut j = i;
-        while j + 1 < plan.parts.len() && plan.parts[j + 1].2 != Part::Skip {
+        while j + 1 < parts.len() && parts[j + 1].2 != Part::Skip {
             j += 1;
         }
-        let (a, b) = (plan.parts[i].0, plan.parts[j].1);
-        let parts = &plan.parts[i..=j];
+        let (a, b) = (parts[i].0, parts[j].1);
         if opts.sparse_size == 0 {
             // -S 0: every byte written, the target fully allocated.
-            dst.dev.write_at(&data[a..b], at + a as u64)?;
-        } else if parts.iter().all(|p| p.2 == Part::Zero) {
+            ops.push(Op::Data(a, b));
+        } else if parts[i..=j].iter().all(|p| p.2 == Part::Zero) {
             if !opts.target_is_zero {
-                zero_range(dst, at + a as u64, &data[a..b])?;
+                ops.push(Op::Zero(a, b));
             }
         } else {
             let g = opts.sparse_size.max(dst.granularity);
-            write_runs(dst, &data[a..b], at + a as u64, g, opts.target_is_zero)?;
+            plan_runs(
+                &mut ops,
+                &data[a..b],
+                a,
+                at + a as u64,
+                g,
+                opts.target_is_zero,
+            );
         }
         i = j + 1;
     }
-    Ok(())
+    ops
 }
 
 /// Makes `[at, at + zeros.len())` of the target read as zeros: with its write-zeroes ability
@@ -561,10 +657,10 @@ fn zero_range(dst: Target<'_>, at: u64, zeros: &[u8]) -> Result<()> {
     }
 }
 
-/// Writes `data` (bytes for target offset `base`) as runs of granules of `g` bytes, aligned
-/// to multiples of `g` in the target: all-zero granules are skipped on a zero target, or
-/// zeroed without writing data when the target can; everything else is written.
-fn write_runs(dst: Target<'_>, data: &[u8], base: u64, g: u64, target_is_zero: bool) -> Result<()> {
+/// Plans `data` (bytes for target offset `base`, at buffer offset `off`) as runs of
+/// granules of `g` bytes, aligned to multiples of `g` in the target: all-zero granules are
+/// skipped on a zero target and zeroed otherwise ([`zero_range`]); the rest is written.
+fn plan_runs(ops: &mut Vec<Op>, data: &[u8], off: usize, base: u64, g: u64, target_is_zero: bool) {
     let g = g.max(1);
     // The end of the granule that holds buffer position `pos`.
     let granule_end = |pos: usize| -> usize {
@@ -584,15 +680,13 @@ fn write_runs(dst: Target<'_>, data: &[u8], base: u64, g: u64, target_is_zero: b
             }
             end = next;
         }
-        let at = base + pos as u64;
-        match (zero, target_is_zero, dst.zeroes) {
-            (true, true, _) => {}
-            (true, false, Some(z)) => z.write_zeroes(at, (end - pos) as u64, true)?,
-            _ => dst.dev.write_at(&data[pos..end], at)?,
+        match (zero, target_is_zero) {
+            (true, true) => {}
+            (true, false) => ops.push(Op::Zero(off + pos, off + end)),
+            (false, _) => ops.push(Op::Data(off + pos, off + end)),
         }
         pos = end;
     }
-    Ok(())
 }
 
 /// True when every byte is zero; compares sixteen bytes at a time.
@@ -849,8 +943,12 @@ mod tests {
             compressed: None,
             granularity: 1,
             holds_metadata: false,
+            order: WriteOrder::Serial,
         };
-        write_runs(target, &data, 0, 4096, true).unwrap();
+        let mut ops = Vec::new();
+        plan_runs(&mut ops, &data, 0, 0, 4096, true);
+        assert_eq!(ops, [Op::Data(0, 4096), Op::Data(3 * 4096, 4 * 4096)]);
+        apply_ops(target, 0, &data, &ops).unwrap();
         let out = dst.to_vec();
         assert_eq!(&out[..4096], &data[..4096]);
         assert!(out[4096..3 * 4096].iter().all(|&b| b == 0xff));
@@ -860,11 +958,12 @@ mod tests {
         let target = Target {
             dev: &dst,
             zeroes: Some(&dst),
-            compressed: None,
-            granularity: 1,
-            holds_metadata: false,
+            ..target
         };
-        write_runs(target, &data, 0, 4096, false).unwrap();
+        let mut ops = Vec::new();
+        plan_runs(&mut ops, &data, 0, 0, 4096, false);
+        assert_eq!(ops[1], Op::Zero(4096, 3 * 4096));
+        apply_ops(target, 0, &data, &ops).unwrap();
         assert_eq!(dst.to_vec(), data);
     }
 }

@@ -184,7 +184,7 @@ pub fn dd(src: &OpenedImage, ops: &DdOperands, format: Format) -> Result<DdPlan>
     })?;
     let result = (|| -> Result<()> {
         let dev = created.device();
-        let mut buf = vec![0u8; CHUNK.min(plan.end - plan.start) as usize];
+        let mut buf = vdisk_block::AlignedBuf::new(CHUNK.min(plan.end - plan.start) as usize);
         let mut pos = plan.start;
         while pos < plan.end {
             let n = (plan.end - pos).min(CHUNK) as usize;

@@ -151,8 +151,8 @@ fn copy_differences(
         cs
     };
     let mut bufs = Buffers {
-        old: vec![0u8; CHUNK as usize],
-        new: vec![0u8; CHUNK as usize],
+        old: vdisk_block::AlignedBuf::new(CHUNK as usize),
+        new: vdisk_block::AlignedBuf::new(CHUNK as usize),
         out: Vec::new(),
         compress,
         cluster_size: cs,
@@ -174,8 +174,8 @@ fn copy_differences(
 }
 
 struct Buffers {
-    old: Vec<u8>,
-    new: Vec<u8>,
+    old: vdisk_block::AlignedBuf,
+    new: vdisk_block::AlignedBuf,
     out: Vec<u8>,
     /// Write the runs compressed, cluster by cluster.
     compress: bool,

@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod buf;
 pub mod bytes;
 pub mod cache;
 mod error;
@@ -46,6 +47,7 @@ mod slice;
 
 use std::sync::Arc;
 
+pub use buf::AlignedBuf;
 pub use error::{Error, Result};
 pub use mapping::{MapKind, Mapping};
 pub use mem::MemDevice;
