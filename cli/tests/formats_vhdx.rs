@@ -290,26 +290,9 @@ fn refused(dir: &Path, img: &str, expect: &str) {
     assert!(err.contains(img) && err.contains(expect), "{img}: {err}");
 }
 
-fn crc32c(b: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &x in b {
-        c ^= u32::from(x);
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0x82f6_3b78
-            } else {
-                c >> 1
-            };
-        }
-    }
-    !c
-}
-
 /// Recomputes the checksum of the structure of `len` bytes at `at` (field at `at + 4`).
 fn reseal(b: &mut [u8], at: usize, len: usize) {
-    b[at + 4..at + 8].fill(0);
-    let c = crc32c(&b[at..at + len]);
-    b[at + 4..at + 8].copy_from_slice(&c.to_le_bytes());
+    vdisk_vhdx::header::seal(&mut b[at..at + len], 4);
 }
 
 #[test]

@@ -376,19 +376,7 @@ fn vhdx_reseal(b: &mut [u8], at: usize, len: usize) {
     if at + len > b.len() || len < 8 {
         return;
     }
-    b[at + 4..at + 8].fill(0);
-    let mut c = !0u32;
-    for &x in &b[at..at + len] {
-        c ^= u32::from(x);
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0x82f6_3b78
-            } else {
-                c >> 1
-            };
-        }
-    }
-    b[at + 4..at + 8].copy_from_slice(&(!c).to_le_bytes());
+    vdisk_vhdx::header::seal(&mut b[at..at + len], 4);
 }
 
 /// VHDX, read and written: the template patched by the input — records of (area, offset,
